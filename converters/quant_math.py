@@ -1,0 +1,40 @@
+"""Quantization arithmetic shared by every emitter (one implementation)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def qparams_from_range(rmin: float, rmax: float, dtype: str = "int8", symmetric: bool = False) -> tuple[float, int]:
+    """Scale and zero point for an activation range, as ONNX Runtime computes them.
+
+    The range is widened to include 0. ``dtype`` is "int8" or "uint8".
+    """
+    rmin = min(float(rmin), 0.0)
+    rmax = max(float(rmax), 0.0)
+    qmin, qmax = (-128, 127) if dtype == "int8" else (0, 255)
+    if symmetric:
+        absmax = max(abs(rmin), abs(rmax))
+        rmin, rmax = -absmax, absmax
+    if rmax == rmin:
+        return 1.0, 0 if dtype == "int8" else 0
+    scale = (rmax - rmin) / float(qmax - qmin)
+    if symmetric:
+        zero_point = 0 if dtype == "int8" else 128
+    else:
+        zero_point = int(round(qmin - rmin / scale))
+        zero_point = int(np.clip(zero_point, qmin, qmax))
+    return float(scale), zero_point
+
+
+def quantize_weights_per_channel(w: np.ndarray, axis: int, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel weight quantization: returns (q int8 array, scales float32[channels]).
+
+    Zero points are 0. ``bits`` 8 -> [-127, 127]; 4 -> [-7, 7] (values still stored in int8).
+    """
+    qmax = (1 << (bits - 1)) - 1
+    moved = np.moveaxis(w.astype(np.float32), axis, 0)
+    absmax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
+    scales = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
+    shape = [-1] + [1] * (moved.ndim - 1)
+    q = np.clip(np.round(moved / scales.reshape(shape)), -qmax, qmax).astype(np.int8)
+    return np.moveaxis(q, 0, axis), scales
