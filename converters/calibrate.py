@@ -1,0 +1,82 @@
+"""Calibration, done ONCE per conversion: activation ranges of every float tensor.
+
+Uses ONNX Runtime's calibrators (minmax / percentile / entropy). The resulting
+``CalibrationResult.ranges`` feed the ONNX QDQ quantizer and every other emitter.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
+
+from edgeinfer.errors import EdgeInferError
+from edgeinfer.progress import Progress
+
+from .emitters.api import CalibrationResult
+
+METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "percentile": CalibrationMethod.Percentile,
+    "entropy": CalibrationMethod.Entropy,
+}
+
+
+class _BatchReader(CalibrationDataReader):
+    def __init__(self, input_name: str, samples: np.ndarray, batch: int, progress: Progress):
+        self.input_name, self.samples, self.batch, self.progress = input_name, samples, batch, progress
+        self.pos = 0
+
+    def get_next(self):
+        if self.pos >= len(self.samples):
+            return None
+        chunk = self.samples[self.pos:self.pos + self.batch]
+        self.pos += len(chunk)
+        self.progress.update(len(chunk))
+        return {self.input_name: chunk}
+
+
+def _input_name(model: onnx.ModelProto) -> str:
+    inits = {t.name for t in model.graph.initializer}
+    return next(i.name for i in model.graph.input if i.name not in inits)
+
+
+def _fixed_batch(model: onnx.ModelProto) -> int | None:
+    inits = {t.name for t in model.graph.initializer}
+    inp = next(i for i in model.graph.input if i.name not in inits)
+    dim = inp.type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") else None
+
+
+def collect_ranges(model: onnx.ModelProto, samples: np.ndarray, method: str = "minmax",
+                   progress: bool = True, percentile: float = 99.999) -> dict[str, tuple[float, float]]:
+    """Run ``samples`` (float32 NCHW) through ``model`` and return tensor -> (min, max)."""
+    if method not in METHODS:
+        raise EdgeInferError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    extra = {"num_bins": 2048, "percentile": percentile, "symmetric": False}
+    if method == "entropy":
+        extra = {"num_bins": 512, "num_quantized_bins": 128, "symmetric": False}
+    batch = _fixed_batch(model) or 8
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "model.onnx"
+        onnx.save(model, str(src))
+        calibrator = create_calibrator(src, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=METHODS[method], extra_options=extra)
+        with Progress(f"calibrating ({method})", len(samples), progress) as p:
+            calibrator.collect_data(_BatchReader(_input_name(model), samples, batch, p))
+        tensors = calibrator.compute_data()
+    ranges = {}
+    for name, data in tensors.data.items():
+        lo, hi = data.range_value
+        ranges[name] = (float(np.asarray(lo).min()), float(np.asarray(hi).max()))
+    return ranges
+
+
+def calibrate(model: onnx.ModelProto, samples: np.ndarray, method: str = "minmax", *, num_images: int | None = None,
+              skipped: int = 0, synthetic: bool = False, progress: bool = True) -> CalibrationResult:
+    ranges = collect_ranges(model, samples, method, progress)
+    return CalibrationResult(method=method, ranges=ranges, samples=samples,
+                             num_images=len(samples) if num_images is None else num_images,
+                             skipped=skipped, synthetic=synthetic)

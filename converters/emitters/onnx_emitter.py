@@ -1,0 +1,53 @@
+"""ONNX emitter: the cleaned graph at the requested precision, one recipe per precision."""
+from __future__ import annotations
+
+from typing import Callable
+
+import onnx
+
+from edgeinfer.errors import EdgeInferError, NotSupportedYet
+
+from .. import quantize_onnx
+from .api import EmitRequest, EmittedArtifact
+
+
+def _fp32(req: EmitRequest) -> tuple[onnx.ModelProto, list[str]]:
+    return req.model, []
+
+
+def _fp16(req: EmitRequest) -> tuple[onnx.ModelProto, list[str]]:
+    return quantize_onnx.to_fp16(req.model), ["fp16 weights and compute; float32 I/O (fast on GPUs/NPUs, not on x86 CPUs)"]
+
+
+def _int8(req: EmitRequest) -> tuple[onnx.ModelProto, list[str]]:
+    act = req.options.get("activation_dtype", "int8")
+    model = quantize_onnx.quantize_int8(req.model, req.calibration, per_channel=True,
+                                        nodes_to_exclude=req.options.get("nodes_to_exclude", ()), activation_dtype=act)
+    notes = [f"static QDQ: per-channel int8 weights, {act} activations ({req.calibration.method} calibration)"]
+    if req.options.get("nodes_to_exclude"):
+        notes.append(f"kept in float: {', '.join(req.options['nodes_to_exclude'])}")
+    return model, notes
+
+
+def _int4(req: EmitRequest) -> tuple[onnx.ModelProto, list[str]]:
+    return quantize_onnx.quantize_int4(req.model)
+
+
+RECIPES: dict[str, Callable[[EmitRequest], tuple[onnx.ModelProto, list[str]]]] = {
+    "fp32": _fp32, "fp16": _fp16, "int8": _int8, "int4": _int4,
+}
+
+
+def emit(req: EmitRequest) -> EmittedArtifact:
+    if req.input_layout != "NCHW":
+        raise NotSupportedYet("the ONNX artifact takes NCHW input; NHWC ONNX input is not supported yet")
+    recipe = RECIPES.get(req.precision)
+    if recipe is None:
+        raise EdgeInferError(f"ONNX precision {req.precision!r} is not one of {', '.join(RECIPES)}")
+    model, notes = recipe(req)
+    onnx.save(model, str(req.out_path))
+    ops: dict[str, int] = {}
+    for n in model.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return EmittedArtifact(path=req.out_path, format="onnx", precision=req.precision, input_layout="NCHW",
+                           io_dtype="float32", notes=notes, details={"op_counts": ops})

@@ -1,0 +1,100 @@
+"""Load and validate a source model: one clear line for every way it can be wrong."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from edgeinfer.errors import EdgeInferError
+
+MIN_OPSET = 11
+MAX_OPSET = 22  # newest default-domain opset the emitters and ORT quantizer are tested with
+ORT_MAX_IR = 10  # IR version of opset 21/22, which every ONNX Runtime >= 1.20 reads
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Read an ONNX file (with external data from its own folder) and validate it."""
+    path = Path(path)
+    if not path.exists():
+        raise EdgeInferError(f"model not found: {path}")
+    if path.is_dir():
+        raise EdgeInferError(f"{path} is a directory; pass the .onnx file")
+    if path.stat().st_size == 0:
+        raise EdgeInferError(f"{path} is empty; re-export the model")
+    head = path.read_bytes()[:4]
+    if head.startswith(b"PK") or head.startswith(b"\x80"):
+        raise EdgeInferError(f"{path} is not ONNX (looks like a PyTorch checkpoint); export it with torch.onnx.export first")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+        raise EdgeInferError(f"{path} is not a valid ONNX file (truncated or another format): {exc.__class__.__name__}") from None
+    if not model.graph.node and not model.graph.output:
+        raise EdgeInferError(f"{path} is not a valid ONNX file (no graph); is it truncated or another format?")
+    _check_external_data(model, path)
+    _check_opset(model, path)
+    try:
+        if any(_uses_external(t) for t in _all_initializers(model)):
+            onnx.load_external_data_for_model(model, str(path.parent))
+    except (FileNotFoundError, OSError) as exc:
+        raise EdgeInferError(f"{path}: external weight file missing or unreadable ({exc.filename or exc})") from None
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "validation failed"
+        raise EdgeInferError(f"{path} fails the ONNX checker: {first}") from None
+    if len(model.graph.input) - len({i.name for i in model.graph.initializer} & {i.name for i in model.graph.input}) != 1:
+        raise EdgeInferError(f"{path} has {len(real_inputs(model))} inputs; edgeinfer converts single-input models")
+    if model.ir_version > ORT_MAX_IR:
+        model.ir_version = ORT_MAX_IR  # newer onnx writers stamp IR versions ONNX Runtime does not read yet
+    return model
+
+
+def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            return int(op.version)
+    return 0
+
+
+def _check_opset(model: onnx.ModelProto, path: Path) -> None:
+    version = opset_of(model)
+    if version < MIN_OPSET or version > MAX_OPSET:
+        raise EdgeInferError(
+            f"{path} uses ONNX opset {version}; supported opsets are {MIN_OPSET}..{MAX_OPSET}: "
+            f"re-export with opset_version=17 or convert with onnx.version_converter")
+    for op in model.opset_import:
+        if op.domain not in ("", "ai.onnx", "ai.onnx.ml", "com.microsoft"):
+            raise EdgeInferError(f"{path} uses the custom op domain {op.domain!r}, which edgeinfer cannot convert")
+
+
+def _all_initializers(model: onnx.ModelProto):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+
+
+def _uses_external(t: onnx.TensorProto) -> bool:
+    return t.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """External-data locations must stay inside the model's folder (no ../ or absolute paths)."""
+    base = path.parent.resolve()
+    for t in _all_initializers(model):
+        if not _uses_external(t):
+            continue
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        target = (base / location).resolve()
+        if os.path.isabs(location) or base not in target.parents:
+            raise EdgeInferError(
+                f"{path}: tensor {t.name!r} points at external data {location!r} outside the model's folder; "
+                "move the weight file next to the model")

@@ -1,0 +1,51 @@
+"""A dependency-free progress bar on stderr (silent when disabled or not a terminal-friendly run)."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class Progress:
+    """``with Progress("calibrating", total=64) as p: p.update()``; prints to stderr."""
+
+    def __init__(self, label: str, total: int, enabled: bool = True, stream=None):
+        self.label, self.total, self.enabled = label, max(int(total), 0), enabled
+        self.stream = stream or sys.stderr
+        self.done = 0
+        self.start = time.perf_counter()
+        self._last = 0.0
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if self.enabled and (now - self._last > 0.1 or self.done >= self.total):
+            self._last = now
+            self._draw()
+
+    def _draw(self, final: bool = False) -> None:
+        width = 24
+        frac = self.done / self.total if self.total else 1.0
+        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+        elapsed = time.perf_counter() - self.start
+        end = "\n" if final else "\r"
+        self.stream.write(f"{self.label:<22} [{bar}] {self.done}/{self.total} {elapsed:5.1f}s{end}")
+        self.stream.flush()
+
+    def __enter__(self) -> "Progress":
+        if self.enabled:
+            self._draw()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._draw(final=True)
+
+
+def track(items: Iterable[T], label: str, total: int, enabled: bool = True) -> Iterator[T]:
+    with Progress(label, total, enabled) as p:
+        for item in items:
+            yield item
+            p.update()
