@@ -4,17 +4,23 @@ All int8 activation scales come from the shared ``CalibrationResult`` (no second
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType
 from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
 from edgeinfer.errors import EdgeInferError
 
 from .emitters.api import CalibrationResult
 from .quant_math import quantize_weights_per_channel
+
+logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
 
 ACTIVATION_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 INT4_BLOCK_SIZE = 32
@@ -41,7 +47,7 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationResult, *, per_chann
     quantizer = QDQQuantizer(
         onnx.ModelProto.FromString(model.SerializeToString()),
         per_channel, False, QuantType.QInt8, ACTIVATION_TYPES[activation_dtype], tensors_range(calib),
-        [], list(nodes_to_exclude), None,
+        [], list(nodes_to_exclude), sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
         {"ActivationSymmetric": False, "WeightSymmetric": True, "ForceQuantizeNoInputCheck": False,
          "AddQDQPairToWeight": False},
     )

@@ -22,7 +22,7 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def topk_indices(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and values of the k largest scores of a 1-D array, highest first (ties: lower index first)."""
     k = max(1, min(int(k), scores.shape[-1]))
     idx = np.argpartition(-scores, k - 1)[:k] if k < scores.shape[-1] else np.arange(scores.shape[-1])
@@ -60,7 +60,7 @@ class ClassifyPostprocessor:
     def __call__(self, outputs: list[np.ndarray], transform: Transform | None = None, top_k: int | None = None) -> Classification:
         logits = np.asarray(outputs[self.output_index], dtype=np.float32).reshape(-1)
         scores = softmax(logits) if self.apply_softmax else logits
-        idx, vals = top_k(scores, top_k or self.k)
+        idx, vals = topk_indices(scores, top_k or self.k)
         names = [self.labels[i] if self.labels and i < len(self.labels) else str(i) for i in idx]
         return Classification([int(i) for i in idx], [float(v) for v in vals], names)
 

@@ -17,11 +17,12 @@ class Progress:
         self.done = 0
         self.start = time.perf_counter()
         self._last = 0.0
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
 
     def update(self, n: int = 1) -> None:
         self.done += n
         now = time.perf_counter()
-        if self.enabled and (now - self._last > 0.1 or self.done >= self.total):
+        if self.enabled and self.live and (now - self._last > 0.1 or self.done >= self.total):
             self._last = now
             self._draw()
 
@@ -35,7 +36,7 @@ class Progress:
         self.stream.flush()
 
     def __enter__(self) -> "Progress":
-        if self.enabled:
+        if self.enabled and self.live:
             self._draw()
         return self
 

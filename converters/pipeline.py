@@ -1,0 +1,290 @@
+"""The conversion pipeline, one pass forward:
+
+load+validate -> [prune] -> clean -> calibrate ONCE -> per profile: emit per format and
+precision -> verify each artifact against the fp32 source -> write the bundle atomically.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+import edgeinfer
+from edgeinfer.bundle import sha256_of, size_of, write_manifest
+from edgeinfer.errors import EdgeInferError, NotSupportedYet
+from edgeinfer.profiles import Profile, load_profile
+
+from . import images as image_io
+from .bundle_writer import atomic_dir, check_target
+from .calibrate import calibrate
+from .clean import clean_model, infer_shapes
+from .emitters import FILE_SUFFIX, get_emitter
+from .emitters.api import CalibrationResult, EmitRequest, EmittedArtifact
+from .load import load_model, opset_of
+from .model_info import (classify_postprocess, input_spec, metadata, output_specs, resolve_labels,
+                         resolve_preprocess, resolve_task)
+from .verify import check_min_agreement, run_reference, verify_artifact
+
+PRECISION_ORDER = ("fp32", "fp16", "int8", "int4")
+SYNTHETIC_COUNT = 32
+
+
+@dataclass
+class ConvertOptions:
+    model: Path
+    profiles: list[str]
+    out_dir: Path
+    quant: list[str] | None = None            # None -> profile default
+    formats: list[str] | None = None          # None -> profile preferred
+    calib_dir: Path | None = None
+    verify_dir: Path | None = None
+    calib_method: str = "minmax"
+    calib_synthetic: bool = False
+    calib_limit: int | None = None
+    verify_fraction: float = 0.2
+    labels_file: Path | None = None
+    preset: str | None = None
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    task: str | None = None
+    postprocess: dict[str, Any] | None = None   # detection config built by the CLI
+    prune: Any = None                           # converters.prune PruneConfig or None
+    min_agreement: float | None = None
+    force: bool = False
+    progress: bool = True
+    emitter_options: dict[str, Any] = field(default_factory=dict)   # e.g. tflite_io_dtype, tflite_layout
+    exclude_nodes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConvertResult:
+    bundles: list[Path]
+    manifests: list[dict[str, Any]]
+
+
+def _say(opts: ConvertOptions, msg: str) -> None:
+    if opts.progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _validate_lists(opts: ConvertOptions) -> None:
+    for q in opts.quant or []:
+        if q not in PRECISION_ORDER:
+            raise EdgeInferError(f"unknown --quant {q!r}; choose from {', '.join(PRECISION_ORDER)}")
+    for f in opts.formats or []:
+        if f not in FILE_SUFFIX:
+            raise EdgeInferError(f"unknown format {f!r} in --formats; choose from {', '.join(FILE_SUFFIX)}")
+    if opts.min_agreement is not None and not 0.0 <= opts.min_agreement <= 1.0:
+        raise EdgeInferError(f"--min-agreement {opts.min_agreement} must be between 0 and 1")
+
+
+def _gather_inputs(opts: ConvertOptions, cfg, size_hw, need_calib: bool) -> tuple[np.ndarray | None, np.ndarray, dict]:
+    """(calibration samples or None, verification samples, facts for the manifest)."""
+    facts: dict[str, Any] = {}
+    calib = verify = None
+    if opts.calib_dir:
+        paths = image_io.list_images(opts.calib_dir)
+        if opts.verify_dir:
+            calib_paths, hold_paths = paths, image_io.list_images(opts.verify_dir)
+        else:
+            calib_paths, hold_paths = image_io.split_holdout(paths, opts.verify_fraction)
+        if opts.calib_limit:
+            calib_paths = calib_paths[:opts.calib_limit]
+        cset = image_io.read_images(calib_paths, Path(opts.calib_dir), cfg, size_hw, "reading calib images", opts.progress)
+        vset = image_io.read_images(hold_paths, Path(opts.verify_dir or opts.calib_dir), cfg, size_hw,
+                                    "reading held-out images", opts.progress)
+        calib, verify = cset.samples, vset.samples
+        facts.update(images=len(cset.paths), skipped=len(cset.skipped) + len(vset.skipped), held_out=len(vset.paths),
+                     source=str(opts.calib_dir))
+    elif opts.verify_dir:
+        vset = image_io.read_images(image_io.list_images(opts.verify_dir), Path(opts.verify_dir), cfg, size_hw,
+                                    "reading held-out images", opts.progress)
+        verify = vset.samples
+        facts.update(held_out=len(vset.paths), skipped=len(vset.skipped))
+    if calib is None and need_calib:
+        if not opts.calib_synthetic:
+            raise EdgeInferError("int8 needs calibration images: pass --calib DIR (or --calib-synthetic to calibrate on "
+                                 "random inputs, which the manifest will record)")
+        calib = image_io.synthetic_inputs(cfg, size_hw, SYNTHETIC_COUNT, seed=1)
+        facts.update(images=len(calib), skipped=0, synthetic=True)
+    if verify is None:
+        verify = image_io.synthetic_inputs(cfg, size_hw, 16, seed=2)
+        facts["verify_synthetic"] = True
+    return calib, verify, facts
+
+
+def _op_coverage(profile: Profile, art: EmittedArtifact) -> list[dict[str, Any]]:
+    report = []
+    ops = art.details.get("op_counts", {})
+    for acc in profile.accelerators:
+        if acc["format"] != art.format:
+            continue
+        entry: dict[str, Any] = {"accelerator": acc["name"], "reach": acc["reach"],
+                                 "precision_supported": art.precision in acc["dtypes"]}
+        if "ops" in acc and ops:
+            supported = {o for o in ops if o in acc["ops"]}
+            total = sum(ops.values())
+            entry["nodes_supported"] = sum(ops[o] for o in supported)
+            entry["nodes_total"] = total
+            entry["unsupported_ops"] = sorted(set(ops) - supported)
+        report.append(entry)
+    return report
+
+
+def _plan(profile: Profile, opts: ConvertOptions) -> list[tuple[str, str]]:
+    formats = opts.formats or profile.preferred_formats
+    precisions = opts.quant or profile.default_recipe
+    return [(f, p) for f in formats for p in precisions]
+
+
+def _emit_options(fmt: str, profile: Profile, opts: ConvertOptions) -> dict[str, Any]:
+    recipe = profile.data["recipe"]
+    o: dict[str, Any] = {"activation_dtype": recipe.get("activation_dtype", "int8"),
+                         "nodes_to_exclude": list(opts.exclude_nodes)}
+    if fmt == "tflite":
+        o["io_dtype"] = opts.emitter_options.get("tflite_io_dtype") or recipe.get("tflite_io_dtype", "float32")
+        if o["io_dtype"] != "float32":
+            o["io_dtype"] = o["io_dtype"]
+    o.update({k: v for k, v in opts.emitter_options.items() if v is not None})
+    return o
+
+
+def _input_layout(fmt: str, profile: Profile, opts: ConvertOptions) -> str:
+    if fmt == "tflite":
+        return opts.emitter_options.get("tflite_layout") or profile.runtime.get("tflite_input_layout", "NHWC")
+    return "NCHW"
+
+
+def convert(opts: ConvertOptions) -> ConvertResult:
+    t0 = time.perf_counter()
+    _validate_lists(opts)
+    profiles = [load_profile(p) for p in opts.profiles]
+    if not profiles:
+        raise EdgeInferError("give at least one --profile (see `edgeinfer profiles`)")
+    stem = Path(opts.model).stem
+    targets = [Path(opts.out_dir) / f"{stem}-{p.name}" for p in profiles]
+    for t in targets:
+        check_target(t, opts.force)
+
+    _say(opts, f"loading {opts.model}")
+    source = load_model(opts.model)
+    source = infer_shapes(source)
+    spec = input_spec(source)
+    task = resolve_task(source, opts.task)
+    cfg = resolve_preprocess(source, opts.preset, opts.preprocess)
+    labels = resolve_labels(source, opts.labels_file)
+    if task == "classify":
+        post = classify_postprocess(source, labels)
+    else:
+        post = opts.postprocess or metadata(source).get("postprocess")
+        if not post:
+            raise EdgeInferError("a detector needs a decoder: pass --decoder yolov5|yolov8|ssd")
+    size_hw = (spec["shape"][2], spec["shape"][3])
+
+    plans = {p.name: _plan(p, opts) for p in profiles}
+    need_calib = any(prec == "int8" for plan in plans.values() for _, prec in plan)
+    calib_samples, verify_samples, facts = _gather_inputs(opts, cfg, size_hw, need_calib)
+
+    model = source
+    prune_report = None
+    if opts.prune is not None:
+        from .prune import prune_model
+        _say(opts, "pruning channels")
+        model, prune_report = prune_model(model, opts.prune, calib_samples)
+    _say(opts, "cleaning graph (shape inference, constant folding, BatchNorm folding)")
+    model = clean_model(model)
+
+    calib: CalibrationResult | None = None
+    if need_calib:
+        calib = calibrate(model, calib_samples, opts.calib_method, skipped=facts.get("skipped", 0),
+                          synthetic=bool(facts.get("synthetic")), progress=opts.progress)
+    reference = run_reference(source, verify_samples)
+
+    source_path = Path(opts.model)
+    base_manifest = {
+        "schema": 1,
+        "edgeinfer_version": edgeinfer.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source": {"file": source_path.name, "sha256": sha256_of(source_path), "size": size_of(source_path),
+                   "opset": opset_of(source)},
+        "task": task,
+        "input": spec,
+        "outputs": output_specs(source),
+        "preprocess": cfg.to_dict(),
+        "postprocess": post,
+        "labels": "labels.txt" if labels else None,
+        "calibration": None if calib is None else {
+            "method": calib.method, "images": facts.get("images"), "skipped": facts.get("skipped", 0),
+            "synthetic": calib.synthetic, "source": facts.get("source")},
+        "verification_data": {"inputs": int(len(verify_samples)), "held_out_from_calibration": not opts.verify_dir and bool(opts.calib_dir),
+                              "synthetic": bool(facts.get("verify_synthetic"))},
+        "pruning": prune_report.to_dict() if prune_report is not None else None,
+    }
+
+    bundles, manifests = [], []
+    for profile, target in zip(profiles, targets):
+        with atomic_dir(target, opts.force) as tmp:
+            manifest = dict(base_manifest, profile=profile.to_manifest(), artifacts=[], warnings=[])
+            if calib is not None and calib.synthetic:
+                manifest["warnings"].append("int8 calibrated on RANDOM inputs (--calib-synthetic): accuracy is not representative")
+            for fmt, precision in plans[profile.name]:
+                name = f"{stem}-{precision}{FILE_SUFFIX[fmt]}"
+                _say(opts, f"[{profile.name}] emitting {fmt} {precision}")
+                req = EmitRequest(model=model, precision=precision, out_path=tmp / name, calibration=calib,
+                                  input_layout=_input_layout(fmt, profile, opts), options=_emit_options(fmt, profile, opts),
+                                  preprocess=cfg.to_dict(), labels=labels, task=task, profile=profile.data)
+                try:
+                    art = get_emitter(fmt)(req)
+                except NotSupportedYet as exc:
+                    explicit = bool(opts.formats and fmt in opts.formats) or bool(opts.quant and precision in opts.quant)
+                    if explicit:
+                        raise
+                    manifest["warnings"].append(f"{fmt} {precision}: not supported yet ({exc})")
+                    _say(opts, f"  skipped: {exc}")
+                    continue
+                figures = verify_artifact(art, verify_samples, reference, task=task, postprocess=post, labels=labels,
+                                          input_hw=size_hw, synthetic=bool(facts.get("verify_synthetic")))
+                check_min_agreement(figures, task, opts.min_agreement, name)
+                manifest["artifacts"].append({
+                    "file": name, "format": fmt, "precision": precision, "sha256": sha256_of(art.path),
+                    "size": size_of(art.path), "input_layout": art.input_layout, "io_dtype": art.io_dtype,
+                    "verification": figures, "op_coverage": _op_coverage(profile, art), "notes": art.notes,
+                    "details": art.details,
+                })
+            if not manifest["artifacts"]:
+                raise EdgeInferError(f"no artifact could be produced for {profile.name}: " + "; ".join(manifest["warnings"]))
+            if labels:
+                (tmp / "labels.txt").write_text("\n".join(labels) + "\n")
+            manifest["conversion_seconds"] = round(time.perf_counter() - t0, 2)
+            write_manifest(tmp, manifest)
+        bundles.append(target)
+        manifests.append(manifest)
+    return ConvertResult(bundles, manifests)
+
+
+def summary_lines(result: ConvertResult) -> list[str]:
+    """Human-readable report of a conversion."""
+    lines = []
+    for path, m in zip(result.bundles, result.manifests):
+        lines.append(f"bundle {path}  ({m['profile']['display_name']}, {m['task']})")
+        src = m["source"]["size"]
+        for a in m["artifacts"]:
+            v = a["verification"]
+            agree = v.get("top1_agreement", v.get("map50_agreement"))
+            agree_s = f"agreement {agree:.3f}" if agree is not None else ""
+            lines.append(f"  {a['file']:<34} {a['size'] / 1e6:8.3f} MB ({a['size'] / src:5.2f}x)  "
+                         f"max|err| {v['max_abs_error']:.2e}  cos {v['cosine']:.5f}  {agree_s}")
+            for note in a["notes"]:
+                lines.append(f"      note: {note}")
+        for w in m["warnings"]:
+            lines.append(f"  warning: {w}")
+        if m.get("pruning"):
+            lines.append(f"  pruning: {json.dumps(m['pruning'].get('summary', m['pruning']))[:300]}")
+    return lines

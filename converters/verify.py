@@ -1,0 +1,97 @@
+"""Verification: every artifact against the fp32 source model on held-out inputs.
+
+Figures per artifact: max/mean abs error and cosine similarity of the first output, plus the
+task's agreement figure (top-1 agreement for classifiers, mAP agreement for detectors).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from edgeinfer.backends import BackendOptions, open_backend
+from edgeinfer.errors import EdgeInferError
+from edgeinfer.preprocess import Transform, to_layout
+
+from .emitters.api import EmittedArtifact
+
+BATCH = 8
+
+
+def run_reference(model: onnx.ModelProto, samples: np.ndarray) -> list[np.ndarray]:
+    """fp32 outputs of the source model under ONNX Runtime (the ground truth of verification)."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    fixed = sess.get_inputs()[0].shape[0]
+    step = 1 if fixed == 1 else BATCH
+    parts = [sess.run(None, {name: samples[i:i + step]}) for i in range(0, len(samples), step)]
+    return [np.concatenate([p[k] for p in parts]).astype(np.float32) for k in range(len(parts[0]))]
+
+
+def run_artifact(artifact: EmittedArtifact, samples: np.ndarray, threads: int | None = None) -> list[np.ndarray]:
+    """Outputs of an emitted artifact for NCHW float samples, executed the way the device would."""
+    if artifact.format == "coreml":
+        from .emitters.coreml.verify import run_mlpackage
+        return run_mlpackage(artifact.path, samples)
+    backend = open_backend(artifact.format, artifact.path, BackendOptions(threads=threads))
+    parts = [backend.run(to_layout(samples[i:i + BATCH], artifact.input_layout)) for i in range(0, len(samples), BATCH)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def numeric_figures(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    ref = ref.reshape(len(ref), -1).astype(np.float64)
+    out = out.reshape(len(out), -1).astype(np.float64)
+    if ref.shape != out.shape:
+        raise EdgeInferError(f"artifact output shape {out.shape} differs from the source model's {ref.shape}")
+    err = np.abs(ref - out)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    cos = np.where(norms > 0, (ref * out).sum(axis=1) / np.maximum(norms, 1e-30), 1.0)
+    return {"max_abs_error": float(err.max()), "mean_abs_error": float(err.mean()),
+            "cosine": float(cos.mean()), "min_cosine": float(cos.min())}
+
+
+def classify_agreement(ref: list[np.ndarray], out: list[np.ndarray], **_: Any) -> dict[str, float]:
+    a = ref[0].reshape(len(ref[0]), -1).argmax(axis=1)
+    b = out[0].reshape(len(out[0]), -1).argmax(axis=1)
+    return {"top1_agreement": float((a == b).mean())}
+
+
+def detect_agreement(ref: list[np.ndarray], out: list[np.ndarray], *, postprocess: dict, labels, input_hw) -> dict[str, float]:
+    from edgeinfer.detection.metrics import map_agreement
+    from edgeinfer.detection.postprocess import DetectPostprocessor
+    post = DetectPostprocessor(postprocess, labels)
+    t = Transform((input_hw[1], input_hw[0]))
+    ref_res = [post([o[i:i + 1] for o in ref], t) for i in range(len(ref[0]))]
+    out_res = [post([o[i:i + 1] for o in out], t) for i in range(len(out[0]))]
+    figures = map_agreement(ref_res, out_res)
+    return {k: float(v) for k, v in figures.items() if isinstance(v, (int, float))}
+
+
+AGREEMENT: dict[str, Callable[..., dict[str, float]]] = {"classify": classify_agreement, "detect": detect_agreement}
+AGREEMENT_KEY = {"classify": "top1_agreement", "detect": "map50_agreement"}
+
+
+def verify_artifact(artifact: EmittedArtifact, samples: np.ndarray, reference: list[np.ndarray], *, task: str,
+                    postprocess: dict, labels, input_hw, synthetic: bool = False) -> dict[str, Any]:
+    outputs = run_artifact(artifact, samples)
+    if len(outputs) != len(reference):
+        raise EdgeInferError(f"{artifact.path.name} has {len(outputs)} outputs; the source model has {len(reference)}")
+    figures: dict[str, Any] = {"inputs": int(len(samples)), "synthetic_inputs": synthetic}
+    figures.update(numeric_figures(reference[0], outputs[0]))
+    figures.update(AGREEMENT[task](reference, outputs, postprocess=postprocess, labels=labels, input_hw=input_hw))
+    return figures
+
+
+def check_min_agreement(figures: dict[str, Any], task: str, minimum: float | None, artifact_name: str) -> None:
+    if minimum is None:
+        return
+    key = AGREEMENT_KEY[task]
+    value = figures.get(key)
+    if value is None or value < minimum:
+        raise EdgeInferError(f"{artifact_name}: {key} {value:.4f} is below --min-agreement {minimum}; "
+                             "try --calib-method percentile/entropy, more calibration images, or a higher precision")

@@ -1,0 +1,264 @@
+"""The ``edgeinfer`` command line. Converter imports stay inside ``convert`` (lazy)."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from .errors import EdgeInferError
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+def user_errors(fn):
+    """Turn EdgeInferError (and a few environment errors) into one line + non-zero exit."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        warnings.showwarning = lambda message, *a, **k: click.echo(f"warning: {message}", err=True)
+        try:
+            return fn(*args, **kwargs)
+        except EdgeInferError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except MemoryError:
+            _fail("out of memory; use fewer --calib images or a smaller batch")
+        except Exception as exc:  # an internal error still gets one line; EDGEINFER_DEBUG=1 shows the traceback
+            if os.environ.get("EDGEINFER_DEBUG"):
+                raise
+            _fail(f"internal error ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                  "rerun with EDGEINFER_DEBUG=1 and report it", 3)
+    return wrapper
+
+
+def _floats(name: str, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise EdgeInferError(f"--{name} must be comma-separated numbers like 0.485,0.456,0.406; got {value!r}") from None
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgeinfer")
+def main() -> None:
+    """Convert models into verified edge bundles and run them."""
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--profile", "profiles", multiple=True, required=True, help="Device profile name (repeatable).")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder; one bundle per profile.")
+@click.option("--quant", help="Precisions, comma-separated: fp32,fp16,int8,int4 (default: the profile's recipe).")
+@click.option("--formats", help="Formats, comma-separated: onnx,tflite,coreml (default: the profile's preferred).")
+@click.option("--calib", "calib_dir", type=click.Path(path_type=Path), help="Folder of calibration images.")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax", show_default=True)
+@click.option("--calib-limit", type=click.IntRange(min=1), help="Use at most N calibration images.")
+@click.option("--calib-synthetic", is_flag=True, help="Allow int8 without calibration images (random inputs; recorded in the manifest).")
+@click.option("--verify-data", "verify_dir", type=click.Path(path_type=Path), help="Held-out images for verification (default: 20% of --calib).")
+@click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Labels file, one per line.")
+@click.option("--task", type=click.Choice(["classify", "detect"]), help="Default: from model metadata, else classify.")
+@click.option("--preset", help="Preprocessing preset: imagenet, inception, yolo, raw.")
+@click.option("--mean", help="Per-channel mean after scaling to 0..1, e.g. 0.485,0.456,0.406.")
+@click.option("--std", help="Per-channel std, e.g. 0.229,0.224,0.225.")
+@click.option("--scale", type=float, help="Pixel multiplier applied before mean/std (default 1/255).")
+@click.option("--resize", type=click.IntRange(min=1), help="Resize: shorter side to N (with --crop) or N x N.")
+@click.option("--crop", type=click.IntRange(min=1), help="Center crop N x N after --resize.")
+@click.option("--letterbox", type=click.IntRange(min=1), help="Letterbox to N x N keeping aspect (detectors).")
+@click.option("--layout", type=click.Choice(["NHWC", "NCHW"]), help="Input layout of the TFLite artifact (default NHWC).")
+@click.option("--color", type=click.Choice(["rgb", "bgr", "gray"]))
+@click.option("--tflite-io", type=click.Choice(["float32", "int8", "uint8"]), help="I/O dtype of full-int8 TFLite models.")
+@click.option("--decoder", type=click.Choice(["yolov5", "yolov8", "ssd"]), help="Detection decoder.")
+@click.option("--anchors", type=click.Path(path_type=Path), help="Anchors config (JSON) for ssd / yolov5.")
+@click.option("--score-threshold", type=float)
+@click.option("--iou-threshold", type=float)
+@click.option("--max-detections", type=click.IntRange(min=1))
+@click.option("--nms", type=click.Choice(["hard", "soft-linear", "soft-gaussian", "weighted"]))
+@click.option("--prune", "prune_ratio", type=click.FloatRange(0.0, 0.95), help="Fraction of channels removed per prunable group.")
+@click.option("--prune-flops", type=click.FloatRange(0.0, 0.95), help="Target fraction of FLOPs (MACs) removed.")
+@click.option("--prune-criterion", type=click.Choice(["l1", "l2", "bn", "activation"]), default="l1", show_default=True)
+@click.option("--prune-min-channels", type=click.IntRange(min=1))
+@click.option("--no-reconstruct", is_flag=True, help="Skip the least-squares recovery after pruning.")
+@click.option("--keep-float", help="Node names kept in float in int8 artifacts, comma-separated.")
+@click.option("--min-agreement", type=float, help="Fail if any artifact's agreement with fp32 is below this (0..1).")
+@click.option("--force", is_flag=True, help="Replace existing bundles.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@user_errors
+def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, calib_limit, calib_synthetic, verify_dir,
+            labels_file, task, preset, mean, std, scale, resize, crop, letterbox, layout, color, tflite_io, decoder, anchors,
+            score_threshold, iou_threshold, max_detections, nms, prune_ratio, prune_flops, prune_criterion,
+            prune_min_channels, no_reconstruct, keep_float, min_agreement, force, as_json, quiet):
+    """Convert MODEL (.onnx) into one verified bundle per --profile under -o OUT."""
+    try:
+        from converters.pipeline import ConvertOptions, convert as run_convert, summary_lines
+    except ModuleNotFoundError as exc:
+        raise EdgeInferError(f"the converter needs {exc.name}; install it with: pip install 'edgeinfer[convert]'") from None
+    pre = {"mean": _floats("mean", mean), "std": _floats("std", std), "scale": scale, "color": color}
+    if letterbox:
+        pre.update(resize_mode="letterbox", letterbox={"size": letterbox, "pad_value": 114, "stride": None})
+    elif resize or crop:
+        pre.update(resize=resize or crop, crop=crop, resize_mode="shorter" if crop else "stretch")
+    post = None
+    if decoder or task == "detect":
+        from .detection.postprocess import build_detect_postprocess
+        if not decoder:
+            raise EdgeInferError("--task detect needs --decoder yolov5|yolov8|ssd")
+        post = build_detect_postprocess(decoder, anchors_file=anchors, score_threshold=score_threshold,
+                                        iou_threshold=iou_threshold, max_detections=max_detections, nms=nms)
+        task = "detect"
+    prune_cfg = None
+    if prune_ratio is not None or prune_flops is not None:
+        prune_cfg = _prune_config(profiles, prune_ratio, prune_flops, prune_criterion, prune_min_channels, no_reconstruct)
+    opts = ConvertOptions(
+        model=model, profiles=list(profiles), out_dir=out_dir, quant=_csv(quant), formats=_csv(formats),
+        calib_dir=calib_dir, verify_dir=verify_dir, calib_method=calib_method, calib_synthetic=calib_synthetic,
+        calib_limit=calib_limit, labels_file=labels_file, preset=preset, preprocess=pre, task=task, postprocess=post,
+        prune=prune_cfg, min_agreement=min_agreement, force=force, progress=not quiet,
+        emitter_options={"tflite_io_dtype": tflite_io, "tflite_layout": layout}, exclude_nodes=_csv(keep_float) or [])
+    result = run_convert(opts)
+    if as_json:
+        click.echo(json.dumps([dict(m, bundle=str(p)) for p, m in zip(result.bundles, result.manifests)], indent=2))
+    else:
+        for line in summary_lines(result):
+            click.echo(line)
+
+
+def _prune_config(profiles, ratio, flops, criterion, min_channels, no_reconstruct):
+    from converters.prune import PruneConfig
+    from .profiles import load_profile
+    prof = load_profile(profiles[0]).data.get("prune", {})
+    return PruneConfig(ratio=ratio, flops_target=flops, criterion=criterion,
+                       channel_multiple=prof.get("channel_multiple", 1),
+                       min_channels=min_channels or prof.get("min_channels", 1), reconstruct=not no_reconstruct)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--artifact", help="Artifact file of the bundle to run (default: first this host can run).")
+@click.option("--top-k", type=click.IntRange(min=1), help="Classes to show per image.")
+@click.option("--threads", type=click.IntRange(min=1))
+@click.option("--delegate", "delegates", multiple=True, help="LiteRT delegate name or library path (repeatable).")
+@click.option("--strict-delegate", is_flag=True, help="Fail instead of falling back to CPU when a delegate is missing.")
+@click.option("--save-vis", type=click.Path(path_type=Path), help="Write images with detections drawn into this folder.")
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def run(bundle, images, artifact, top_k, threads, delegates, strict_delegate, save_vis, as_json):
+    """Run BUNDLE on IMAGES and print the predictions."""
+    from .predictor import Predictor
+    pred = Predictor(bundle, artifact=artifact, threads=threads, delegates=list(delegates) or None,
+                     strict_delegate=strict_delegate)
+    results = pred.predict(images, top_k=top_k)
+    if save_vis:
+        if pred.task != "detect":
+            raise EdgeInferError("--save-vis draws detections; this bundle is a classifier")
+        from .detection.visualize import draw_detections
+        save_vis.mkdir(parents=True, exist_ok=True)
+        for img, res in zip(images, results):
+            draw_detections(img, res, save_vis / (Path(img).stem + "_det.png"))
+    if as_json:
+        click.echo(json.dumps({"bundle": str(bundle), **pred.describe(),
+                               "results": [dict(image=str(i), **r.to_dict()) for i, r in zip(images, results)]}, indent=2))
+        return
+    info = pred.describe()
+    click.echo(f"{info['artifact']} ({info.get('engine', info['format'])})")
+    for img, res in zip(images, results):
+        click.echo(f"{img}:")
+        for line in res.format_lines() or ["(nothing detected)"]:
+            click.echo(f"  {line}")
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+@user_errors
+def profiles(ctx):
+    """List device profiles (or `profiles show NAME`)."""
+    if ctx.invoked_subcommand is None:
+        from .profiles import all_profiles
+        for p in all_profiles():
+            click.echo(f"{p.name:<18} {p.display_name:<42} formats={','.join(p.preferred_formats):<14} recipe={','.join(p.default_recipe)}")
+
+
+@profiles.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def profiles_show(name, as_json):
+    """Show one device profile."""
+    from .profiles import load_profile
+    p = load_profile(name)
+    if as_json:
+        click.echo(json.dumps(p.data, indent=2))
+    else:
+        click.echo(p.path.read_text().rstrip())
+
+
+@main.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def inspect(target, as_json):
+    """Describe a bundle (manifest) or a model (.onnx)."""
+    from .bundle import is_bundle, read_manifest
+    if is_bundle(target):
+        info = read_manifest(target)
+    else:
+        try:
+            from converters.inspect import inspect_model
+        except ModuleNotFoundError as exc:
+            raise EdgeInferError(f"inspecting a model needs {exc.name}; install 'edgeinfer[convert]'") from None
+        info = inspect_model(target)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for line in _describe(info):
+        click.echo(line)
+
+
+def _describe(info: dict) -> list[str]:
+    lines = []
+    for key, value in info.items():
+        if key == "artifacts":
+            lines.append("artifacts:")
+            for a in value:
+                v = a.get("verification", {})
+                lines.append(f"  {a['file']:<32} {a['format']:<7} {a['precision']:<5} {a['size'] / 1e6:8.3f} MB  "
+                             + "  ".join(f"{k}={v[k]:.4g}" for k in ("max_abs_error", "cosine", "top1_agreement", "map50_agreement") if k in v))
+        elif isinstance(value, (dict, list)):
+            lines.append(f"{key}: {json.dumps(value)}")
+        else:
+            lines.append(f"{key}: {value}")
+    return lines
+
+
+@main.command("eval")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--artifact", help="Evaluate only this artifact (default: every artifact this host can run).")
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def eval_cmd(bundle, data, artifact, as_json):
+    """Evaluate BUNDLE on DATA: image folder (classify) or COCO JSON / folder with annotations.json (detect)."""
+    from .evaluate import format_report, run_eval
+    report = run_eval(bundle, data, artifact=artifact, progress=not as_json)
+    click.echo(json.dumps(report, indent=2) if as_json else "\n".join(format_report(report)))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
