@@ -230,6 +230,8 @@ def load_anchors_file(path: str | Path, decoder: str) -> dict[str, Any]:
     bare list of per-level size lists (strides 8, 16, 32, ...).
     """
     p = Path(path)
+    if decoder not in ("ssd", "yolov5"):
+        raise EdgeInferError(f"the {decoder} decoder is anchor-free and takes no anchors file; drop --anchors")
     try:
         data = json.loads(p.read_text())
     except FileNotFoundError:
@@ -243,16 +245,14 @@ def load_anchors_file(path: str | Path, decoder: str) -> dict[str, Any]:
             return {"anchors": data["anchors"], "box_coding": data.get("box_coding")}
         coding = {k: v for k, v in data.items() if k in SSD_CODING_DEFAULTS}
         return {"anchors": {k: v for k, v in data.items() if k not in SSD_CODING_DEFAULTS}, "box_coding": coding or None}
-    if decoder == "yolov5":
-        if isinstance(data, list):
-            data = {"sizes": data, "strides": [8 * 2 ** i for i in range(len(data))]}
-        if not isinstance(data, dict):
-            raise EdgeInferError(f"anchors file {p}: expected {{\"strides\": [...], \"sizes\": [[...], ...]}}")
-        data = dict(data)
-        if "anchors" in data and "sizes" not in data:
-            data["sizes"] = data.pop("anchors")
-        return {"anchors": data}
-    raise EdgeInferError(f"the {decoder} decoder takes no anchors file; drop --anchors")
+    if isinstance(data, list):  # yolov5
+        data = {"sizes": data, "strides": [8 * 2 ** i for i in range(len(data))]}
+    if not isinstance(data, dict):
+        raise EdgeInferError(f"anchors file {p}: expected {{\"strides\": [...], \"sizes\": [[...], ...]}}")
+    data = dict(data)
+    if "anchors" in data and "sizes" not in data:
+        data["sizes"] = data.pop("anchors")
+    return {"anchors": data}
 
 
 def build_detect_postprocess(decoder: str, anchors_file: str | Path | None = None, *,
