@@ -1,0 +1,38 @@
+# Two entry points that work on a fresh machine (they bootstrap .venv themselves):
+#   make demo   convert the bundled digits sample for two device profiles and run it on the sample images
+#   make test   install the dev extras and run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= demo-out
+
+.PHONY: demo test test-fast venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-all: pyproject.toml setup.py | $(BIN)/python
+	$(BIN)/pip install -q -e '.[all]'
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml setup.py | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.installed-all
+
+demo: $(VENV)/.installed-all
+	$(BIN)/edgeinfer convert samples/digits/digits.onnx \
+		--profile generic-x86-64 --profile raspberry-pi-4 \
+		--calib samples/digits/calib -o $(OUT) --force
+	$(BIN)/edgeinfer run $(OUT)/digits-generic-x86-64 samples/digits/images/*.png --top-k 3
+	$(BIN)/edgeinfer run $(OUT)/digits-raspberry-pi-4 samples/digits/images/*.png --top-k 1
+
+test: $(VENV)/.installed-dev
+	bash tools/setup_tflite214_venv.sh
+	$(BIN)/python -m pytest -q -m "slow or not slow" tests
+
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(OUT) build dist *.egg-info
