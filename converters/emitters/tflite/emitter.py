@@ -1,0 +1,155 @@
+"""ONNX -> .tflite emitter entry point: ``emit(EmitRequest) -> EmittedArtifact``.
+
+Precisions (``request.precision``): "fp32"; "fp16" (float16 weights + DEQUANTIZE); "int8"
+full-integer with ``request.calibration.ranges`` (``options["int8_mode"] = "dynamic"`` for
+dynamic-range int8 instead); "int4" (full-integer int8 with int4 FULLY_CONNECTED weights: a size
+recipe). Options: ``io_dtype`` "float32" (default) | "int8" | "uint8" for full-integer models.
+The input layout (``request.input_layout``) is written into the model metadata under
+``edgeinfer_layout``; the file is written only when the whole graph converted.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+
+from edgeinfer.errors import EdgeInferError
+
+from ..api import EmitRequest, EmittedArtifact
+from .builder import quant_params
+from .context import FLOAT32, INT8, NHWC, UINT8, Converter, Value, identity
+from .ops import HANDLERS
+from .prepare import constants_from_nodes, fold_batchnorm, pin_batch, plan_fusion, static_shapes
+
+LAYOUT_METADATA = "edgeinfer_layout"
+SKIPPED = {"Constant"}
+INT4_NOTE = ("int4: only FULLY_CONNECTED weights are stored as int4 (the op LiteRT accepts int4 weights for); "
+             "convolutions stay int8 and activations int8. A size recipe, not a speed-up.")
+
+
+def _mode(request: EmitRequest) -> str:
+    p = request.precision
+    if p == "int8" and request.options.get("int8_mode", "full") == "dynamic":
+        return "dynamic"
+    if p not in ("fp32", "fp16", "int8", "int4"):
+        raise EdgeInferError(f"TFLite emitter: precision {p!r} is not supported; supported: fp32, fp16, int8, int4")
+    return p
+
+
+def check_supported(model) -> None:
+    """Reject the first node whose op has no handler, naming it and the supported ops."""
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise EdgeInferError(f"TFLite emitter: node {node.name or node.output[0]!r} uses custom domain {node.domain!r}; "
+                                 "only standard ONNX ops are supported")
+        if node.op_type not in HANDLERS and node.op_type not in SKIPPED | {"BatchNormalization"}:
+            raise EdgeInferError(f"TFLite emitter: node {node.name or node.output[0]!r} has op {node.op_type!r}, which has "
+                                 f"no TFLite handler; supported: {', '.join(sorted(HANDLERS))}")
+
+
+def build(request: EmitRequest) -> tuple[bytes, Converter, str]:
+    """Convert ``request.model``; returns (.tflite bytes, converter state, io dtype)."""
+    mode = _mode(request)
+    io_dtype = request.options.get("io_dtype", "float32") if mode in ("int8", "int4") else "float32"
+    if io_dtype not in ("float32", "int8", "uint8"):
+        raise EdgeInferError(f"TFLite emitter: io_dtype {io_dtype!r} is not supported; use float32, int8 or uint8")
+    layout = request.input_layout.upper()
+    if layout not in ("NCHW", "NHWC"):
+        raise EdgeInferError(f"TFLite emitter: input_layout {request.input_layout!r} is not supported; use NHWC or NCHW")
+    check_supported(request.model)
+    model, pinned = pin_batch(request.model)
+    ranges = None
+    if mode in ("int8", "int4"):
+        if request.calibration is None:
+            raise EdgeInferError("TFLite emitter: full-integer int8 needs calibration ranges (pass calibration images)")
+        ranges = request.calibration.ranges
+    ctx = Converter(model, mode, ranges, io_dtype)
+    ctx.pinned_batch = pinned
+    ctx.shapes = static_shapes(model)
+    constants_from_nodes(ctx)
+    fold_batchnorm(ctx)
+    plan_fusion(ctx)
+    inputs = [_graph_input(ctx, vi, layout) for vi in model.graph.input if vi.name not in ctx.consts]
+    for i, node in enumerate(model.graph.node):
+        if i in ctx.skip or node.op_type in SKIPPED:
+            continue
+        ctx.node = node
+        for out in node.output:
+            if out and out not in ctx.shapes:
+                ctx.shape(out)  # raises the "no static shape" error
+        HANDLERS[node.op_type](ctx, i, node)
+    ctx.node = None
+    outputs = [_graph_output(ctx, vi.name) for vi in model.graph.output]
+    desc = f"edgeinfer {mode} input_layout={layout}"
+    data = ctx.b.finish(inputs, outputs, desc, {LAYOUT_METADATA: layout.encode()})
+    return data, ctx, io_dtype
+
+
+def _graph_input(ctx: Converter, vi, layout: str) -> int:
+    shape = ctx.shape(vi.name)
+    perm = NHWC if (layout == "NHWC" and len(shape) == 4) else identity(len(shape))
+    stored = [shape[p] for p in perm]
+    if not ctx.quantized:
+        t = ctx.b.add_tensor(vi.name, stored, FLOAT32)
+        ctx.values[vi.name] = Value(t, shape, perm)
+        return t
+    s, z = ctx.qparams(vi.name)
+    if ctx.io_dtype == "int8":
+        return ctx.new_value(vi.name, shape, perm).tensor
+    t = ctx.b.add_tensor(vi.name, stored, FLOAT32 if ctx.io_dtype == "float32" else UINT8,
+                         None if ctx.io_dtype == "float32" else quant_params(s, z + 128))
+    v = ctx.new_value(vi.name + "_int8", shape, perm, q=(s, z))
+    ctx.values[vi.name] = v
+    ctx.b.add_op("QUANTIZE", [t], [v.tensor], None, ctx.version("QUANTIZE"))
+    return t
+
+
+def _graph_output(ctx: Converter, name: str) -> int:
+    v = ctx.get(name)
+    t = ctx.onnx_order(v)
+    shape = list(v.shape)
+    if not ctx.quantized or ctx.io_dtype == "int8":
+        if ctx.b.tensors[t].name != name:     # an aliased/internal tensor: give the output its ONNX name
+            out = ctx.scratch(name, shape, t)
+            ctx.reshape(t, shape, out=out)
+            t = out
+        return t
+    if ctx.io_dtype == "float32":
+        out = ctx.b.add_tensor(name, shape, FLOAT32)
+        ctx.b.add_op("DEQUANTIZE", [t], [out], None, ctx.version("DEQUANTIZE"))
+        return out
+    s, z = ctx.qof(t)
+    out = ctx.b.add_tensor(name, shape, UINT8, quant_params(s, z + 128))
+    ctx.b.add_op("QUANTIZE", [t], [out], None, ctx.version("QUANTIZE"))
+    return out
+
+
+def emit(request: EmitRequest) -> EmittedArtifact:
+    """Write ``request.out_path`` (.tflite) or raise ``EdgeInferError`` having written nothing."""
+    t0 = time.perf_counter()
+    print(f"[tflite] emitting {request.precision} ...", file=sys.stderr)
+    data, ctx, io_dtype = build(request)
+    out = Path(request.out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, out)
+    notes = []
+    if ctx.mode == "int4":
+        notes.append(INT4_NOTE if ctx.int4_ops else "int4: no FULLY_CONNECTED layer here, so every weight stayed int8 (same file as int8)")
+    if ctx.mode == "dynamic":
+        notes.append("dynamic-range int8: int8 weights, float activations (hybrid kernels)")
+    if ctx.mode == "fp16":
+        notes.append("fp16: float16 weights dequantized to float32 at load; compute in float32")
+    if ctx.pinned_batch:
+        notes.append("symbolic batch pinned to 1 in the file; the runtime resizes the input for larger batches")
+    elapsed = time.perf_counter() - t0
+    print(f"[tflite] wrote {out.name}: {len(data)} bytes, {len(ctx.b.operators)} ops in {elapsed:.2f}s", file=sys.stderr)
+    return EmittedArtifact(
+        path=out, format="tflite", precision=request.precision, input_layout=request.input_layout.upper(),
+        io_dtype=io_dtype, notes=notes,
+        details={"op_counts": dict(ctx.b.op_counts), "op_versions": ctx.b.opcode_versions(),
+                 "mode": ctx.mode, "int4_ops": sorted(ctx.int4_ops), "seconds": round(elapsed, 3)},
+    )

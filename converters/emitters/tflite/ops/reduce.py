@@ -1,0 +1,44 @@
+"""GlobalAveragePool / ReduceMean -> MEAN over the stored positions of the reduced axes."""
+from __future__ import annotations
+
+from ai_edge_litert import schema_py_generated as fb
+
+from ..context import Converter, Value, attrs
+
+
+def _mean(ctx: Converter, node, x: Value, axes: list[int], keepdims: bool) -> None:
+    axes = sorted({a % len(x.shape) for a in axes})
+    stored_axes = [x.perm.index(a) for a in axes]
+    if keepdims:
+        perm = x.perm
+    else:
+        kept = [p for p in x.perm if p not in axes]
+        perm = tuple(sorted(kept).index(p) for p in kept)
+    out = ctx.new_value(node.output[0], ctx.shape(node.output[0]), perm)
+    o = fb.ReducerOptionsT()
+    o.keepDims = bool(keepdims)
+    ctx.b.add_op("MEAN", [x.tensor, ctx.int_const(stored_axes, "axes")], [out.tensor], o, ctx.version("MEAN"))
+
+
+def global_average_pool(ctx: Converter, index: int, node) -> None:
+    """GlobalAveragePool: mean over all spatial axes, keeping them as size 1."""
+    x = ctx.get(node.input[0])
+    _mean(ctx, node, x, list(range(2, len(x.shape))), True)
+
+
+def reduce_mean(ctx: Converter, index: int, node) -> None:
+    """ReduceMean with constant axes (attribute, or input since opset 18); noop_with_empty_axes=0."""
+    a = attrs(node)
+    x = ctx.get(node.input[0])
+    if len(node.input) > 1 and node.input[1]:
+        axes = [int(v) for v in ctx.const(node.input[1]).reshape(-1)]
+    else:
+        axes = list(a.get("axes", []))
+    if not axes:
+        if a.get("noop_with_empty_axes", 0):
+            raise ctx.error("noop_with_empty_axes=1 is not supported")
+        axes = list(range(len(x.shape)))
+    _mean(ctx, node, x, axes, bool(a.get("keepdims", 1)))
+
+
+HANDLERS = {"GlobalAveragePool": global_average_pool, "ReduceMean": reduce_mean}

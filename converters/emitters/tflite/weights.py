@@ -1,0 +1,53 @@
+"""Weight and bias tensors per precision mode (one place that decides how weights are stored).
+
+- fp32: float32 constants; fp16: float16 constants + DEQUANTIZE.
+- dynamic: symmetric int8 weights (per-channel on ``axis`` or per-tensor), float bias; the
+  kernels run "hybrid" (int8 weights, float activations).
+- int8 / int4: symmetric int8 (int4 where the op accepts it) per-channel weights, int32 bias
+  with scale ``input_scale * weight_scale`` and zero point 0, as the TFLite int8 spec requires.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from converters.quant_math import quantize_weights_per_channel
+
+from .builder import quant_params
+from .context import Converter
+
+
+def _quantize(w: np.ndarray, axis: int | None, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    if axis is None:                               # per-tensor: one channel holding everything
+        q, s = quantize_weights_per_channel(w.reshape(1, -1), 0, bits)
+        return q.reshape(w.shape), s
+    return quantize_weights_per_channel(w, axis, bits)
+
+
+def weights(ctx: Converter, w: np.ndarray, bias: np.ndarray | None, axis: int | None, x_tensor: int,
+            hint: str, op: str, int4_ok: bool = False) -> tuple[int, int, list[str]]:
+    """(filter tensor, bias tensor or -1, version features) for a conv / fully-connected op.
+
+    ``w`` is already in the TFLite layout, ``axis`` its output-channel axis (None = per-tensor).
+    """
+    w = np.asarray(w, np.float32)
+    if ctx.mode in ("fp32", "fp16"):
+        b = ctx.float_weight(bias, hint + "_bias") if bias is not None else -1
+        return ctx.float_weight(w, hint + "_weights"), b, []
+    if ctx.mode == "dynamic":
+        q, s = _quantize(w, axis, 8)
+        wt = ctx.b.add_const(hint + "_weights", q, quant_params(s, np.zeros_like(s, np.int64), axis or 0))
+        b = ctx.b.add_const(hint + "_bias", np.asarray(bias, np.float32)) if bias is not None else -1
+        return wt, b, ["hybrid"]
+    use4 = ctx.mode == "int4" and int4_ok
+    q, s = _quantize(w, axis, 4 if use4 else 8)
+    if use4:
+        ctx.int4_ops.add(op)
+    wt = ctx.b.add_const(hint + "_weights", q, quant_params(s, np.zeros_like(s, np.int64), axis or 0), int4=use4)
+    b = -1
+    if bias is not None:
+        in_scale = ctx.qof(x_tensor)[0]
+        bscale = (in_scale * s).astype(np.float64)
+        bq = np.round(np.asarray(bias, np.float64) / (bscale if bscale.size > 1 else bscale[0]))
+        bq = np.clip(bq, -(2 ** 31) + 1, 2 ** 31 - 1).astype(np.int32)
+        b = ctx.b.add_const(hint + "_bias", bq, quant_params(bscale, np.zeros_like(bscale, np.int64), 0))
+    return wt, b, (["int4"] if use4 else [])

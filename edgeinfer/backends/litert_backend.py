@@ -1,0 +1,178 @@
+"""LiteRT / TFLite backend: runs a .tflite artifact.
+
+Engine: ``ai_edge_litert.interpreter``, else ``tflite_runtime.interpreter``, else
+``tensorflow.lite`` (imported lazily, in that order). Delegates named in
+``options.delegates`` ("xnnpack", "gpu", "nnapi", "hexagon", "edgetpu" or a library path)
+are loaded with ``load_delegate``; a missing one falls back to CPU with a warning naming it
+(``self.warnings`` and stderr), or raises ``EdgeInferError`` when ``options.strict_delegate``.
+Quantized model I/O is quantized/dequantized here from the tensor parameters; batches larger
+than the file's batch resize the input tensor (or run sample by sample when the graph cannot).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgeInferError
+from .base import Backend, BackendOptions
+from .tflite_metadata import read_metadata
+
+ENGINES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+
+# delegate name -> candidate shared libraries per platform (first found wins)
+DELEGATE_LIBRARIES: dict[str, dict[str, list[str]]] = {
+    "gpu": {"linux": ["libtensorflowlite_gpu_delegate.so"], "darwin": ["libtensorflowlite_gpu_delegate.dylib"],
+            "win32": ["tensorflowlite_gpu_delegate.dll"]},
+    "nnapi": {"linux": ["libtensorflowlite_nnapi_delegate.so", "libnnapi_delegate.so"]},
+    "hexagon": {"linux": ["libQnnTFLiteDelegate.so", "libhexagon_delegate.so"]},
+    "edgetpu": {"linux": ["libedgetpu.so.1"], "darwin": ["libedgetpu.1.dylib"], "win32": ["edgetpu.dll"]},
+}
+BUILTIN_DELEGATES = {"xnnpack"}   # part of the interpreter's default CPU kernels: nothing to load
+
+
+def import_engine():
+    """(engine module name, Interpreter class, load_delegate) of the first installed engine."""
+    for name in ENGINES:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        return name, mod.Interpreter, mod.load_delegate
+    raise EdgeInferError("no TFLite interpreter installed; install edgeinfer[tflite] (ai-edge-litert) or tflite-runtime")
+
+
+def delegate_candidates(name: str, platform: str = sys.platform) -> list[str]:
+    """Library names (or the path itself) to try for a delegate given by name or path."""
+    if "/" in name or "\\" in name or name.endswith((".so", ".dylib", ".dll")) or ".so." in name:
+        return [name]
+    key = name.lower()
+    if key not in DELEGATE_LIBRARIES:
+        raise EdgeInferError(f"unknown TFLite delegate {name!r}; use one of "
+                             f"{', '.join(sorted(set(DELEGATE_LIBRARIES) | BUILTIN_DELEGATES))} or a library path")
+    plat = "linux" if platform.startswith("linux") else platform
+    return DELEGATE_LIBRARIES[key].get(plat, [])
+
+
+def guess_layout(shape) -> str:
+    """Layout of a 4-D input without edgeinfer metadata: TFLite's NHWC unless channels come first."""
+    if len(shape) == 4 and shape[1] in (1, 3, 4) and shape[3] not in (1, 3, 4):
+        return "NCHW"
+    return "NHWC" if len(shape) == 4 else "NCHW"
+
+
+class LiteRTBackend(Backend):
+    format = "tflite"
+
+    def __init__(self, path: Path, options: BackendOptions | None = None):
+        super().__init__(path, options)
+        if not self.path.is_file():
+            raise EdgeInferError(f"TFLite model not found: {self.path}")
+        self.engine, interpreter_cls, load_delegate = import_engine()
+        self.delegates_loaded: list[str] = []
+        delegates = self._load_delegates(load_delegate)
+        try:
+            self.interp = interpreter_cls(model_path=str(self.path), num_threads=self.options.threads,
+                                          experimental_delegates=delegates or None)
+            self.interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise EdgeInferError(f"{self.engine} cannot load {self.path.name}: {str(exc).splitlines()[0]}; "
+                                 "re-convert with this edgeinfer version or update the interpreter") from None
+        inp = self.interp.get_input_details()[0]
+        self._input = inp
+        self.input_name = inp["name"]
+        self.input_shape = [int(d) for d in inp["shape"]]
+        self._file_batch = self.input_shape[0] if self.input_shape else 1
+        self.output_names = [d["name"] for d in self.interp.get_output_details()]
+        layout = read_metadata(self.path).get("edgeinfer_layout", b"").decode() or guess_layout(self.input_shape)
+        self.input_layout = layout
+
+    def _load_delegates(self, load_delegate) -> list:
+        loaded = []
+        for name in self.options.delegates:
+            if name.lower() in BUILTIN_DELEGATES:
+                self.delegates_loaded.append(name.lower())
+                continue
+            errors = []
+            for lib in delegate_candidates(name):
+                try:
+                    loaded.append(load_delegate(lib))
+                    self.delegates_loaded.append(name)
+                    break
+                except (ValueError, OSError, RuntimeError) as exc:
+                    errors.append(f"{lib}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            else:
+                why = "; ".join(errors) or f"no library known for {sys.platform}"
+                if self.options.strict_delegate:
+                    raise EdgeInferError(f"TFLite delegate {name!r} could not be loaded ({why}); "
+                                         "install it or drop --strict-delegate to fall back to CPU")
+                msg = f"TFLite delegate {name!r} could not be loaded ({why}); running on CPU"
+                self.warnings.append(msg)
+                print(f"warning: {msg}", file=sys.stderr)
+        return loaded
+
+    # ---------- I/O quantization ----------
+    @staticmethod
+    def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+        dtype = detail["dtype"]
+        if dtype == np.float32:
+            return x.astype(np.float32, copy=False)
+        scale, zp = detail["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale) + zp, info.min, info.max).astype(dtype)
+
+    @staticmethod
+    def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+        if y.dtype == np.float32:
+            return y
+        scale, zp = detail["quantization"]
+        if scale == 0:
+            return y.astype(np.float32)
+        return ((y.astype(np.float32) - zp) * scale).astype(np.float32)
+
+    # ---------- running ----------
+    def _invoke(self, batch: np.ndarray) -> list[np.ndarray]:
+        self.interp.set_tensor(self._input["index"], self._quantize(batch, self._input))
+        self.interp.invoke()
+        return [self._dequantize(self.interp.get_tensor(d["index"]).copy(), d) for d in self.interp.get_output_details()]
+
+    def _resize(self, n: int) -> bool:
+        shape = list(self.input_shape)
+        shape[0] = n
+        try:
+            self.interp.resize_tensor_input(self._input["index"], shape, strict=False)
+            self.interp.allocate_tensors()
+        except (ValueError, RuntimeError):
+            return False
+        self._input = self.interp.get_input_details()[0]
+        return True
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """float32 batch in ``input_layout`` -> float32 outputs in ``output_names`` order."""
+        batch = np.asarray(batch, np.float32)
+        expect = tuple(self.input_shape[1:])
+        if tuple(batch.shape[1:]) != expect:
+            raise EdgeInferError(f"input of shape {list(batch.shape)} does not match the model's "
+                                 f"{self.input_layout} input {self.input_shape}; preprocess to that size/layout")
+        n = batch.shape[0]
+        current = int(self._input["shape"][0])
+        if n == current:
+            return self._invoke(batch)
+        if n != self._file_batch and self._resize(n):
+            try:
+                outs = self._invoke(batch)
+                if all(o.shape[:1] == (n,) for o in outs):
+                    return outs
+            except (ValueError, RuntimeError):
+                pass
+        if int(self._input["shape"][0]) != self._file_batch:
+            self._resize(self._file_batch)
+        step = self._file_batch
+        parts = [self._invoke(batch[i:i + step]) for i in range(0, n, step)]
+        return [np.concatenate(p, axis=0) for p in zip(*parts)]
+
+    def describe(self) -> dict:
+        return {"format": self.format, "engine": self.engine, "delegates": list(self.delegates_loaded),
+                "threads": self.options.threads, "input_layout": self.input_layout}
