@@ -1,0 +1,192 @@
+"""Quantization sensitivity: which nodes an int8 recipe must keep in float to hold a metric.
+
+``find_sensitive_nodes(model, calib_samples, eval_inputs, metric_fn)`` calibrates ONCE, then
+
+1. measures ``metric_fn`` on the fp32 model and on the naive int8 model (nothing excluded);
+   if the drop is within ``tolerance`` it returns ``[]``;
+2. scans the candidates: each candidate (one node name, or a group of names kept in float
+   together, e.g. a detector head's decode tail) is excluded ALONE and the metric re-measured;
+3. greedily accumulates the candidates that helped, best first, keeping each only if it raises
+   the metric, until the drop is within ``tolerance`` or ``budget`` nodes are kept in float.
+
+``metric_fn(outputs) -> float`` scores a model's outputs on ``eval_inputs`` (higher is better):
+``outputs[i]`` is the list of output arrays for ``eval_inputs[i]``. It can be a task metric
+(mAP against ground truth) or agreement with the float model (``cosine_agreement``).
+Quantization is ``converters.quantize_onnx.quantize_int8`` (static QDQ, per-channel weights) with
+ranges from ``converters.calibrate.calibrate``, so the result applies to the pipeline's int8 recipe.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import onnx
+
+from edgeinfer.errors import EdgeInferError
+
+from .emitters.api import CalibrationResult
+
+Outputs = list[list[np.ndarray]]
+MetricFn = Callable[[Outputs], float]
+Candidate = str | tuple[str, ...]
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+@dataclass
+class SensitivityReport:
+    """What the search measured. ``excluded`` are node names to keep in float."""
+
+    float_metric: float
+    naive_metric: float
+    final_metric: float
+    excluded: list[str] = field(default_factory=list)
+    scan: list[tuple[str, float]] = field(default_factory=list)   # (candidate, metric when kept float alone)
+    steps: list[tuple[str, float, bool]] = field(default_factory=list)  # (candidate, metric, accepted)
+    evaluations: int = 0
+
+
+def run_outputs(model: onnx.ModelProto, inputs: np.ndarray, threads: int = 1) -> Outputs:
+    """All outputs of ``model`` for each sample of ``inputs`` (run one at a time: batch 1 graphs)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return [sess.run(None, {name: np.ascontiguousarray(x[None], dtype=np.float32)}) for x in inputs]
+
+
+def cosine_agreement(reference: Outputs) -> MetricFn:
+    """Metric factory: mean cosine similarity of each output with ``reference`` (1.0 = identical)."""
+    def metric(outputs: Outputs) -> float:
+        sims = []
+        for ref, got in zip(reference, outputs):
+            for r, g in zip(ref, got):
+                r, g = r.ravel().astype(np.float64), g.ravel().astype(np.float64)
+                sims.append(float(r @ g / (np.linalg.norm(r) * np.linalg.norm(g) + 1e-12)))
+        return float(np.mean(sims))
+    return metric
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def head_groups(model: onnx.ModelProto) -> list[tuple[str, ...]]:
+    """Op groups of a model's head: the float tail after the last weighted ops (decode arithmetic,
+    the concat of box and score branches) and the last weighted ops themselves (final convs)."""
+    cons = _consumers(model)
+    reaches_weighted: dict[str, bool] = {}
+    for n in reversed(model.graph.node):  # topological order: consumers are already known
+        reaches_weighted[n.name] = any(c.op_type in WEIGHTED_OPS or reaches_weighted.get(c.name, False)
+                                       for o in n.output for c in cons.get(o, []))
+    tail = tuple(n.name for n in model.graph.node if n.op_type not in WEIGHTED_OPS and not reaches_weighted[n.name])
+    final = tuple(n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and not reaches_weighted[n.name])
+    return [g for g in (tail, final) if g]
+
+
+def quantized_nodes(qmodel: onnx.ModelProto) -> list[str]:
+    """Names of the nodes a QDQ model computes in int8 (an input comes from DequantizeLinear)."""
+    dq_out = {o for n in qmodel.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in qmodel.graph.node
+            if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(i in dq_out for i in n.input)]
+
+
+def _names(c: Candidate) -> tuple[str, ...]:
+    return (c,) if isinstance(c, str) else tuple(c)
+
+
+def _label(c: Candidate) -> str:
+    names = _names(c)
+    return names[0] if len(names) == 1 else f"[{names[0]} .. {names[-1]}] ({len(names)} nodes)"
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_inputs: np.ndarray,
+                       metric_fn: MetricFn, candidates: Iterable[Candidate] | None = None, budget: int = 8,
+                       tolerance: float = 0.01, *, calibration: CalibrationResult | None = None,
+                       quantize: Callable[[onnx.ModelProto, CalibrationResult, Sequence[str]], onnx.ModelProto] | None = None,
+                       progress: bool = True) -> SensitivityReport:
+    """The full search (see module docstring); ``find_sensitive_nodes`` returns only its names.
+
+    ``candidates`` None: every node the naive int8 model quantizes, head first, plus the
+    ``head_groups``. ``budget`` caps the number of nodes kept in float. ``tolerance`` is the
+    allowed metric drop below fp32 (absolute, in ``metric_fn`` units). ``calibration`` reuses ranges
+    already collected; ``quantize(model, calib, nodes_to_exclude)`` replaces the default recipe.
+    """
+    from .calibrate import calibrate
+    from .quantize_onnx import quantize_int8
+
+    if len(eval_inputs) == 0:
+        raise EdgeInferError("sensitivity search needs evaluation inputs: pass held-out images")
+    log = _log if progress else (lambda _m: None)
+    calib = calibration or calibrate(model, np.asarray(calib_samples, np.float32), "minmax", progress=progress)
+    quant = quantize or (lambda m, c, excl: quantize_int8(m, c, nodes_to_exclude=tuple(excl)))
+    report = SensitivityReport(float("nan"), float("nan"), float("nan"))
+
+    def measure(exclude: Sequence[str]) -> float:
+        report.evaluations += 1
+        return float(metric_fn(run_outputs(quant(model, calib, list(exclude)), eval_inputs)))
+
+    report.float_metric = float(metric_fn(run_outputs(model, eval_inputs)))
+    naive = quant(model, calib, [])
+    report.naive_metric = report.final_metric = float(metric_fn(run_outputs(naive, eval_inputs)))
+    report.evaluations += 1
+    log(f"sensitivity: fp32 {report.float_metric:.4f}, naive int8 {report.naive_metric:.4f} "
+        f"(tolerance {tolerance})")
+    target = report.float_metric - tolerance
+    if report.naive_metric >= target:
+        return report
+
+    if candidates is None:
+        nodes = quantized_nodes(naive)
+        candidates = [*head_groups(model), *reversed(nodes)]
+    cands = [c for c in candidates if _names(c)]
+    known = {n.name for n in model.graph.node}
+    unknown = sorted({n for c in cands for n in _names(c)} - known)
+    if unknown:
+        raise EdgeInferError(f"sensitivity candidates name nodes not in the model: {', '.join(unknown[:5])}")
+
+    for i, c in enumerate(cands):
+        m = measure(_names(c))
+        report.scan.append((_label(c), m))
+        log(f"  scan {i + 1}/{len(cands)}: keep {_label(c)} in float -> {m:.4f}")
+    ranked = sorted((i for i in range(len(cands)) if report.scan[i][1] > report.naive_metric),
+                    key=lambda i: -report.scan[i][1])
+
+    excluded: list[str] = []
+    current = report.naive_metric
+    for i in ranked:
+        names = [n for n in _names(cands[i]) if n not in excluded]
+        if not names or len(excluded) + len(names) > budget:
+            continue
+        m = measure(excluded + names)
+        ok = m > current
+        report.steps.append((_label(cands[i]), m, ok))
+        log(f"  greedy: + {_label(cands[i])} -> {m:.4f} ({'kept' if ok else 'dropped'})")
+        if ok:
+            excluded += names
+            current = m
+            if current >= target:
+                break
+    report.excluded, report.final_metric = excluded, current
+    return report
+
+
+def find_sensitive_nodes(model: onnx.ModelProto, calib_samples: np.ndarray, eval_inputs: np.ndarray,
+                         metric_fn: MetricFn, candidates: Iterable[Candidate] | None = None, budget: int = 8,
+                         tolerance: float = 0.01, **kwargs) -> list[str]:
+    """Node names to keep in float so int8 stays within ``tolerance`` of fp32 on ``metric_fn``
+    (best effort within ``budget`` nodes); pass them as ``quantize_int8(..., nodes_to_exclude=)``."""
+    return sensitivity_search(model, calib_samples, eval_inputs, metric_fn, candidates, budget, tolerance,
+                              **kwargs).excluded

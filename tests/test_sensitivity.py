@@ -1,0 +1,110 @@
+"""Sensitivity search on a tiny detector-like graph: box branch (range ~0..100) and score branch
+(0..1) concatenated into one output, the case where naive int8 destroys the scores."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from converters.quantize_onnx import quantize_int8
+from converters.sensitivity import (cosine_agreement, find_sensitive_nodes, head_groups, quantized_nodes,
+                                    run_outputs, sensitivity_search)
+from converters.calibrate import calibrate
+from edgeinfer.errors import EdgeInferError
+
+
+def _tiny_head() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "w_stem"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (4, 8, 1, 1)).astype(np.float32), "w_box"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (2, 8, 1, 1)).astype(np.float32), "w_cls"),
+        numpy_helper.from_array(np.array(64.0, np.float32), "box_scale"),
+        numpy_helper.from_array(np.array([1, 0, -1], np.int64), "flat"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w_stem"], ["f"], name="stem", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["f"], ["fr"], name="stem_relu"),
+        helper.make_node("Conv", ["fr", "w_box"], ["b"], name="box_conv"),
+        helper.make_node("Sigmoid", ["b"], ["bs"], name="box_sigmoid"),
+        helper.make_node("Mul", ["bs", "box_scale"], ["bm"], name="box_pixels"),
+        helper.make_node("Conv", ["fr", "w_cls"], ["c"], name="cls_conv"),
+        helper.make_node("Sigmoid", ["c"], ["cs"], name="cls_sigmoid"),
+        helper.make_node("Concat", ["bm", "cs"], ["cat"], name="head_concat", axis=1),
+        helper.make_node("Reshape", ["cat", "flat"], ["y"], name="head_flatten"),
+    ]
+    graph = helper.make_graph(nodes, "tiny_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _score_agreement(reference):
+    """Higher is better: minus the mean abs error of the score rows (the part int8 breaks)."""
+    def metric(outputs):
+        return -float(np.mean([np.abs(o[0][0, 4:] - r[0][0, 4:]).mean() for o, r in zip(outputs, reference)]))
+    return metric
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = _tiny_head()
+    rng = np.random.default_rng(1)
+    calib = rng.uniform(0, 1, (16, 3, 8, 8)).astype(np.float32)
+    evals = rng.uniform(0, 1, (8, 3, 8, 8)).astype(np.float32)
+    ref = run_outputs(model, evals)
+    return model, calib, evals, ref, calibrate(model, calib, "minmax", progress=False)
+
+
+def test_head_groups_split_tail_and_final_convs(setup):
+    model = setup[0]
+    tail, final = head_groups(model)
+    assert set(tail) == {"box_sigmoid", "box_pixels", "cls_sigmoid", "head_concat", "head_flatten"}
+    assert set(final) == {"box_conv", "cls_conv"}
+
+
+def test_naive_int8_breaks_scores_and_search_repairs_them(setup):
+    model, calib, evals, ref, cal = setup
+    metric = _score_agreement(ref)
+    naive = metric(run_outputs(quantize_int8(model, cal), evals))
+    assert naive < -0.05                     # one shared scale for 0..64 boxes and 0..1 scores
+    assert "head_concat" in quantized_nodes(quantize_int8(model, cal))
+    rep = sensitivity_search(model, calib, evals, metric, tolerance=0.01, calibration=cal, progress=False)
+    assert rep.naive_metric == pytest.approx(naive)
+    assert rep.final_metric >= rep.float_metric - 0.01
+    assert 0 < len(rep.excluded) <= 8
+    # the exclusion it reports really holds the metric when applied by the pipeline's recipe
+    fixed = metric(run_outputs(quantize_int8(model, cal, nodes_to_exclude=rep.excluded), evals))
+    assert fixed == pytest.approx(rep.final_metric, abs=1e-6)
+    assert "head_concat" in rep.excluded
+
+
+def test_within_tolerance_returns_nothing(setup):
+    model, calib, evals, ref, cal = setup
+    assert find_sensitive_nodes(model, calib, evals, _score_agreement(ref), tolerance=10.0, calibration=cal,
+                                progress=False) == []
+
+
+def test_budget_limits_nodes_kept_in_float(setup):
+    model, calib, evals, ref, cal = setup
+    groups = head_groups(model)
+    rep = sensitivity_search(model, calib, evals, _score_agreement(ref), candidates=groups, budget=2,
+                             tolerance=0.0, calibration=cal, progress=False)
+    assert len(rep.excluded) <= 2       # both groups are bigger than 2 nodes except final convs
+    assert set(rep.excluded) <= {"box_conv", "cls_conv"}
+
+
+def test_unknown_candidate_is_a_one_line_error(setup):
+    model, calib, evals, ref, cal = setup
+    with pytest.raises(EdgeInferError, match="not in the model: nope"):
+        find_sensitive_nodes(model, calib, evals, _score_agreement(ref), candidates=["nope"], calibration=cal,
+                             progress=False)
+
+
+def test_cosine_agreement_is_one_for_identical_outputs(setup):
+    _, _, evals, ref, _ = setup
+    assert cosine_agreement(ref)(ref) == pytest.approx(1.0)
+    noisy = [[o + np.float32(5.0) * np.random.default_rng(0).standard_normal(o.shape).astype(np.float32) for o in r]
+             for r in ref]
+    assert cosine_agreement(ref)(noisy) < 0.99
