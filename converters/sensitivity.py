@@ -6,8 +6,10 @@
    if the drop is within ``tolerance`` it returns ``[]``;
 2. scans the candidates: each candidate (one node name, or a group of names kept in float
    together, e.g. a detector head's decode tail) is excluded ALONE and the metric re-measured;
-3. greedily accumulates the candidates that helped, best first, keeping each only if it raises
-   the metric, until the drop is within ``tolerance`` or ``budget`` nodes are kept in float.
+3. greedily accumulates the candidates that helped, best first (the smallest among those that
+   reach the target alone), keeping each only if it raises the metric, until the drop is within
+   ``tolerance`` or ``budget`` nodes are kept in float;
+4. when the target is met, drops again each kept node the target does not need.
 
 ``metric_fn(outputs) -> float`` scores a model's outputs on ``eval_inputs`` (higher is better):
 ``outputs[i]`` is the list of output arrays for ``eval_inputs[i]``. It can be a task metric
@@ -161,8 +163,9 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
         m = measure(_names(c))
         report.scan.append((_label(c), m))
         log(f"  scan {i + 1}/{len(cands)}: keep {_label(c)} in float -> {m:.4f}")
+    # best metric first; among candidates that reach the target alone, the smallest one first
     ranked = sorted((i for i in range(len(cands)) if report.scan[i][1] > report.naive_metric),
-                    key=lambda i: -report.scan[i][1])
+                    key=lambda i: (-min(report.scan[i][1], target), len(_names(cands[i])), -report.scan[i][1]))
 
     excluded: list[str] = []
     current = report.naive_metric
@@ -179,6 +182,14 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
             current = m
             if current >= target:
                 break
+    if current >= target:  # backward pass: drop nodes the target does not need
+        for name in list(excluded)[::-1]:
+            trial = [n for n in excluded if n != name]
+            m = measure(trial)
+            if m >= target:
+                excluded, current = trial, m
+                report.steps.append((f"- {name}", m, True))
+                log(f"  prune: - {name} -> {m:.4f} (still within tolerance)")
     report.excluded, report.final_metric = excluded, current
     return report
 
