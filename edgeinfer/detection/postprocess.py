@@ -256,23 +256,24 @@ def load_anchors_file(path: str | Path, decoder: str) -> dict[str, Any]:
 
 
 def build_detect_postprocess(decoder: str, anchors_file: str | Path | None = None, *,
-                             score_threshold: float = 0.25, iou_threshold: float = 0.45,
-                             max_detections: int = 100, top_k: int | None = 1000, nms: str | None = None,
-                             class_agnostic: bool = False, num_classes: int | None = None,
+                             score_threshold: float | None = None, iou_threshold: float | None = None,
+                             max_detections: int | None = None, top_k: int | None = None, nms: str | None = None,
+                             class_agnostic: bool | None = None, num_classes: int | None = None,
                              input_size: tuple[int, int] | None = None, **extra: Any) -> dict[str, Any]:
     """The converter's flags -> a validated postprocess dict for the manifest.
 
-    ``nms`` defaults to "weighted" for ssd (as MediaPipe's BlazeFace graphs) and "hard" otherwise.
-    ``extra`` passes any other config key (e.g. apply_sigmoid, layout, keep_keypoints).
+    Any argument left ``None`` (flag not given) takes its ``DEFAULTS`` value; ``nms`` defaults to
+    "weighted" for ssd (as MediaPipe's BlazeFace graphs) and "hard" otherwise. ``extra`` passes
+    any other config key (e.g. apply_sigmoid, layout, keep_keypoints, anchors, box_coding).
     """
-    cfg: dict[str, Any] = {"kind": "detect", "decoder": decoder, "score_threshold": score_threshold,
-                           "iou_threshold": iou_threshold, "max_detections": max_detections, "top_k": top_k,
-                           "nms": nms or ("weighted" if decoder == "ssd" else "hard"),
-                           "class_agnostic": class_agnostic, "num_classes": num_classes,
-                           "input_size": list(input_size) if input_size else None, **extra}
+    given = {"score_threshold": score_threshold, "iou_threshold": iou_threshold, "max_detections": max_detections,
+             "top_k": top_k, "class_agnostic": class_agnostic, "num_classes": num_classes,
+             "input_size": list(input_size) if input_size else None, **extra}
+    cfg: dict[str, Any] = {"kind": "detect", "decoder": decoder, "nms": nms or ("weighted" if decoder == "ssd" else "hard"),
+                           **{k: v for k, v in given.items() if v is not None}}
     if decoder not in DECODERS:
         raise _fail("decoder", f"{decoder!r} is not one of {', '.join(DECODERS)}; pass --decoder")
     if anchors_file is not None:
         cfg.update({k: v for k, v in load_anchors_file(anchors_file, decoder).items() if v is not None})
     out = validate_config(cfg)
-    return {k: v for k, v in out.items() if v is not None or k in ("top_k",)}
+    return {k: v for k, v in out.items() if v is not None or k == "top_k"}
