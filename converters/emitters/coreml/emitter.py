@@ -1,0 +1,162 @@
+"""Core ML emitter: cleaned ONNX graph -> MIL program -> compressed ``.mlpackage``.
+
+``emit(request)`` writes one ``.mlpackage`` directory at ``request.out_path``:
+  * deployment target from the profile (``runtime.coreml_target``: iOS16/17/18, macOS13/14/15;
+    default iOS16), compute precision fp16 (fp32 when ``request.precision == "fp32"``);
+  * compression per ``converters.emitters.coreml.compress`` (int8 / int4 / palettize / prune);
+  * image input (``ImageType``, scale/bias from ``request.preprocess``) for 4-D inputs with a
+    preprocessing config, unless ``options["image_input"]`` is False;
+  * class labels (``ClassifierConfig``) for classifiers with labels; metadata and the edgeinfer
+    preprocessing config in ``user_defined_metadata``.
+Nothing is left at ``out_path`` when it fails.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeinfer.errors import EdgeInferError
+
+from ..api import EmitRequest, EmittedArtifact
+
+logging.getLogger("coremltools").setLevel(logging.ERROR)
+
+import coremltools as ct  # noqa: E402
+
+from . import compress as _compress  # noqa: E402
+from .onnx_to_mil import build_program, check_supported  # noqa: E402
+
+TARGETS = {"iOS16": ct.target.iOS16, "iOS17": ct.target.iOS17, "iOS18": ct.target.iOS18,
+           "macOS13": ct.target.macOS13, "macOS14": ct.target.macOS14, "macOS15": ct.target.macOS15}
+_IOS18_LEVEL = {"iOS18", "macOS15"}
+_COLOR = {"rgb": "RGB", "bgr": "BGR", "gray": "GRAYSCALE"}
+META_PREPROCESS = "edgeinfer.preprocess"
+META_POSTPROCESS = "edgeinfer.postprocess"
+META_TASK = "edgeinfer.task"
+
+
+def deployment_target(request: EmitRequest) -> str:
+    """Target name from options, then the profile (``runtime.coreml_target``), default iOS16."""
+    prof = request.profile or {}
+    runtime = prof.get("runtime") if isinstance(prof.get("runtime"), dict) else {}
+    name = (request.options.get("coreml_target") or runtime.get("coreml_target") or prof.get("runtime.coreml_target")
+            or prof.get("coreml_target") or "iOS16")
+    if name not in TARGETS:
+        raise EdgeInferError(f"Core ML deployment target {name!r} is not one of {', '.join(TARGETS)}")
+    return name
+
+
+@dataclass
+class ImageSpec:
+    """How raw pixels become the model input: input = image_scale * pixel + bias, then * channel_scale."""
+
+    color: str
+    image_scale: float
+    bias: list[float]
+    channel_scale: np.ndarray | None   # per-channel 1/std when std differs per channel
+
+
+def image_spec(request: EmitRequest, channels: int) -> ImageSpec | None:
+    """The ImageType parameters matching ``request.preprocess``, or None for a tensor input."""
+    pre = request.preprocess or {}
+    if not pre or request.options.get("image_input") is False or request.input_layout != "NCHW":
+        return None
+    color = pre.get("color", "rgb")
+    if (color == "gray") != (channels == 1) or channels not in (1, 3):
+        return None
+    scale = float(pre.get("scale", 1 / 255))
+    mean = np.broadcast_to(np.asarray(pre.get("mean") or [0.0], np.float64), (channels,))
+    std = np.broadcast_to(np.asarray(pre.get("std") or [1.0], np.float64), (channels,))
+    if np.allclose(std, std[0]):
+        return ImageSpec(color, scale / std[0], list(-mean / std[0]), None)
+    return ImageSpec(color, scale, list(-mean), (1.0 / std).astype(np.float32))
+
+
+def _classifier(request: EmitRequest, model) -> Any:
+    outs = list(model.graph.output)
+    if request.task != "classify" or not request.labels or len(outs) != 1:
+        return None
+    dims = [d.dim_value for d in outs[0].type.tensor_type.shape.dim]
+    if not dims or dims[-1] != len(request.labels) or int(np.prod([d or 1 for d in dims])) != len(request.labels):
+        return None
+    return ct.ClassifierConfig([str(s) for s in request.labels], predicted_feature_name="classLabel")
+
+
+def _metadata(mlmodel, request: EmitRequest, built, img: ImageSpec | None, target: str, notes: list[str]) -> None:
+    import edgeinfer
+
+    mlmodel.author = "edgeinfer"
+    mlmodel.license = str(request.options.get("license", "see the source model's license"))
+    src = request.model.graph.name or "model"
+    mlmodel.short_description = f"{src}: {request.task} model converted by edgeinfer ({request.precision}, {target})"
+    mlmodel.version = str(getattr(edgeinfer, "__version__", "0"))
+    spec_in = mlmodel.get_spec().description.input[0].name
+    if img is not None:
+        mlmodel.input_description[spec_in] = f"{_COLOR[img.color]} image {built.input_shape[3]}x{built.input_shape[2]}; normalization is built in"
+    else:
+        mlmodel.input_description[spec_in] = f"float32 tensor {list(built.input_shape)} (NCHW), preprocessed per {META_PREPROCESS}"
+    for o in mlmodel.get_spec().description.output:
+        mlmodel.output_description[o.name] = {"classLabel": "most likely class label"}.get(
+            o.name, "class scores by label" if o.type.HasField("dictionaryType") else f"model output {o.name}")
+    ud = mlmodel.user_defined_metadata
+    ud[META_PREPROCESS] = json.dumps(request.preprocess or {})
+    ud[META_POSTPROCESS] = json.dumps(request.options.get("postprocess") or {})
+    ud[META_TASK] = request.task
+    if request.labels:
+        ud["edgeinfer.labels"] = json.dumps([str(s) for s in request.labels])
+    ud["edgeinfer.precision"] = request.precision
+    ud["edgeinfer.notes"] = json.dumps(notes)
+
+
+def convert(request: EmitRequest):
+    """Build and compress the MLModel in memory; returns (mlmodel, built, image spec, target, notes)."""
+    check_supported(request.model)
+    target = deployment_target(request)
+    inp = next(vi for vi in request.model.graph.input if vi.name not in {t.name for t in request.model.graph.initializer})
+    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    img = image_spec(request, dims[1] if len(dims) == 4 else 0) if len(dims) == 4 else None
+    try:
+        built = build_program(request.model, TARGETS[target], None if img is None else img.channel_scale)
+    except (ValueError, TypeError, NotImplementedError) as exc:   # MIL type/shape checks reject the graph
+        raise EdgeInferError(f"Core ML emitter: the graph cannot be expressed in MIL: {str(exc).splitlines()[0]}") from None
+    notes = list(built.notes)
+    if request.precision not in ("fp32", "fp16", "int8", "int4"):
+        raise EdgeInferError(f"Core ML precision {request.precision!r} is not one of fp32, fp16, int8, int4")
+    inputs = None
+    if img is not None:
+        inputs = [ct.ImageType(name=built.input_name, shape=built.input_shape, scale=img.image_scale,
+                               bias=img.bias if img.color != "gray" else img.bias[0],
+                               color_layout=getattr(ct.colorlayout, _COLOR[img.color]))]
+    precision = ct.precision.FLOAT32 if request.precision == "fp32" else ct.precision.FLOAT16
+    mlmodel = ct.convert(built.program, convert_to="mlprogram", minimum_deployment_target=TARGETS[target],
+                         compute_precision=precision, inputs=inputs, classifier_config=_classifier(request, request.model))
+    mlmodel, cnotes = _compress.compress(mlmodel, request.precision, request.options, target in _IOS18_LEVEL)
+    notes += cnotes
+    if request.options.get("activations") == "int8" or request.options.get("w8a8"):
+        from .activations import quantize_activations
+        mlmodel, anotes = quantize_activations(mlmodel, request)
+        notes += anotes
+    return mlmodel, built, img, target, notes
+
+
+def emit(request: EmitRequest) -> EmittedArtifact:
+    out = Path(request.out_path)
+    mlmodel, built, img, target, notes = convert(request)
+    _metadata(mlmodel, request, built, img, target, notes)
+    try:
+        mlmodel.save(str(out))
+        from .verify import check_structure
+        facts = check_structure(out)
+    except Exception:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    details = {"deployment_target": target, "input_type": "image" if img else "tensor",
+               "compute_precision": "fp32" if request.precision == "fp32" else "fp16", **facts}
+    return EmittedArtifact(path=out, format="coreml", precision=request.precision, input_layout="NCHW",
+                           io_dtype="float32", notes=notes, details=details)
