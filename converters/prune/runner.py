@@ -1,0 +1,57 @@
+"""Run a model under ONNX Runtime and fetch intermediate tensors, batch by batch."""
+from __future__ import annotations
+
+import sys
+from typing import Iterator
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from edgeinfer.errors import EdgeInferError
+
+
+def session(model: onnx.ModelProto, threads: int = 2):
+    """An ORT CPU session on an in-memory model."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """Copy of ``model`` whose graph outputs are ``names`` (intermediate tensors exposed)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(m.graph.value_info) + list(m.graph.output)}
+    del m.graph.output[:]
+    for n in names:
+        m.graph.output.append(helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None))
+    return m
+
+
+def iter_tensors(model: onnx.ModelProto, names: list[str], samples: np.ndarray, batch: int = 16,
+                 feeds: dict[str, np.ndarray] | None = None, sess=None) -> Iterator[dict[str, np.ndarray]]:
+    """Yield {name: value} for each batch of ``samples`` (fed to the model's first input)."""
+    if samples is None or len(samples) == 0:
+        raise EdgeInferError("pruning needs calibration samples here: pass --calib DIR")
+    sess = sess or session(with_outputs(model, names))
+    in_name = sess.get_inputs()[0].name
+    fixed = sess.get_inputs()[0].shape[0] if sess.get_inputs()[0].shape else None
+    if isinstance(fixed, int) and fixed > 0:
+        batch = fixed   # static batch: feed exactly that many (the tail is padded below)
+    extra = feeds or {}
+    for s in range(0, len(samples), batch):
+        x = np.ascontiguousarray(samples[s:s + batch], dtype=np.float32)
+        n = len(x)
+        if isinstance(fixed, int) and n < fixed:
+            x = np.concatenate([x, np.repeat(x[-1:], fixed - n, axis=0)])
+        outs = sess.run(names, {in_name: x, **extra})
+        yield {k: v[:n] for k, v in zip(names, outs)}
+
+
+def progress(msg: str) -> None:
+    print(f"[prune] {msg}", file=sys.stderr, flush=True)
