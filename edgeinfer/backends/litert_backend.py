@@ -139,15 +139,19 @@ class LiteRTBackend(Backend):
         return [self._dequantize(self.interp.get_tensor(d["index"]).copy(), d) for d in self.interp.get_output_details()]
 
     def _resize(self, n: int) -> bool:
+        """Resize the input batch to ``n`` and re-allocate; False (and the file's batch restored) on failure."""
         shape = list(self.input_shape)
         shape[0] = n
         try:
             self.interp.resize_tensor_input(self._input["index"], shape, strict=False)
             self.interp.allocate_tensors()
+            ok = True
         except (ValueError, RuntimeError):
-            return False
+            ok = False
+            if n != self._file_batch:
+                self._resize(self._file_batch)
         self._input = self.interp.get_input_details()[0]
-        return True
+        return ok
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """float32 batch in ``input_layout`` -> float32 outputs in ``output_names`` order."""

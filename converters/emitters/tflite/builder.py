@@ -23,9 +23,19 @@ INT4 = fb.TensorType.INT4
 
 
 class _AlignedBuilder(flatbuffers.Builder):
-    """flatbuffers.Builder whose byte vectors (tensor buffers) start on 16-byte boundaries."""
+    """flatbuffers.Builder whose byte vectors (tensor buffers) start on 16-byte boundaries and
+    whose identical int64 vectors (per-channel zero points, all zeros) are written once and shared."""
+
+    def __init__(self, size: int):
+        super().__init__(size)
+        self._shared: dict[bytes, int] = {}
 
     def CreateNumpyVector(self, x):  # noqa: N802 (flatbuffers naming)
+        if x.dtype == np.int64:
+            key = x.tobytes()
+            if key not in self._shared:
+                self._shared[key] = super().CreateNumpyVector(x)
+            return self._shared[key]
         if x.dtype != np.uint8:
             return super().CreateNumpyVector(x)
         payload = x.tobytes()
@@ -48,8 +58,8 @@ def pack_int4(q: np.ndarray) -> np.ndarray:
 
 def quant_params(scale, zero_point, axis: int = 0) -> fb.QuantizationParametersT:
     q = fb.QuantizationParametersT()
-    q.scale = [float(s) for s in np.atleast_1d(scale)]
-    q.zeroPoint = [int(z) for z in np.atleast_1d(zero_point)]
+    q.scale = np.atleast_1d(np.asarray(scale, np.float32)).reshape(-1)
+    q.zeroPoint = np.atleast_1d(np.asarray(zero_point, np.int64)).reshape(-1)
     q.quantizedDimension = int(axis)
     return q
 
@@ -94,7 +104,7 @@ class ModelBuilder:
     def add_const(self, name: str, array: np.ndarray, quant: fb.QuantizationParametersT | None = None,
                   int4: bool = False) -> int:
         """A constant tensor; ``int4`` packs int8-held values in [-8, 7] as TFLite INT4."""
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")
         if int4:
             return self.add_tensor(name, array.shape, INT4, quant, pack_int4(array))
         ttype = NP_TO_TFL.get(array.dtype)

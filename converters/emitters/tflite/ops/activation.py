@@ -22,9 +22,9 @@ def clip_bounds(ctx: Converter, node) -> tuple[float, float]:
     a = attrs(node)
     lo, hi = a.get("min", -math.inf), a.get("max", math.inf)
     if len(node.input) > 1 and node.input[1]:
-        lo = float(ctx.const(node.input[1]))
+        lo = float(ctx.const(node.input[1]).reshape(-1)[0])
     if len(node.input) > 2 and node.input[2]:
-        hi = float(ctx.const(node.input[2]))
+        hi = float(ctx.const(node.input[2]).reshape(-1)[0])
     return float(lo), float(hi)
 
 
