@@ -37,8 +37,9 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     try:
         if any(_uses_external(t) for t in _all_initializers(model)):
             onnx.load_external_data_for_model(model, str(path.parent))
-    except (FileNotFoundError, OSError) as exc:
-        raise EdgeInferError(f"{path}: external weight file missing or unreadable ({exc.filename or exc})") from None
+    except (FileNotFoundError, OSError, onnx.checker.ValidationError) as exc:
+        detail = getattr(exc, "filename", None) or str(exc).splitlines()[0]
+        raise EdgeInferError(f"{path}: external weight file missing or unreadable ({detail})") from None
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:

@@ -18,6 +18,7 @@ from edgeinfer.preprocess import PRESETS, PreprocessConfig
 from .load import real_inputs
 
 META_PREFIX = "edgeinfer."
+JSON_KEYS = ("preprocess", "labels", "postprocess")
 
 
 def metadata(model: onnx.ModelProto) -> dict[str, Any]:
@@ -25,10 +26,13 @@ def metadata(model: onnx.ModelProto) -> dict[str, Any]:
     out = {}
     for prop in model.metadata_props:
         if prop.key.startswith(META_PREFIX):
+            key = prop.key[len(META_PREFIX):]
             try:
-                out[prop.key[len(META_PREFIX):]] = json.loads(prop.value)
+                out[key] = json.loads(prop.value)
             except json.JSONDecodeError:
-                raise EdgeInferError(f"model metadata {prop.key!r} is not valid JSON") from None
+                if key in JSON_KEYS:
+                    raise EdgeInferError(f"model metadata {prop.key!r} is not valid JSON") from None
+                out[key] = prop.value  # plain strings such as edgeinfer.task = classify
     return out
 
 

@@ -112,7 +112,7 @@ def profiles_dir() -> Path:
 def _check_table(table: dict[str, Any], schema: dict[str, Check], where: str, path: Path) -> None:
     for key, value in table.items():
         if key not in schema:
-            raise EdgeInferError(f"{path.name}: unknown key {where}{key!r}; allowed: {', '.join(schema)}")
+            raise EdgeInferError(f"{path.name}: unknown key {where}{key}; allowed: {', '.join(schema)}")
         check, expect, _ = schema[key]
         if not check(value):
             raise EdgeInferError(f"{path.name}: {where}{key} = {value!r} is invalid; expected {expect}")
