@@ -26,8 +26,8 @@ def test_backend_module_imports_only_runtime_deps():
 
     import edgeinfer.backends.coreml_backend as mod
     tree = ast.parse(open(mod.__file__).read())
-    top = {(n.module or "").split(".")[0] if isinstance(n, ast.ImportFrom) else a.name.split(".")[0]
+    top = {("edgeinfer" if n.level else (n.module or "").split(".")[0]) if isinstance(n, ast.ImportFrom) else a.name.split(".")[0]
            for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) for a in getattr(n, "names", [])}
-    assert top <= {"__future__", "json", "platform", "pathlib", "numpy", ""}
+    assert top <= {"__future__", "json", "platform", "pathlib", "numpy", "edgeinfer"}
     every = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not every & {"onnx", "converters", "flatbuffers"}
