@@ -1,0 +1,99 @@
+"""Integer and reduced-precision TFLite artifacts: full int8 (shared calibration) vs ORT QDQ int8,
+quantized model I/O, dynamic-range int8, fp16 weights, int4 FULLY_CONNECTED weights."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from tflite_util import convert, ort_run, run_tflite
+
+from converters.calibrate import calibrate
+from converters.clean import clean_model
+from converters.quantize_onnx import quantize_int8
+from edgeinfer.backends import open_backend
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from model_zoo import build_mlp, build_tiny_cnn  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    model = clean_model(build_tiny_cnn(num_classes=10, channels=8, resolution=16, seed=3))
+    rng = np.random.default_rng(0)
+    calib_x = rng.uniform(-1, 1, (64, 3, 16, 16)).astype(np.float32)
+    test_x = rng.uniform(-1, 1, (32, 3, 16, 16)).astype(np.float32)
+    calib = calibrate(model, calib_x, progress=False)
+    return model, calib, test_x, ort_run(model, {"input": test_x})[0]
+
+
+def test_int8_close_to_onnxruntime_qdq_int8(cnn, tmp_path):
+    model, calib, x, ref32 = cnn
+    ref8 = ort_run(quantize_int8(model, calib), {"input": x})[0]
+    art = convert(model, tmp_path, "int8", calib=calib)
+    out = run_tflite(art.path, x)[0]
+    assert art.io_dtype == "float32" and "QUANTIZE" in art.details["op_counts"]
+    span = float(ref32.max() - ref32.min())
+    # same scales on both sides: the two int8 engines agree far better than either agrees with fp32
+    assert np.abs(out - ref8).max() <= 0.08 * span
+    assert np.abs(out - ref8).mean() <= 0.02 * span
+    assert (out.argmax(1) == ref8.argmax(1)).mean() >= 0.9
+    cos = (out * ref32).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref32, axis=1)
+    assert cos.min() > 0.98
+
+
+@pytest.mark.parametrize("io_dtype", ["int8", "uint8"])
+def test_quantized_model_io_is_handled_by_the_backend(cnn, tmp_path, io_dtype):
+    model, calib, x, _ = cnn
+    base = run_tflite(convert(model, tmp_path, "int8", calib=calib, name="f.tflite").path, x)[0]
+    art = convert(model, tmp_path, "int8", calib=calib, name=f"{io_dtype}.tflite", io_dtype=io_dtype)
+    be = open_backend("tflite", art.path)
+    assert art.io_dtype == io_dtype and be._input["dtype"] == np.dtype(io_dtype)
+    out = run_tflite(art.path, x)[0]
+    out_step = float(be.interp.get_output_details()[0]["quantization"][0])
+    assert np.abs(out - base).max() <= out_step + 1e-6     # same graph; input rounding is the only difference
+
+
+def test_dynamic_range_and_fp16_stay_close_to_float(cnn, tmp_path):
+    model, calib, x, ref32 = cnn
+    span = float(ref32.max() - ref32.min())
+    dyn = convert(model, tmp_path, "int8", calib=calib, name="dyn.tflite", int8_mode="dynamic")
+    fp16 = convert(model, tmp_path, "fp16", name="fp16.tflite")
+    assert "QUANTIZE" not in dyn.details["op_counts"] and dyn.details["op_versions"]["CONV_2D"] >= 5
+    assert fp16.details["op_counts"]["DEQUANTIZE"] >= 1
+    assert np.abs(run_tflite(dyn.path, x)[0] - ref32).max() <= 0.05 * span
+    np.testing.assert_allclose(run_tflite(fp16.path, x)[0], ref32, atol=2e-3 * span, rtol=0)
+
+
+def _int4_reference(model: onnx.ModelProto, fc_weight_names) -> onnx.ModelProto:
+    """The float model with its FC weights replaced by their per-tensor int4 round trip."""
+    from converters.quant_math import quantize_weights_per_channel
+    out = onnx.ModelProto.FromString(model.SerializeToString())
+    for init in out.graph.initializer:
+        if init.name in fc_weight_names:
+            w = numpy_helper.to_array(init)
+            q, s = quantize_weights_per_channel(w.reshape(1, -1), 0, 4)
+            init.CopyFrom(numpy_helper.from_array((q.astype(np.float32) * s[0]).reshape(w.shape), init.name))
+    return out
+
+
+def test_int4_fully_connected_weights(tmp_path):
+    model = clean_model(build_mlp(hidden=64, layers=2, in_features=32, num_classes=10, seed=1))
+    x = np.random.default_rng(0).uniform(-1, 1, (64, 32)).astype(np.float32)
+    calib = calibrate(model, x, progress=False)
+    i8 = convert(model, tmp_path, "int8", calib=calib, name="i8.tflite")
+    i4 = convert(model, tmp_path, "int4", calib=calib, name="i4.tflite")
+    assert i4.details["int4_ops"] == ["FULLY_CONNECTED"] and any("int4" in n for n in i4.notes)
+    assert i4.path.stat().st_size < 0.65 * i8.path.stat().st_size
+    gemms = {n.input[1] for n in model.graph.node if n.op_type == "Gemm"}
+    ref4 = ort_run(_int4_reference(model, gemms), {"input": x})[0]
+    ref32 = ort_run(model, {"input": x})[0]
+    out4 = run_tflite(i4.path, x)[0]
+    span = float(ref32.max() - ref32.min())
+    # the int4 artifact computes the int4-rounded network, up to int8 activation rounding (and rare
+    # clipping: the activation ranges were calibrated on the float network)
+    assert np.percentile(np.abs(out4 - ref4), 99) <= 0.03 * span
+    assert np.abs(out4 - ref4).mean() < 0.1 * np.abs(out4 - ref32).mean()
