@@ -151,9 +151,15 @@ def _geom_shorter(im: Image.Image, cfg: PreprocessConfig, size_hw: tuple[int, in
     target = int(cfg.resize or min(size_hw))
     s = target / min(w0, h0)
     w, h = max(1, round(w0 * s)), max(1, round(h0 * s))
-    out = im.resize((w, h), _INTERP[cfg.interpolation], reducing_gap=None) if (w, h) != im.size else im
-    t = Transform((w0, h0), (w / w0, h / h0))
-    return _center_crop(out, cfg.crop or min(size_hw), t)
+    sx, sy = w / w0, h / h0
+    crop = cfg.crop or min(size_hw)
+    left, top = (w - crop) // 2, (h - crop) // 2
+    if left >= 0 and top >= 0:  # resize only the cropped region: same pixels, less work
+        box = (left / sx, top / sy, (left + crop) / sx, (top + crop) / sy)
+        out = im.resize((crop, crop), _INTERP[cfg.interpolation], box=box)
+        return out, Transform((w0, h0), (sx, sy), (0.0, 0.0), (left / sx, top / sy))
+    out = im.resize((w, h), _INTERP[cfg.interpolation]) if (w, h) != im.size else im
+    return _center_crop(out, crop, Transform((w0, h0), (sx, sy)))
 
 
 def _center_crop(im: Image.Image, crop: int | None, t: Transform) -> tuple[Image.Image, Transform]:
@@ -200,19 +206,19 @@ GEOMETRY: dict[str, Callable[[Image.Image, PreprocessConfig, tuple[int, int]], t
 
 
 def normalize(pixels: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """uint8 HWC (or HW) pixels -> float32 CHW, scaled and normalized."""
-    x = pixels.astype(np.float32)
-    if x.ndim == 2:
-        x = x[:, :, None]
+    """uint8 HWC (or HW) pixels -> float32 CHW: (pixel * scale - mean) / std, in one fused pass."""
+    x = pixels[:, :, None] if pixels.ndim == 2 else pixels
     if cfg.color == "bgr":
         x = x[:, :, ::-1]
-    if cfg.scale != 1.0:
-        x *= np.float32(cfg.scale)
+    chw = x.transpose(2, 0, 1).astype(np.float32, order="C")
+    c = chw.shape[0]
+    mean = np.asarray(cfg.mean if cfg.mean is not None else [0.0], dtype=np.float32)
+    std = np.asarray(cfg.std if cfg.std is not None else [1.0], dtype=np.float32)
+    mul = (np.float32(cfg.scale) / std).reshape(-1, 1, 1) * np.ones((c, 1, 1), np.float32)
+    chw *= mul
     if cfg.mean is not None:
-        x -= np.asarray(cfg.mean, dtype=np.float32)
-    if cfg.std is not None:
-        x *= np.float32(1.0) / np.asarray(cfg.std, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+        chw -= (mean / std).reshape(-1, 1, 1)
+    return chw
 
 
 def preprocess_pil(im: Image.Image, cfg: PreprocessConfig, size_hw: tuple[int, int]) -> tuple[np.ndarray, Transform]:
