@@ -49,9 +49,41 @@ def _row(b: np.ndarray, class_ids, mat, i: int) -> np.ndarray:
     return r
 
 
+def _pair_iou(b: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """IoU of box pairs (b[i], b[j]), float64, same arithmetic as ``boxes.iou_matrix``."""
+    bi, bj = b[i], b[j]
+    iw = np.minimum(bi[:, 2], bj[:, 2]) - np.maximum(bi[:, 0], bj[:, 0])
+    ih = np.minimum(bi[:, 3], bj[:, 3]) - np.maximum(bi[:, 1], bj[:, 1])
+    inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
+    ar = np.maximum(b[:, 2] - b[:, 0], 0.0) * np.maximum(b[:, 3] - b[:, 1], 0.0)
+    union = ar[i] + ar[j] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _later_pairs(cls: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes grouped by class (stable: score order kept inside a class) and every same-class
+    pair (p, q), p < q, as positions in that grouping, p ascending: (grouping, p, q)."""
+    if cls is None:
+        grp, end = np.arange(n), np.full(n, n)
+    else:
+        grp = np.argsort(cls, kind="stable")
+        g = cls[grp]
+        bounds = np.append(np.flatnonzero(g[1:] != g[:-1]) + 1, n)
+        end = np.repeat(bounds, np.diff(np.append(0, bounds)))
+    count = end - np.arange(n) - 1
+    first = np.repeat(np.arange(n), count)
+    second = first + 1 + (np.arange(first.size) - np.repeat(np.cumsum(count) - count, count))
+    return grp, first, second
+
+
 def hard_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
              class_ids: np.ndarray | None = None, *, matrix_limit: int | None = None) -> np.ndarray:
-    """Greedy NMS. Returns kept indices (int64), highest score first."""
+    """Greedy NMS. Returns kept indices (int64), highest score first.
+
+    Up to ``matrix_limit`` (default ``MATRIX_LIMIT``) candidates, the IoU of every same-class
+    pair is computed at once and the greedy pass walks the suppressing pairs; above it, IoU rows
+    are computed for kept boxes only (bounded memory). Both give identical results.
+    """
     scores = np.asarray(scores)
     n = scores.shape[0]
     if n == 0:
@@ -60,25 +92,34 @@ def hard_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[order]
     cls = None if class_ids is None else np.asarray(class_ids)[order]
     limit = MATRIX_LIMIT if matrix_limit is None else matrix_limit
-    removed = np.zeros(n, dtype=bool)
     keep: list[int] = []
     if n <= limit:
-        sup = iou_matrix(b, b) > iou_threshold
-        if cls is not None:
-            sup &= cls[:, None] == cls[None, :]
-        for i in range(n):
-            if not removed[i]:
-                keep.append(i)
-                removed |= sup[i]
-    else:
+        # classes never suppress each other, so the greedy pass may run class by class
+        grp, pi, pj = _later_pairs(cls, n)
+        bg = b[grp]
+        hit = _pair_iou(bg, pi, pj) > iou_threshold
+        pi, pj = pi[hit], pj[hit]
+        starts = np.searchsorted(pi, np.arange(n + 1)).tolist()
+        targets = pj.tolist()
+        removed = bytearray(n)
+        kept_g: list[int] = []
         for i in range(n):
             if removed[i]:
+                continue
+            kept_g.append(i)
+            for j in targets[starts[i]:starts[i + 1]]:
+                removed[j] = 1
+        keep = np.sort(grp[np.asarray(kept_g, dtype=np.int64)]).tolist()
+    else:
+        removed_arr = np.zeros(n, dtype=bool)
+        for i in range(n):
+            if removed_arr[i]:
                 continue
             keep.append(i)
             r = iou_matrix(b[i:i + 1], b[i + 1:])[0] > iou_threshold
             if cls is not None:
                 r &= cls[i + 1:] == cls[i]
-            removed[i + 1:] |= r
+            removed_arr[i + 1:] |= r
     return order[np.asarray(keep, dtype=np.int64)]
 
 
