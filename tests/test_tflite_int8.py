@@ -97,3 +97,23 @@ def test_int4_fully_connected_weights(tmp_path):
     # clipping: the activation ranges were calibrated on the float network)
     assert np.percentile(np.abs(out4 - ref4), 99) <= 0.03 * span
     assert np.abs(out4 - ref4).mean() < 0.1 * np.abs(out4 - ref32).mean()
+
+
+def test_float_islands_dynamic_div_and_excluded_nodes(tmp_path):
+    from tflite_util import calibration, op_cases
+    model = op_cases()["div_dynamic"]
+    x = np.random.default_rng(0).standard_normal((16, 1, 4, 8, 8)).astype(np.float32)
+    calib = calibration(model, x[:, 0])
+    art = convert(model, tmp_path, "int8", calib=calib)               # no int8 DIV kernel: float island
+    assert art.details["op_counts"]["DIV"] == 1 and art.details["op_counts"]["DEQUANTIZE"] >= 2
+    ref = ort_run(model, {"x": x[0]})[0]
+    assert np.abs(run_tflite(art.path, x[0])[0] - ref).max() <= 0.05 * float(ref.max() - ref.min())
+
+
+def test_nodes_to_exclude_stay_float(cnn, tmp_path):
+    model, calib, x, ref32 = cnn
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    art = convert(model, tmp_path, "int8", calib=calib, nodes_to_exclude=[conv.name or conv.output[0]])
+    assert art.details["float_nodes"] == [conv.name or conv.output[0]] and any("float" in n for n in art.notes)
+    out = run_tflite(art.path, x)[0]
+    assert (out.argmax(1) == ref32.argmax(1)).mean() >= 0.9

@@ -84,6 +84,7 @@ class Converter:
         self.skip: set[int] = set()
         self.int4_ops: set[str] = set()
         self.pinned_batch = False
+        self.float_nodes: list[str] = []
 
     # ---------- facts ----------
     @property
@@ -250,3 +251,30 @@ class Converter:
             act, act_node = self.fused[node_index]
             return getattr(fb.ActivationFunctionType, act), act_node.output[0]
         return fb.ActivationFunctionType.NONE, node.output[0]
+
+    # ---------- float islands inside an int8 graph ----------
+    def run_in_float(self, handler, index: int, node: onnx.NodeProto) -> None:
+        """Run ``handler`` with float tensors: DEQUANTIZE its int8 inputs, QUANTIZE its outputs back
+        (scales from the calibration ranges). Used for nodes the recipe keeps in float."""
+        saved = {}
+        for name in node.input:
+            if name and name in self.values and self.b.ttype(self.values[name].tensor) == INT8:
+                v = saved[name] = self.values[name]
+                f = self.b.add_tensor(self.b.tensors[v.tensor].name + "_f", list(v.stored_shape), FLOAT32)
+                self.b.add_op("DEQUANTIZE", [v.tensor], [f], None, version("DEQUANTIZE", True))
+                self.values[name] = Value(f, v.shape, v.perm)
+        mode, self.mode = self.mode, "fp32"
+        try:
+            handler(self, index, node)
+        finally:
+            self.mode = mode
+            self.values.update(saved)
+        for name in node.output:
+            if not name or name not in self.values:
+                continue
+            v = self.values[name]
+            s, z = self.qparams(name)
+            q = self.b.add_tensor(name + "_q", list(v.stored_shape), INT8, quant_params(s, z))
+            self.b.add_op("QUANTIZE", [v.tensor], [q], None, version("QUANTIZE", True))
+            self.values[name] = Value(q, v.shape, v.perm)
+

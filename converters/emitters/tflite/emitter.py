@@ -66,11 +66,17 @@ def build(request: EmitRequest) -> tuple[bytes, Converter, str]:
             raise EdgeInferError("TFLite emitter: full-integer int8 needs calibration ranges (pass calibration images)")
         ranges = request.calibration.ranges
     ctx = Converter(model, mode, ranges, io_dtype)
+    float_nodes = set(request.options.get("nodes_to_exclude") or ()) if ctx.quantized else set()
     ctx.pinned_batch = pinned
     ctx.shapes = static_shapes(model)
     constants_from_nodes(ctx)
     fold_batchnorm(ctx)
     plan_fusion(ctx)
+    nodes = list(model.graph.node)
+    for i, (_, act_node) in list(ctx.fused.items()):      # float-island producers keep a separate activation
+        if nodes[i].name in float_nodes or nodes[i].output[0] in float_nodes:
+            ctx.skip.discard(nodes.index(act_node))
+            del ctx.fused[i]
     inputs = [_graph_input(ctx, vi, layout) for vi in model.graph.input if vi.name not in ctx.consts]
     for i, node in enumerate(model.graph.node):
         if i in ctx.skip or node.op_type in SKIPPED:
@@ -79,7 +85,11 @@ def build(request: EmitRequest) -> tuple[bytes, Converter, str]:
         for out in node.output:
             if out and out not in ctx.shapes:
                 ctx.shape(out)  # raises the "no static shape" error
-        HANDLERS[node.op_type](ctx, i, node)
+        if float_nodes and (node.name in float_nodes or node.output[0] in float_nodes):
+            ctx.float_nodes.append(node.name or node.output[0])
+            ctx.run_in_float(HANDLERS[node.op_type], i, node)
+        else:
+            HANDLERS[node.op_type](ctx, i, node)
     ctx.node = None
     outputs = [_graph_output(ctx, vi.name) for vi in model.graph.output]
     desc = f"edgeinfer {mode} input_layout={layout}"
@@ -139,6 +149,8 @@ def emit(request: EmitRequest) -> EmittedArtifact:
     notes = []
     if ctx.mode == "int4":
         notes.append(INT4_NOTE if ctx.int4_ops else "int4: no FULLY_CONNECTED layer here, so every weight stayed int8 (same file as int8)")
+    if ctx.float_nodes:
+        notes.append(f"{len(ctx.float_nodes)} node(s) kept in float inside the int8 graph: {', '.join(ctx.float_nodes[:8])}")
     if ctx.mode == "dynamic":
         notes.append("dynamic-range int8: int8 weights, float activations (hybrid kernels)")
     if ctx.mode == "fp16":
@@ -151,5 +163,5 @@ def emit(request: EmitRequest) -> EmittedArtifact:
         path=out, format="tflite", precision=request.precision, input_layout=request.input_layout.upper(),
         io_dtype=io_dtype, notes=notes,
         details={"op_counts": dict(ctx.b.op_counts), "op_versions": ctx.b.opcode_versions(),
-                 "mode": ctx.mode, "int4_ops": sorted(ctx.int4_ops), "seconds": round(elapsed, 3)},
+                 "mode": ctx.mode, "int4_ops": sorted(ctx.int4_ops), "float_nodes": list(ctx.float_nodes), "seconds": round(elapsed, 3)},
     )

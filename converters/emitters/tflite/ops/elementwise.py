@@ -47,8 +47,9 @@ def binary(ctx: Converter, index: int, node, op: str) -> None:
     fn = None
     if op == "DIV" and ctx.is_const(b):
         op, fn = "MUL", (lambda arr: (1.0 / arr.astype(np.float64)).astype(np.float32))
-    elif op == "DIV" and ctx.quantized:
-        raise ctx.error("int8 Div by a non-constant tensor is not supported by TFLite int8 kernels; keep this model in float")
+    elif op == "DIV" and ctx.quantized:      # no int8 DIV kernel: this node runs in float
+        ctx.run_in_float(lambda c, i, n: binary(c, i, n, "DIV"), index, node)
+        return
     ta = operand(ctx, a, rank, perm)
     tb = operand(ctx, b, rank, perm, fn)
     act, out_name = ctx.fused_activation(index, node)
