@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import onnx
 import numpy as np
-from onnx import helper, numpy_helper, shape_inference
+from onnx import helper, numpy_helper
 
-from edgeinfer.errors import EdgeInferError
+from .. import clean
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
@@ -35,10 +35,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     del m.graph.value_info[:]
-    try:
-        return shape_inference.infer_shapes(m, data_prop=True)
-    except Exception as exc:  # onnx raises several exception types
-        raise EdgeInferError(f"shape inference failed while pruning: {exc}".splitlines()[0]) from None
+    return clean.infer_shapes(m)
 
 
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:

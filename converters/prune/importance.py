@@ -128,7 +128,7 @@ def activation(an: Analysis, samples: np.ndarray | None):
         return scores, counts
     sums = {t: 0.0 for t in names}
     rows = {t: 0 for t in names}
-    for out in iter_tensors(view.model, names, samples):
+    for out in iter_tensors(view.model, names, samples, batch=4):
         for t, v in out.items():
             axes = (0,) + tuple(range(2, v.ndim))
             sums[t] = sums[t] + (v.astype(np.float64) ** 2).sum(axis=axes)

@@ -99,7 +99,7 @@ def _refit_layers(view: GraphView, kept: dict[str, np.ndarray]) -> tuple[list[on
 
 
 def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, np.ndarray],
-                samples: np.ndarray, *, ridge: float = 0.1, max_samples: int = 256, rows_per_layer: int = 16384,
+                samples: np.ndarray, *, ridge: float = 0.1, max_samples: int = 128, rows_per_layer: int = 16384,
                 seed: int = 0) -> tuple[onnx.ModelProto, list[LayerFit], list[str]]:
     """Refit the consumers of cut tensors in ``pruned``; returns (model, per-layer fits, skipped notes)."""
     rng = np.random.default_rng(seed)
