@@ -45,4 +45,6 @@ def test_zoo_model_with_bn_and_symbolic_batch_runs_larger_batches(tmp_path):
     assert "TRANSPOSE" not in art.details["op_counts"]
     x = np.random.default_rng(1).standard_normal((5, 3, 16, 16)).astype(np.float32)
     ref = ort_run(model, {"input": x})[0]
-    np.testing.assert_allclose(run_tflite(art.path, x)[0], ref, rtol=1e-5, atol=1e-5)
+    be = open_backend("tflite", art.path, BackendOptions(threads=1))
+    np.testing.assert_allclose(be.run(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))[0], ref, rtol=1e-5, atol=1e-5)
+    assert list(be._input["shape"]) == [5, 16, 16, 3]           # one resized call, not a loop

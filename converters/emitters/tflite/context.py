@@ -212,8 +212,7 @@ class Converter:
         out = self.scratch(self.b.tensors[value.tensor].name + "_" + "".join(map(str, perm)), new_shape, value.tensor)
         moved = [i for i in q if old_shape[i] != 1]
         if moved == sorted(moved):
-            self.b.add_op("RESHAPE", [value.tensor, self.int_const(new_shape, "shape")], [out],
-                          self._reshape_options(new_shape), self.version("RESHAPE"))
+            self.reshape(value.tensor, new_shape, out=out)
         else:
             self.b.add_op("TRANSPOSE", [value.tensor, self.int_const(q, "perm")], [out], None, self.version("TRANSPOSE"))
         self._layout_cache[key] = out
@@ -229,8 +228,13 @@ class Converter:
         return o
 
     def reshape(self, tensor: int, new_shape, out: int | None = None, hint: str = "reshape") -> int:
+        """RESHAPE ``tensor``; a batch pinned from a symbolic dim is written as -1 so the runtime can resize it."""
         if out is None:
             out = self.scratch(hint, new_shape, tensor)
+        new_shape = [int(d) for d in new_shape]
+        src = self.b.shape(tensor)
+        if self.pinned_batch and len(src) > 1 and len(new_shape) > 1 and src[0] == new_shape[0] == 1:
+            new_shape[0] = -1
         self.b.add_op("RESHAPE", [tensor, self.int_const(list(new_shape), "shape")], [out],
                       self._reshape_options(new_shape), self.version("RESHAPE"))
         return out

@@ -19,13 +19,10 @@ def _axes_input(ctx: Converter, node, index: int, attr: str = "axes") -> list[in
 
 
 def _reshape_to(ctx: Converter, node, x: Value, out_shape) -> None:
-    """RESHAPE in ONNX order; a batch pinned from a symbolic dim stays -1 so the runtime can resize it."""
+    """RESHAPE in ONNX order (``Converter.reshape`` keeps a pinned batch resizable)."""
     t = ctx.onnx_order(x)
-    new_shape = list(out_shape)
-    if ctx.pinned_batch and len(x.shape) > 1 and len(new_shape) > 1 and x.shape[0] == new_shape[0] == 1:
-        new_shape[0] = -1
     out = ctx.new_value(node.output[0], out_shape, q=ctx.qof(t))
-    ctx.reshape(t, new_shape, out=out.tensor)
+    ctx.reshape(t, list(out_shape), out=out.tensor)
 
 
 def reshape(ctx: Converter, index: int, node) -> None:
