@@ -492,6 +492,8 @@ def analyze(view: GraphView, exclude: tuple[str, ...] = ()) -> Analysis:
                 handler(cg, view, node)
             except Unsupported as exc:
                 reason = f"{node.op_type} node {label}: {exc}"
+            except Exception as exc:   # a malformed pattern blocks its channels, never crashes pruning
+                reason = f"{node.op_type} node {label} could not be analysed ({type(exc).__name__}: {exc})"
         sub = _subgraph_inputs(node)
         if sub:
             reason = reason or f"{node.op_type} node {label} has a subgraph"
