@@ -67,6 +67,7 @@ class ConvertOptions:
 class ConvertResult:
     bundles: list[Path]
     manifests: list[dict[str, Any]]
+    prune_report: Any = None
 
 
 def _say(opts: ConvertOptions, msg: str) -> None:
@@ -150,9 +151,9 @@ def _emit_options(fmt: str, profile: Profile, opts: ConvertOptions) -> dict[str,
                          "nodes_to_exclude": list(opts.exclude_nodes)}
     if fmt == "tflite":
         o["io_dtype"] = opts.emitter_options.get("tflite_io_dtype") or recipe.get("tflite_io_dtype", "float32")
-        if o["io_dtype"] != "float32":
-            o["io_dtype"] = o["io_dtype"]
-    o.update({k: v for k, v in opts.emitter_options.items() if v is not None})
+        o["int8_mode"] = opts.emitter_options.get("int8_mode") or "full"
+    if fmt == "coreml":
+        o["deployment_target"] = profile.runtime.get("coreml_target", "iOS16")
     return o
 
 
@@ -183,9 +184,13 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     if task == "classify":
         post = classify_postprocess(source, labels)
     else:
-        post = opts.postprocess or metadata(source).get("postprocess")
+        post = dict(opts.postprocess or metadata(source).get("postprocess") or {})
         if not post:
             raise EdgeInferError("a detector needs a decoder: pass --decoder yolov5|yolov8|ssd")
+        from edgeinfer.detection.postprocess import validate_config
+        if not post.get("input_size"):
+            post["input_size"] = [spec["shape"][2], spec["shape"][3]]
+        post = validate_config(post)
     size_hw = (spec["shape"][2], spec["shape"][3])
 
     plans = {p.name: _plan(p, opts) for p in profiles}
@@ -196,6 +201,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     prune_report = None
     if opts.prune is not None:
         from .prune import prune_model
+        from .prune.runner import set_progress
+        set_progress(opts.progress)
         _say(opts, "pruning channels")
         model, prune_report = prune_model(model, opts.prune, calib_samples)
     _say(opts, "cleaning graph (shape inference, constant folding, BatchNorm folding)")
@@ -266,7 +273,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
             write_manifest(tmp, manifest)
         bundles.append(target)
         manifests.append(manifest)
-    return ConvertResult(bundles, manifests)
+    return ConvertResult(bundles, manifests, prune_report)
 
 
 def summary_lines(result: ConvertResult) -> list[str]:
@@ -285,6 +292,6 @@ def summary_lines(result: ConvertResult) -> list[str]:
                 lines.append(f"      note: {note}")
         for w in m["warnings"]:
             lines.append(f"  warning: {w}")
-        if m.get("pruning"):
-            lines.append(f"  pruning: {json.dumps(m['pruning'].get('summary', m['pruning']))[:300]}")
+    if result.prune_report is not None:
+        lines.extend("  " + line for line in result.prune_report.format().splitlines())
     return lines

@@ -83,6 +83,7 @@ def main() -> None:
 @click.option("--layout", type=click.Choice(["NHWC", "NCHW"]), help="Input layout of the TFLite artifact (default NHWC).")
 @click.option("--color", type=click.Choice(["rgb", "bgr", "gray"]))
 @click.option("--tflite-io", type=click.Choice(["float32", "int8", "uint8"]), help="I/O dtype of full-int8 TFLite models.")
+@click.option("--int8-mode", type=click.Choice(["full", "dynamic"]), help="TFLite int8: full integer (default) or dynamic-range.")
 @click.option("--decoder", type=click.Choice(["yolov5", "yolov8", "ssd"]), help="Detection decoder.")
 @click.option("--anchors", type=click.Path(path_type=Path), help="Anchors config (JSON) for ssd / yolov5.")
 @click.option("--score-threshold", type=float)
@@ -91,7 +92,7 @@ def main() -> None:
 @click.option("--nms", type=click.Choice(["hard", "soft-linear", "soft-gaussian", "weighted"]))
 @click.option("--prune", "prune_ratio", type=click.FloatRange(0.0, 0.95), help="Fraction of channels removed per prunable group.")
 @click.option("--prune-flops", type=click.FloatRange(0.0, 0.95), help="Target fraction of FLOPs (MACs) removed.")
-@click.option("--prune-criterion", type=click.Choice(["l1", "l2", "bn", "activation"]), default="l1", show_default=True)
+@click.option("--prune-criterion", type=click.Choice(["l1", "l2", "bn", "activation"]), default="activation", show_default=True)
 @click.option("--prune-min-channels", type=click.IntRange(min=1))
 @click.option("--no-reconstruct", is_flag=True, help="Skip the least-squares recovery after pruning.")
 @click.option("--keep-float", help="Node names kept in float in int8 artifacts, comma-separated.")
@@ -101,7 +102,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @user_errors
 def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, calib_limit, calib_synthetic, verify_dir,
-            labels_file, task, preset, mean, std, scale, resize, crop, letterbox, layout, color, tflite_io, decoder, anchors,
+            labels_file, task, preset, mean, std, scale, resize, crop, letterbox, layout, color, tflite_io, int8_mode, decoder, anchors,
             score_threshold, iou_threshold, max_detections, nms, prune_ratio, prune_flops, prune_criterion,
             prune_min_channels, no_reconstruct, keep_float, min_agreement, force, as_json, quiet):
     """Convert MODEL (.onnx) into one verified bundle per --profile under -o OUT."""
@@ -130,7 +131,7 @@ def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, c
         calib_dir=calib_dir, verify_dir=verify_dir, calib_method=calib_method, calib_synthetic=calib_synthetic,
         calib_limit=calib_limit, labels_file=labels_file, preset=preset, preprocess=pre, task=task, postprocess=post,
         prune=prune_cfg, min_agreement=min_agreement, force=force, progress=not quiet,
-        emitter_options={"tflite_io_dtype": tflite_io, "tflite_layout": layout}, exclude_nodes=_csv(keep_float) or [])
+        emitter_options={"tflite_io_dtype": tflite_io, "tflite_layout": layout, "int8_mode": int8_mode}, exclude_nodes=_csv(keep_float) or [])
     result = run_convert(opts)
     if as_json:
         click.echo(json.dumps([dict(m, bundle=str(p)) for p, m in zip(result.bundles, result.manifests)], indent=2))
@@ -251,12 +252,15 @@ def _describe(info: dict) -> list[str]:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--artifact", help="Evaluate only this artifact (default: every artifact this host can run).")
+@click.option("--score-threshold", type=float, default=0.001, show_default=True, help="Detection score threshold for mAP.")
+@click.option("--threads", type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def eval_cmd(bundle, data, artifact, as_json):
+def eval_cmd(bundle, data, artifact, score_threshold, threads, as_json):
     """Evaluate BUNDLE on DATA: image folder (classify) or COCO JSON / folder with annotations.json (detect)."""
     from .evaluate import format_report, run_eval
-    report = run_eval(bundle, data, artifact=artifact, progress=not as_json)
+    report = run_eval(bundle, data, artifact=artifact, progress=not as_json, score_threshold=score_threshold,
+                      threads=threads)
     click.echo(json.dumps(report, indent=2) if as_json else "\n".join(format_report(report)))
 
 

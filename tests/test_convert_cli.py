@@ -152,3 +152,15 @@ def test_bad_bundle_and_images(tmp_path, digits_bundle):
     bad.write_text("x")
     _fails("run", digits_bundle, bad, expect="cannot read image")
     _fails("run", digits_bundle, DIGITS / "images" / "seven_0.png", "--artifact", "nope.onnx", expect="not in this bundle")
+
+
+def test_prune_flag_shrinks_the_bundle_and_reports(tmp_path):
+    proc = edgeinfer_cli("convert", DIGITS / "digits.onnx", "--profile", "generic-x86-64", "--formats", "onnx",
+                         "--quant", "fp32", "--calib", DIGITS / "calib", "--prune", "0.3", "-o", tmp_path, "--quiet",
+                         check=True)
+    assert "params" in proc.stdout and "[prune]" not in proc.stderr
+    m = read_manifest(tmp_path / "digits-generic-x86-64")
+    assert m["pruning"]["params"]["drop"] >= 0.4 and m["pruning"]["macs"]["drop"] >= 0.4
+    art = m["artifacts"][0]
+    assert art["size"] < 0.7 * m["source"]["size"]
+    assert art["verification"]["top1_agreement"] >= 0.9

@@ -53,5 +53,14 @@ def iter_tensors(model: onnx.ModelProto, names: list[str], samples: np.ndarray, 
         yield {k: v[:n] for k, v in zip(names, outs)}
 
 
+_PROGRESS = {"enabled": True}
+
+
+def set_progress(enabled: bool) -> None:
+    """Turn the [prune] progress lines on stderr on or off (the CLI's --quiet)."""
+    _PROGRESS["enabled"] = bool(enabled)
+
+
 def progress(msg: str) -> None:
-    print(f"[prune] {msg}", file=sys.stderr, flush=True)
+    if _PROGRESS["enabled"]:
+        print(f"[prune] {msg}", file=sys.stderr, flush=True)
