@@ -29,7 +29,10 @@ def make_model(nodes, inits, in_shape, out_name="out", out_shape=None, opset=14,
 
 
 def tiny_convnet(classes: int = 10, channels: int = 3, size: int = 16) -> onnx.ModelProto:
-    """conv-BN-relu -> depthwise s2 -> relu6 -> 1x1 -> hardswish -> GAP -> flatten -> gemm -> softmax."""
+    """conv-BN-relu -> depthwise s2 -> relu6 -> 1x1 -> hardswish -> GAP -> flatten -> gemm -> softmax.
+    Same weights whatever ran before (the module RNG is reseeded)."""
+    global RNG
+    RNG = np.random.default_rng(0)
     n = [
         helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
         helper.make_node("BatchNormalization", ["c1", "g1", "be1", "m1", "v1"], ["bn1"], epsilon=1e-3, name="bn1"),

@@ -37,7 +37,8 @@ def palettize(model, nbits: int, options: dict, thr: int):
     if nbits not in (1, 2, 3, 4, 6, 8):
         raise EdgeInferError(f"palettize bits {nbits} is not one of 1, 2, 3, 4, 6, 8")
     mode = palettize_mode(options)
-    cfg = oc.OpPalettizerConfig(mode=mode, nbits=nbits, weight_threshold=thr)
+    kw = {"num_kmeans_workers": int(options.get("kmeans_workers", 1))} if mode == "kmeans" else {}
+    cfg = oc.OpPalettizerConfig(mode=mode, nbits=nbits, weight_threshold=thr, **kw)
     return oc.palettize_weights(model, oc.OptimizationConfig(global_config=cfg)), f"{nbits}-bit {mode} palettization"
 
 

@@ -12,6 +12,7 @@ Nothing is left at ``out_path`` when it fails.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeinfer.errors import EdgeInferError
+from edgeinfer.errors import EdgeInferError, NotSupportedYet
 
 from ..api import EmitRequest, EmittedArtifact
 
@@ -36,6 +37,7 @@ TARGETS = {"iOS16": ct.target.iOS16, "iOS17": ct.target.iOS17, "iOS18": ct.targe
            "macOS13": ct.target.macOS13, "macOS14": ct.target.macOS14, "macOS15": ct.target.macOS15}
 _IOS18_LEVEL = {"iOS18", "macOS15"}
 _COLOR = {"rgb": "RGB", "bgr": "BGR", "gray": "GRAYSCALE"}
+_BASE_CACHE: dict[tuple, Any] = {}   # last uncompressed conversion, keyed by model + settings
 META_PREPROCESS = "edgeinfer.preprocess"
 META_POSTPROCESS = "edgeinfer.postprocess"
 META_TASK = "edgeinfer.task"
@@ -133,15 +135,23 @@ def convert(request: EmitRequest):
         inputs = [ct.ImageType(name=built.input_name, shape=built.input_shape, scale=img.image_scale,
                                bias=img.bias if img.color != "gray" else img.bias[0],
                                color_layout=getattr(ct.colorlayout, _COLOR[img.color]))]
-    precision = ct.precision.FLOAT32 if request.precision == "fp32" else ct.precision.FLOAT16
-    mlmodel = ct.convert(built.program, convert_to="mlprogram", minimum_deployment_target=TARGETS[target],
-                         compute_precision=precision, inputs=inputs, classifier_config=_classifier(request, request.model))
+    fp32 = request.precision == "fp32"
+    key = (hashlib.sha1(request.model.SerializeToString()).hexdigest(), target, fp32, repr(img), repr(request.labels), request.task)
+    cached = _BASE_CACHE.get(key)
+    if cached is None:   # fp16 + int8 + int4 of one model share the uncompressed conversion
+        cached = ct.convert(built.program, convert_to="mlprogram", minimum_deployment_target=TARGETS[target],
+                            compute_precision=ct.precision.FLOAT32 if fp32 else ct.precision.FLOAT16, inputs=inputs,
+                            classifier_config=_classifier(request, request.model))
+        _BASE_CACHE.clear()
+        _BASE_CACHE[key] = cached
+    mlmodel = ct.models.MLModel(cached.get_spec(), weights_dir=cached.weights_dir, skip_model_load=True)
     mlmodel, cnotes = _compress.compress(mlmodel, request.precision, request.options, target in _IOS18_LEVEL)
     notes += cnotes
     if request.options.get("activations") == "int8" or request.options.get("w8a8"):
-        from .activations import quantize_activations
-        mlmodel, anotes = quantize_activations(mlmodel, request)
-        notes += anotes
+        # coremltools calibrates activations by running MLModel.predict (macOS only); its graph pass
+        # that inserts quantize/dequantize from given statistics is private and keyed by MIL var names
+        raise NotSupportedYet("Core ML W8A8 (int8 activations) is not supported yet: coremltools calibrates activations "
+                              "with MLModel.predict, which runs only on macOS; use precision int8 (int8 weights, fp16 activations)")
     return mlmodel, built, img, target, notes
 
 

@@ -178,8 +178,8 @@ def clip(ctx: Ctx, node):
         lo, hi = a.get("min", None), a.get("max", None)
     else:
         lo, hi = ctx.const(node, 1, "min"), ctx.const(node, 2, "max")
-    lo = -65504.0 if lo is None else float(lo)
-    hi = 65504.0 if hi is None else float(hi)
+    lo = -65504.0 if lo is None else float(np.ravel(lo)[0])
+    hi = 65504.0 if hi is None else float(np.ravel(hi)[0])
     if lo == 0.0 and hi == 65504.0:
         return [mb.relu(x=ctx.get(node, 0), name=_out(node))]
     if lo == 0.0 and hi == 6.0:
