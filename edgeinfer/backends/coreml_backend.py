@@ -19,6 +19,17 @@ from .base import Backend, BackendOptions
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 
 
+def pixels_from_normalized(x: np.ndarray, pre: dict) -> np.ndarray:
+    """Invert ``(pixel*scale - mean)/std`` for an NCHW batch: normalized -> 0..255 pixels (float32).
+
+    Exact for batches made from 8-bit images, which is what an image-input model receives."""
+    c = x.shape[1]
+    scale = float(pre.get("scale", 1 / 255))
+    mean = np.broadcast_to(np.asarray(pre.get("mean") or [0.0], np.float32), (c,)).reshape(1, c, 1, 1)
+    std = np.broadcast_to(np.asarray(pre.get("std") or [1.0], np.float32), (c,)).reshape(1, c, 1, 1)
+    return np.clip(np.round((x * std + mean) / scale), 0, 255).astype(np.float32)
+
+
 def apple_host() -> bool:
     return platform.system() == "Darwin"
 
@@ -62,12 +73,7 @@ class CoreMLBackend(Backend):
     def _images(self, x: np.ndarray):
         from PIL import Image
 
-        c = x.shape[1]
-        scale = float(self._pre.get("scale", 1 / 255))
-        mean = np.broadcast_to(np.asarray(self._pre.get("mean") or [0.0], np.float32), (c,)).reshape(1, c, 1, 1)
-        std = np.broadcast_to(np.asarray(self._pre.get("std") or [1.0], np.float32), (c,)).reshape(1, c, 1, 1)
-        pix = np.clip(np.round((x * std + mean) / scale), 0, 255).astype(np.uint8)
-        for p in pix:
+        for p in pixels_from_normalized(x, self._pre).astype(np.uint8):
             yield Image.fromarray(p[0], "L") if self._gray else Image.fromarray(np.transpose(p, (1, 2, 0)), "RGB")
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:

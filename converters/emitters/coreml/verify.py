@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeinfer.backends.coreml_backend import pixels_from_normalized
 from edgeinfer.errors import EdgeInferError
 
 from .mil_eval import MilProgram
@@ -81,15 +82,6 @@ def _program(path: str, mtime: float) -> MilProgram:
     return MilProgram(path)
 
 
-def _to_pixels(x: np.ndarray, pre: dict) -> np.ndarray:
-    """Invert (pixel*scale - mean)/std for an NCHW batch: normalized -> 0..255 pixel values."""
-    c = x.shape[1]
-    scale = float(pre.get("scale", 1 / 255))
-    mean = np.broadcast_to(np.asarray(pre.get("mean") or [0.0], np.float32), (c,)).reshape(1, c, 1, 1)
-    std = np.broadcast_to(np.asarray(pre.get("std") or [1.0], np.float32), (c,)).reshape(1, c, 1, 1)
-    return np.clip(np.round((x * std + mean) / scale), 0, 255).astype(np.float32)
-
-
 def run_mlpackage(path: str | Path, batch_nchw: np.ndarray) -> list[np.ndarray]:
     """Run the saved package on a preprocessed NCHW float32 batch with the numpy evaluator."""
     prog = _program(str(Path(path).resolve()), _mtime(path))
@@ -98,9 +90,7 @@ def run_mlpackage(path: str | Path, batch_nchw: np.ndarray) -> list[np.ndarray]:
     x = np.asarray(batch_nchw, np.float32)
     if feat.type.HasField("imageType"):
         pre = json.loads(prog.spec.description.metadata.userDefined.get("edgeinfer.preprocess", "{}"))
-        x = _to_pixels(x, pre)
-        if feat.type.imageType.colorSpace == feat.type.imageType.BGR:
-            pass   # the batch is already in the model's channel order (preprocess color "bgr")
+        x = pixels_from_normalized(x, pre)
     per_output: list[list[np.ndarray]] = []
     for i in range(x.shape[0]):
         res = prog.run({feat.name: x[i:i + 1]})
