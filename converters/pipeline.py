@@ -6,16 +6,14 @@ precision -> verify each artifact against the fp32 source -> write the bundle at
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 import edgeinfer
 from edgeinfer.bundle import sha256_of, size_of, write_manifest
@@ -152,8 +150,6 @@ def _emit_options(fmt: str, profile: Profile, opts: ConvertOptions) -> dict[str,
     if fmt == "tflite":
         o["io_dtype"] = opts.emitter_options.get("tflite_io_dtype") or recipe.get("tflite_io_dtype", "float32")
         o["int8_mode"] = opts.emitter_options.get("int8_mode") or "full"
-    if fmt == "coreml":
-        o["deployment_target"] = profile.runtime.get("coreml_target", "iOS16")
     return o
 
 
@@ -165,6 +161,7 @@ def _input_layout(fmt: str, profile: Profile, opts: ConvertOptions) -> str:
 
 def convert(opts: ConvertOptions) -> ConvertResult:
     t0 = time.perf_counter()
+    os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' per-pass bars; the pipeline reports its own steps
     _validate_lists(opts)
     profiles = [load_profile(p) for p in opts.profiles]
     if not profiles:
@@ -247,6 +244,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                 req = EmitRequest(model=model, precision=precision, out_path=tmp / name, calibration=calib,
                                   input_layout=_input_layout(fmt, profile, opts), options=_emit_options(fmt, profile, opts),
                                   preprocess=cfg.to_dict(), labels=labels, task=task, profile=profile.data)
+                t_emit = time.perf_counter()
                 try:
                     art = get_emitter(fmt)(req)
                 except NotSupportedYet as exc:
@@ -256,6 +254,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                     manifest["warnings"].append(f"{fmt} {precision}: not supported yet ({exc})")
                     _say(opts, f"  skipped: {exc}")
                     continue
+                _say(opts, f"  wrote {name}: {size_of(art.path) / 1e6:.3f} MB in {time.perf_counter() - t_emit:.2f} s; verifying")
                 figures = verify_artifact(art, verify_samples, reference, task=task, postprocess=post, labels=labels,
                                           input_hw=size_hw, synthetic=bool(facts.get("verify_synthetic")))
                 check_min_agreement(figures, task, opts.min_agreement, name)

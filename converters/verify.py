@@ -5,7 +5,6 @@ task's agreement figure (top-1 agreement for classifiers, mAP agreement for dete
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np

@@ -1,7 +1,6 @@
 """End to end on the ONNX path: convert the digits sample, inspect, run; and every refusal."""
 import json
 
-import numpy as np
 import pytest
 
 from edgeinfer import Predictor

@@ -66,7 +66,7 @@ def compress(model, precision: str, options: dict, target_is_ios18: bool):
     if options.get("prune"):
         if precision in ("int8", "int4") or options.get("palettize"):
             raise EdgeInferError("Core ML: combining pruning with int8/int4/palettization is not supported yet; "
-                                 "use --precision fp16 with pruning, or drop pruning")
+                                 "use --quant fp16 with pruning, or drop pruning")
         model, n = prune(model, options["prune"], thr)
         notes.append(n)
     if precision == "int8":

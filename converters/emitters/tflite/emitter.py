@@ -10,7 +10,6 @@ The input layout (``request.input_layout``) is written into the model metadata u
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -139,7 +138,6 @@ def _graph_output(ctx: Converter, name: str) -> int:
 def emit(request: EmitRequest) -> EmittedArtifact:
     """Write ``request.out_path`` (.tflite) or raise ``EdgeInferError`` having written nothing."""
     t0 = time.perf_counter()
-    print(f"[tflite] emitting {request.precision} ...", file=sys.stderr)
     data, ctx, io_dtype = build(request)
     out = Path(request.out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +156,6 @@ def emit(request: EmitRequest) -> EmittedArtifact:
     if ctx.pinned_batch:
         notes.append("symbolic batch pinned to 1 in the file; the runtime resizes the input for larger batches")
     elapsed = time.perf_counter() - t0
-    print(f"[tflite] wrote {out.name}: {len(data)} bytes, {len(ctx.b.operators)} ops in {elapsed:.2f}s", file=sys.stderr)
     return EmittedArtifact(
         path=out, format="tflite", precision=request.precision, input_layout=request.input_layout.upper(),
         io_dtype=io_dtype, notes=notes,
