@@ -73,6 +73,28 @@ def cosine_agreement(reference: Outputs) -> MetricFn:
     return metric
 
 
+def detection_agreement(reference: Outputs, postprocess: dict, transforms, key: str = "map50_agreement",
+                        eval_score_threshold: float = 0.001) -> MetricFn:
+    """Metric factory for detectors, needing no labels: COCO mAP of a model's detections against
+    the reference (fp32) model's detections on the same inputs (``edgeinfer.detection.metrics.
+    map_agreement``). The reference keeps the bundle's ``score_threshold``; the tested model is
+    decoded down to ``eval_score_threshold`` so its AP is ranked over the whole score range.
+    ``transforms``: one ``Transform`` per input, or a single one for all (e.g.
+    ``Transform((S, S))``: boxes stay in model-input pixels, which is enough for agreement)."""
+    from edgeinfer.detection.metrics import map_agreement
+    from edgeinfer.detection.postprocess import DetectPostprocessor
+
+    ref_post = DetectPostprocessor(postprocess)
+    test_post = ref_post.with_overrides(score_threshold=min(eval_score_threshold, ref_post.config["score_threshold"]))
+    per_input = list(transforms) if isinstance(transforms, (list, tuple)) else [transforms] * len(reference)
+    ref_results = [ref_post(outs, t) for outs, t in zip(reference, per_input)]
+
+    def metric(outputs: Outputs) -> float:
+        got = [test_post(outs, t) for outs, t in zip(outputs, per_input)]
+        return float(map_agreement(ref_results, got)[key])
+    return metric
+
+
 def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     out: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:

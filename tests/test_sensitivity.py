@@ -6,8 +6,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from converters.quantize_onnx import quantize_int8
-from converters.sensitivity import (cosine_agreement, find_sensitive_nodes, head_groups, quantized_nodes,
-                                    run_outputs, sensitivity_search)
+from converters.sensitivity import (cosine_agreement, detection_agreement, find_sensitive_nodes, head_groups,
+                                    quantized_nodes, run_outputs, sensitivity_search)
+from edgeinfer.preprocess import Transform
 from converters.calibrate import calibrate
 from edgeinfer.errors import EdgeInferError
 
@@ -108,3 +109,16 @@ def test_cosine_agreement_is_one_for_identical_outputs(setup):
     noisy = [[o + np.float32(5.0) * np.random.default_rng(0).standard_normal(o.shape).astype(np.float32) for o in r]
              for r in ref]
     assert cosine_agreement(ref)(noisy) < 0.99
+
+
+def test_detection_agreement_metric_finds_the_head_concat(setup):
+    """The tiny head is in YOLOv8 export form [1, 4+2, 64]: the label-free detector metric the
+    converter uses (runtime decode + NMS + mAP against fp32 detections) sees the damage too."""
+    model, calib, evals, ref, cal = setup
+    post = {"kind": "detect", "decoder": "yolov8", "score_threshold": 0.5, "iou_threshold": 0.45,
+            "max_detections": 100}
+    metric = detection_agreement(ref, post, Transform((64, 64)))
+    assert metric(ref) == pytest.approx(1.0)
+    rep = sensitivity_search(model, calib, evals, metric, tolerance=0.01, calibration=cal, progress=False)
+    assert rep.naive_metric < 0.9
+    assert rep.final_metric >= 0.99 and "head_concat" in rep.excluded

@@ -2,11 +2,11 @@
 
     .venv/bin/python tools/bench_detector_int8.py [--model samples/detector/shapes_det.onnx]
 
-int8 = the pipeline's recipe (``converters.calibrate`` minmax ranges on ``calib/`` +
+int8 = the pipeline's recipe on the cleaned graph (``converters.clean``, ``converters.calibrate`` minmax ranges on ``calib/`` +
 ``converters.quantize_onnx.quantize_int8``: static QDQ, per-channel int8 weights, int8
 activations). The sensitivity search (``converters.sensitivity``) needs no labels: its metric is
-mAP@0.5 of the int8 detections against the fp32 detections on the calibration images, the way the
-converter can run it. mAP figures are pycocotools on ``val/`` (labelled, never seen by the search).
+``detection_agreement`` (runtime decoder + NMS + COCO mAP@0.5 of the int8 detections against the
+fp32 detections) on the calibration images, exactly what the converter can run. mAP figures are pycocotools on ``val/`` (labelled, never seen by the search).
 """
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ from pathlib import Path
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detector_eval import agreement_metric, evaluate, load_images, load_split, progress, run_onnx  # noqa: E402
+from detector_eval import evaluate, load_images, load_split, progress, run_onnx  # noqa: E402
 
 from converters.calibrate import calibrate  # noqa: E402
+from converters.clean import clean_model  # noqa: E402
 from converters.quantize_onnx import quantize_int8  # noqa: E402
-from converters.sensitivity import sensitivity_search  # noqa: E402
+from converters.sensitivity import detection_agreement, run_outputs, sensitivity_search  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -37,9 +38,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     root = Path(args.model).parent
-    model = onnx.load(args.model)
+    model = clean_model(onnx.load(args.model))  # what the pipeline quantizes: shapes folded, BN folded
     meta = {p.key: p.value for p in model.metadata_props}
-    pre, labels = json.loads(meta["edgeinfer.preprocess"]), json.loads(meta["edgeinfer.labels"])
+    pre, post = json.loads(meta["edgeinfer.preprocess"]), json.loads(meta["edgeinfer.postprocess"])
     val_x, val_t, val_gt, val_ids = load_split(args.val or root / "val", pre)
     cal_x, cal_t = load_images(args.calib or root / "calib", pre)
     progress(f"{len(val_x)} val images, {len(cal_x)} calibration images")
@@ -47,8 +48,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     calib = calibrate(model, cal_x, "minmax")
     naive = quantize_int8(model, calib, activation_dtype=args.activation_dtype)
-    fp32_cal = [o for o in run_onnx(model, cal_x)]
-    metric = agreement_metric(fp32_cal, cal_t, labels)
+    metric = detection_agreement(run_outputs(model, cal_x), post, cal_t)  # what the converter can run
     rep = sensitivity_search(model, cal_x, cal_x, metric, budget=args.budget, tolerance=args.tolerance,
                              calibration=calib,
                              quantize=lambda m, c, ex: quantize_int8(m, c, nodes_to_exclude=tuple(ex),

@@ -2,8 +2,8 @@
 
 ``evaluate(outputs, transforms, coco_gt)`` turns raw model outputs [1, 4+C, A] into COCO
 detections (decode + class-aware NMS, boxes mapped back through the letterbox) and returns
-{"map50": ..., "map50_95": ...}. Decoding/NMS use ``edgeinfer.detection`` when it provides
-them, else the small numpy reference below (same semantics: score > threshold, class-aware hard NMS).
+{"map50": ..., "map50_95": ...}. Decoding/NMS are the runtime's (``edgeinfer.detection``); the
+mAP is pycocotools' (the reference the runtime's own ``edgeinfer.detection.metrics`` is checked against).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeinfer.detection.postprocess import DetectPostprocessor
 from edgeinfer.preprocess import PreprocessConfig, preprocess_image
 
 EVAL_SCORE_THRESHOLD = 0.001   # COCO-style evaluation keeps low-score boxes
@@ -22,42 +23,10 @@ EVAL_IOU_THRESHOLD = 0.6
 EVAL_MAX_DET = 100
 
 
-def _decode_nms_reference(out: np.ndarray, score_thr: float, iou_thr: float, max_det: int):
-    """[1, 4+C, A] cxcywh + scores -> (xyxy [K,4], score [K], class [K]) after class-aware NMS."""
-    p = out[0].T  # [A, 4+C]
-    cls = p[:, 4:].argmax(1)
-    score = p[np.arange(len(p)), 4 + cls]
-    keep = score > score_thr
-    p, cls, score = p[keep], cls[keep], score[keep]
-    xyxy = np.concatenate([p[:, :2] - p[:, 2:4] / 2, p[:, :2] + p[:, 2:4] / 2], 1)
-    order = np.argsort(-score, kind="stable")
-    kept: list[int] = []
-    off = xyxy + cls[:, None] * 1e4  # class-aware NMS by offsetting classes apart
-    area = (off[:, 2] - off[:, 0]) * (off[:, 3] - off[:, 1])
-    while order.size and len(kept) < max_det:
-        i = order[0]
-        kept.append(i)
-        rest = order[1:]
-        lt = np.maximum(off[i, :2], off[rest, :2])
-        rb = np.minimum(off[i, 2:], off[rest, 2:])
-        inter = np.prod(np.clip(rb - lt, 0, None), 1)
-        iou = inter / (area[i] + area[rest] - inter + 1e-9)
-        order = rest[iou <= iou_thr]
-    k = np.asarray(kept, dtype=np.int64)
-    return xyxy[k], score[k], cls[k]
-
-
 def detect(out: np.ndarray, transform, score_thr: float = EVAL_SCORE_THRESHOLD,
            iou_thr: float = EVAL_IOU_THRESHOLD, max_det: int = EVAL_MAX_DET):
-    """One image's [1,4+C,A] output -> (xyxy in original pixels, scores, classes).
-
-    Uses the runtime's ``edgeinfer.detection`` post-processor when present, else the reference above.
-    """
-    try:
-        from edgeinfer.detection.postprocess import DetectPostprocessor
-    except ImportError:
-        boxes, scores, classes = _decode_nms_reference(out, score_thr, iou_thr, max_det)
-        return transform.to_original(boxes), scores, classes
+    """One image's [1,4+C,A] output -> (xyxy in original pixels, scores, classes), decoded by the
+    runtime's own post-processor (``edgeinfer.detection``: yolov8 decoder, class-aware hard NMS)."""
     post = DetectPostprocessor({"kind": "detect", "decoder": "yolov8", "score_threshold": score_thr,
                                 "iou_threshold": iou_thr, "max_detections": max_det, "layout": "channels_first"})
     dets = post([out], transform).detections
@@ -141,27 +110,3 @@ def load_images(folder: str | Path, preprocess: dict):
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     pairs = [preprocess_image(p, cfg, hw) for p in paths]
     return np.stack([x for x, _ in pairs]), [t for _, t in pairs]
-
-
-def pseudo_ground_truth(outputs: list[np.ndarray], transforms, labels: list[str], score_thr: float = 0.25):
-    """The float model's confident detections as a COCO ground truth (for label-free agreement)."""
-    images, anns = [], []
-    for i, (out, t) in enumerate(zip(outputs, transforms)):
-        images.append({"id": i + 1, "width": t.orig_size[0], "height": t.orig_size[1]})
-        boxes, scores, classes = detect(np.asarray(out, np.float32), t, score_thr=score_thr, iou_thr=0.45)
-        for b, c in zip(boxes, classes):
-            w, h = float(b[2] - b[0]), float(b[3] - b[1])
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(c) + 1,
-                         "bbox": [float(b[0]), float(b[1]), w, h], "area": w * h, "iscrowd": 0})
-    cats = [{"id": i + 1, "name": n} for i, n in enumerate(labels)]
-    return {"images": images, "annotations": anns, "categories": cats}, [im["id"] for im in images]
-
-
-def agreement_metric(reference_outputs: list[np.ndarray], transforms, labels: list[str], key: str = "map50"):
-    """metric_fn for ``converters.sensitivity``: mAP of a model's detections against the float
-    model's detections on the same images (needs no labels)."""
-    gt, ids = pseudo_ground_truth(reference_outputs, transforms, labels)
-
-    def metric(outputs) -> float:
-        return evaluate([o[0] for o in outputs], transforms, gt, ids)[key]
-    return metric
