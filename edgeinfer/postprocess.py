@@ -6,13 +6,13 @@ per image: ``post(outputs_for_one_image, transform) -> result`` where the result
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .errors import EdgeInferError
+from .registry import import_target
 from .preprocess import Transform
 
 
@@ -75,9 +75,8 @@ def make_postprocessor(task: str, config: dict[str, Any], labels: list[str] | No
     target = POSTPROCESSORS.get(task)
     if target is None:
         raise EdgeInferError(f"task {task!r} has no postprocessor; known tasks: {', '.join(POSTPROCESSORS)}")
-    module_name, cls_name = target.split(":")
     try:
-        cls = getattr(importlib.import_module(module_name), cls_name)
+        cls = import_target(target)
     except (ModuleNotFoundError, AttributeError):
         raise EdgeInferError(f"the {task} postprocessor is not available in this edgeinfer build") from None
     return cls(config, labels)

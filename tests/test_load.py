@@ -63,29 +63,26 @@ def test_unsupported_opset(tmp_path):
     assert "opset 7" in msg and "opset_version" in msg
 
 
-def test_external_data_outside_folder(tmp_path):
+def _with_external_weight(tmp_path, location: str):
+    """The tiny model saved with its weight pointing at ``location`` (which is never written)."""
     m = _tiny()
     t = m.graph.initializer[0]
     t.ClearField("float_data")
     t.ClearField("raw_data")
     t.data_location = TensorProto.EXTERNAL
-    t.external_data.add(key="location", value="../secret.bin")
+    t.external_data.add(key="location", value=location)
     p = tmp_path / "ext.onnx"
     p.write_bytes(m.SerializeToString())
-    msg = _err(p)
+    return p
+
+
+def test_external_data_outside_folder(tmp_path):
+    msg = _err(_with_external_weight(tmp_path, "../secret.bin"))
     assert "outside the model's folder" in msg and "'w'" in msg
 
 
 def test_external_data_missing(tmp_path):
-    m = _tiny()
-    t = m.graph.initializer[0]
-    t.ClearField("float_data")
-    t.ClearField("raw_data")
-    t.data_location = TensorProto.EXTERNAL
-    t.external_data.add(key="location", value="weights.bin")
-    p = tmp_path / "ext.onnx"
-    p.write_bytes(m.SerializeToString())
-    assert "external weight file" in _err(p)
+    assert "external weight file" in _err(_with_external_weight(tmp_path, "weights.bin"))
 
 
 def test_external_data_inside_folder_loads(tmp_path):

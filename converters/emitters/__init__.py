@@ -1,10 +1,10 @@
 """Emitter registry: format name -> ``emit(EmitRequest) -> EmittedArtifact``, imported lazily."""
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 from edgeinfer.errors import NotSupportedYet
+from edgeinfer.registry import import_target
 
 from .api import CalibrationResult, EmitRequest, EmittedArtifact
 
@@ -21,14 +21,12 @@ def get_emitter(fmt: str) -> Callable[[EmitRequest], EmittedArtifact]:
     target = EMITTERS.get(fmt)
     if target is None:
         raise NotSupportedYet(f"format {fmt!r} is not supported yet; supported: {', '.join(EMITTERS)}")
-    module_name, fn = target.split(":")
     try:
-        module = importlib.import_module(module_name)
+        return import_target(target)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("converters"):
             raise NotSupportedYet(f"the {fmt} emitter is not built yet") from None
         raise NotSupportedYet(f"the {fmt} emitter needs {exc.name}; install edgeinfer[convert]") from None
-    return getattr(module, fn)
 
 
 __all__ = ["EMITTERS", "FILE_SUFFIX", "get_emitter", "EmitRequest", "EmittedArtifact", "CalibrationResult"]

@@ -4,10 +4,10 @@ Only the engine a bundle needs is imported, so a device needs just one engine in
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from ..errors import EdgeInferError
+from ..registry import import_target
 from .base import Backend, BackendOptions
 
 BACKENDS: dict[str, str] = {
@@ -22,12 +22,10 @@ def backend_class(fmt: str) -> type[Backend]:
     target = BACKENDS.get(fmt)
     if target is None:
         raise EdgeInferError(f"no runtime backend for artifact format {fmt!r}; known: {', '.join(BACKENDS)}")
-    module_name, cls_name = target.split(":")
     try:
-        module = importlib.import_module(module_name)
+        return import_target(target)
     except ModuleNotFoundError as exc:
         raise EdgeInferError(f"the {fmt} backend is not available ({exc}); install edgeinfer[{fmt}]") from None
-    return getattr(module, cls_name)
 
 
 def open_backend(fmt: str, path: Path, options: BackendOptions | None = None) -> Backend:
