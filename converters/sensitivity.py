@@ -223,3 +223,18 @@ def find_sensitive_nodes(model: onnx.ModelProto, calib_samples: np.ndarray, eval
     (best effort within ``budget`` nodes); pass them as ``quantize_int8(..., nodes_to_exclude=)``."""
     return sensitivity_search(model, calib_samples, eval_inputs, metric_fn, candidates, budget, tolerance,
                               **kwargs).excluded
+
+
+def detector_keep_float(model: onnx.ModelProto, calibration: CalibrationResult, eval_inputs: np.ndarray,
+                        postprocess: dict, tolerance: float = 0.01, budget: int = 8,
+                        progress: bool = True) -> SensitivityReport:
+    """The converter's one call for ``--task detect`` int8: nodes of the CLEANED ``model`` to keep in
+    float so int8 detections agree with fp32 (``detection_agreement`` mAP@0.5) within ``tolerance``
+    on ``eval_inputs`` (preprocessed NCHW, e.g. the verification inputs). Boxes are compared in
+    model-input pixels, so no transforms or labels are needed."""
+    from edgeinfer.preprocess import Transform
+
+    h, w = int(eval_inputs.shape[2]), int(eval_inputs.shape[3])
+    metric = detection_agreement(run_outputs(model, eval_inputs), postprocess, Transform((w, h)))
+    return sensitivity_search(model, calibration.samples, eval_inputs, metric, budget=budget, tolerance=tolerance,
+                              calibration=calibration, progress=progress)

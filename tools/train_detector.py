@@ -304,7 +304,8 @@ def main(argv=None) -> int:
     net = ShapesDetector(len(CLASSES))
     anchors, strides = anchor_grid()
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.iters, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.iters,
+                                                pct_start=max(0.1, 3 / args.iters))
     gen = np.random.default_rng(args.seed)
     net.train()
     t1 = time.time()
