@@ -1,5 +1,5 @@
 # Two entry points that work on a fresh machine (they bootstrap .venv themselves):
-#   make demo   convert the bundled digits sample for two device profiles and run it on the sample images
+#   make demo   convert the bundled samples (digits classifier, shapes detector) for device profiles and run them
 #   make test   install the dev extras and run the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -26,6 +26,10 @@ demo: $(VENV)/.installed-all
 		--calib samples/digits/calib -o $(OUT) --force
 	$(BIN)/edgeinfer run $(OUT)/digits-generic-x86-64 samples/digits/images/*.png --top-k 3
 	$(BIN)/edgeinfer run $(OUT)/digits-raspberry-pi-4 samples/digits/images/*.png --top-k 1
+	$(BIN)/edgeinfer convert samples/detector/shapes_det.onnx --profile generic-x86-64 \
+		--calib samples/detector/calib --verify-data samples/detector/val -o $(OUT) --force
+	$(BIN)/edgeinfer run $(OUT)/shapes_det-generic-x86-64 samples/detector/images/* --save-vis $(OUT)/vis
+	$(BIN)/edgeinfer eval $(OUT)/shapes_det-generic-x86-64 samples/detector/val
 
 test: $(VENV)/.installed-dev
 	bash tools/setup_tflite214_venv.sh

@@ -59,6 +59,7 @@ class ConvertOptions:
     progress: bool = True
     emitter_options: dict[str, Any] = field(default_factory=dict)   # e.g. tflite_io_dtype, tflite_layout
     exclude_nodes: list[str] = field(default_factory=list)
+    auto_keep_float: bool = True                # detectors: search int8-sensitive nodes to keep in float
 
 
 @dataclass
@@ -209,6 +210,16 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     if need_calib:
         calib = calibrate(model, calib_samples, opts.calib_method, skipped=facts.get("skipped", 0),
                           synthetic=bool(facts.get("synthetic")), progress=opts.progress)
+    mixed = None
+    if calib is not None and task == "detect" and opts.auto_keep_float and not opts.exclude_nodes:
+        from .sensitivity import detector_keep_float
+        _say(opts, "searching int8-sensitive nodes of the detector (kept in float)")
+        rep = detector_keep_float(model, calib, calib.samples[:64], post, progress=opts.progress)
+        opts.exclude_nodes = list(rep.excluded)
+        mixed = {"kept_float": rep.excluded, "metric": "map50_agreement on calibration images",
+                 "float": rep.float_metric, "naive_int8": rep.naive_metric, "final": rep.final_metric}
+    elif opts.exclude_nodes:
+        mixed = {"kept_float": list(opts.exclude_nodes), "metric": "chosen with --keep-float"}
     reference = run_reference(source, verify_samples)
 
     source_path = Path(opts.model)
@@ -230,6 +241,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         "verification_data": {"inputs": int(len(verify_samples)), "held_out_from_calibration": not opts.verify_dir and bool(opts.calib_dir),
                               "synthetic": bool(facts.get("verify_synthetic"))},
         "pruning": prune_report.to_dict() if prune_report is not None else None,
+        "mixed_precision": mixed,
     }
 
     bundles, manifests = [], []
