@@ -75,3 +75,13 @@ def test_cli_lists_and_shows():
     assert "Edge TPU" in show and "edgetpu_compiler" in show
     bad = edgeinfer_cli("profiles", "show", "iphone15")
     assert bad.returncode == 2 and "did you mean iphone-15-pro" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_profile_delegates_and_providers_are_known_names():
+    from edgeinfer.backends.litert_backend import BUILTIN_DELEGATES, delegate_candidates
+    known_eps = {"CPUExecutionProvider", "XNNPACKExecutionProvider", "QNNExecutionProvider", "CUDAExecutionProvider",
+                 "TensorrtExecutionProvider", "CoreMLExecutionProvider", "NnapiExecutionProvider"}
+    for p in all_profiles():
+        for d in p.runtime.get("tflite_delegates", []):
+            assert d in BUILTIN_DELEGATES or delegate_candidates(d, "linux"), (p.name, d)
+        assert set(p.runtime.get("onnx_providers", [])) <= known_eps, p.name

@@ -10,6 +10,7 @@ than the file's batch resize the input tensor (or run sample by sample when the 
 """
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 from pathlib import Path
@@ -27,7 +28,8 @@ DELEGATE_LIBRARIES: dict[str, dict[str, list[str]]] = {
     "gpu": {"linux": ["libtensorflowlite_gpu_delegate.so"], "darwin": ["libtensorflowlite_gpu_delegate.dylib"],
             "win32": ["tensorflowlite_gpu_delegate.dll"]},
     "nnapi": {"linux": ["libtensorflowlite_nnapi_delegate.so", "libnnapi_delegate.so"]},
-    "hexagon": {"linux": ["libQnnTFLiteDelegate.so", "libhexagon_delegate.so"]},
+    "hexagon": {"linux": ["libhexagon_delegate.so", "libQnnTFLiteDelegate.so"]},
+    "qnn": {"linux": ["libQnnTFLiteDelegate.so"]},
     "edgetpu": {"linux": ["libedgetpu.so.1"], "darwin": ["libedgetpu.1.dylib"], "win32": ["edgetpu.dll"]},
 }
 BUILTIN_DELEGATES = {"xnnpack"}   # part of the interpreter's default CPU kernels: nothing to load
@@ -54,6 +56,22 @@ def delegate_candidates(name: str, platform: str = sys.platform) -> list[str]:
                              f"{', '.join(sorted(set(DELEGATE_LIBRARIES) | BUILTIN_DELEGATES))} or a library path")
     plat = "linux" if platform.startswith("linux") else platform
     return DELEGATE_LIBRARIES[key].get(plat, [])
+
+
+def _try_load(load_delegate, lib: str):
+    """(delegate, None) or (None, one-line reason). A failed load leaves a half-built Delegate
+    whose ``__del__`` raises inside the engine; it is collected here with that noise silenced."""
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda u: None if isinstance(u.exc_value, AttributeError) else previous(u)
+    try:
+        try:
+            return load_delegate(lib), None
+        except (ValueError, OSError, RuntimeError) as exc:
+            reason = f"{lib}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        gc.collect()
+        return None, reason
+    finally:
+        sys.unraisablehook = previous
 
 
 def guess_layout(shape) -> str:
@@ -97,12 +115,12 @@ class LiteRTBackend(Backend):
                 continue
             errors = []
             for lib in delegate_candidates(name):
-                try:
-                    loaded.append(load_delegate(lib))
+                delegate, error = _try_load(load_delegate, lib)
+                if delegate is not None:
+                    loaded.append(delegate)
                     self.delegates_loaded.append(name)
                     break
-                except (ValueError, OSError, RuntimeError) as exc:
-                    errors.append(f"{lib}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+                errors.append(error)
             else:
                 why = "; ".join(errors) or f"no library known for {sys.platform}"
                 if self.options.strict_delegate:
