@@ -163,3 +163,13 @@ def test_prune_flag_shrinks_the_bundle_and_reports(tmp_path):
     art = m["artifacts"][0]
     assert art["size"] < 0.7 * m["source"]["size"]
     assert art["verification"]["top1_agreement"] >= 0.9
+
+
+def test_pruned_int8_verifies_for_every_emitter(tmp_path):
+    edgeinfer_cli("convert", DIGITS / "digits.onnx", "--profile", "raspberry-pi-4", "--formats", "onnx,tflite,coreml",
+                  "--quant", "int8", "--calib", DIGITS / "calib", "--prune", "0.3", "-o", tmp_path, "--quiet", check=True)
+    m = read_manifest(tmp_path / "digits-raspberry-pi-4")
+    assert sorted(a["format"] for a in m["artifacts"]) == ["coreml", "onnx", "tflite"]
+    for a in m["artifacts"]:
+        assert a["size"] < 0.45 * m["source"]["size"], a["file"]
+        assert a["verification"]["top1_agreement"] >= 0.9, a
