@@ -144,10 +144,9 @@ def _plan(profile: Profile, opts: ConvertOptions) -> list[tuple[str, str]]:
     return [(f, p) for f in formats for p in precisions]
 
 
-def _emit_options(fmt: str, profile: Profile, opts: ConvertOptions) -> dict[str, Any]:
+def _emit_options(fmt: str, profile: Profile, opts: ConvertOptions, keep_float: list[str]) -> dict[str, Any]:
     recipe = profile.data["recipe"]
-    o: dict[str, Any] = {"activation_dtype": recipe.get("activation_dtype", "int8"),
-                         "nodes_to_exclude": list(opts.exclude_nodes)}
+    o: dict[str, Any] = {"activation_dtype": recipe.get("activation_dtype", "int8"), "nodes_to_exclude": list(keep_float)}
     if fmt == "tflite":
         o["io_dtype"] = opts.emitter_options.get("tflite_io_dtype") or recipe.get("tflite_io_dtype", "float32")
         o["int8_mode"] = opts.emitter_options.get("int8_mode") or "full"
@@ -158,6 +157,32 @@ def _input_layout(fmt: str, profile: Profile, opts: ConvertOptions) -> str:
     if fmt == "tflite":
         return opts.emitter_options.get("tflite_layout") or profile.runtime.get("tflite_input_layout", "NHWC")
     return "NCHW"
+
+
+def _resolve_postprocess(source, task: str, labels, spec: dict[str, Any], opts: ConvertOptions) -> dict[str, Any]:
+    if task == "classify":
+        return classify_postprocess(source, labels)
+    post = dict(opts.postprocess or metadata(source).get("postprocess") or {})
+    if not post:
+        raise EdgeInferError("a detector needs a decoder: pass --decoder yolov5|yolov8|ssd")
+    from edgeinfer.detection.postprocess import validate_config
+    if not post.get("input_size"):
+        post["input_size"] = [spec["shape"][2], spec["shape"][3]]
+    return validate_config(post)
+
+
+def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[str, Any],
+                opts: ConvertOptions) -> tuple[list[str], dict[str, Any] | None]:
+    """Nodes kept in float in int8 artifacts (user's --keep-float, or the detector search) + manifest entry."""
+    if opts.exclude_nodes:
+        return list(opts.exclude_nodes), {"kept_float": list(opts.exclude_nodes), "metric": "chosen with --keep-float"}
+    if calib is None or task != "detect" or not opts.auto_keep_float:
+        return [], None
+    from .sensitivity import detector_keep_float
+    _say(opts, "searching int8-sensitive nodes of the detector (kept in float)")
+    rep = detector_keep_float(model, calib, calib.samples[:64], post, progress=opts.progress)
+    return list(rep.excluded), {"kept_float": rep.excluded, "metric": "map50_agreement on calibration images",
+                                "float": rep.float_metric, "naive_int8": rep.naive_metric, "final": rep.final_metric}
 
 
 def convert(opts: ConvertOptions) -> ConvertResult:
@@ -179,16 +204,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     task = resolve_task(source, opts.task)
     cfg = resolve_preprocess(source, opts.preset, opts.preprocess)
     labels = resolve_labels(source, opts.labels_file)
-    if task == "classify":
-        post = classify_postprocess(source, labels)
-    else:
-        post = dict(opts.postprocess or metadata(source).get("postprocess") or {})
-        if not post:
-            raise EdgeInferError("a detector needs a decoder: pass --decoder yolov5|yolov8|ssd")
-        from edgeinfer.detection.postprocess import validate_config
-        if not post.get("input_size"):
-            post["input_size"] = [spec["shape"][2], spec["shape"][3]]
-        post = validate_config(post)
+    post = _resolve_postprocess(source, task, labels, spec, opts)
     size_hw = (spec["shape"][2], spec["shape"][3])
 
     plans = {p.name: _plan(p, opts) for p in profiles}
@@ -210,16 +226,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     if need_calib:
         calib = calibrate(model, calib_samples, opts.calib_method, skipped=facts.get("skipped", 0),
                           synthetic=bool(facts.get("synthetic")), progress=opts.progress)
-    mixed = None
-    if calib is not None and task == "detect" and opts.auto_keep_float and not opts.exclude_nodes:
-        from .sensitivity import detector_keep_float
-        _say(opts, "searching int8-sensitive nodes of the detector (kept in float)")
-        rep = detector_keep_float(model, calib, calib.samples[:64], post, progress=opts.progress)
-        opts.exclude_nodes = list(rep.excluded)
-        mixed = {"kept_float": rep.excluded, "metric": "map50_agreement on calibration images",
-                 "float": rep.float_metric, "naive_int8": rep.naive_metric, "final": rep.final_metric}
-    elif opts.exclude_nodes:
-        mixed = {"kept_float": list(opts.exclude_nodes), "metric": "chosen with --keep-float"}
+    keep_float, mixed = _keep_float(model, calib, task, post, opts)
     reference = run_reference(source, verify_samples)
 
     source_path = Path(opts.model)
@@ -254,7 +261,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                 name = f"{stem}-{precision}{FILE_SUFFIX[fmt]}"
                 _say(opts, f"[{profile.name}] emitting {fmt} {precision}")
                 req = EmitRequest(model=model, precision=precision, out_path=tmp / name, calibration=calib,
-                                  input_layout=_input_layout(fmt, profile, opts), options=_emit_options(fmt, profile, opts),
+                                  input_layout=_input_layout(fmt, profile, opts),
+                                  options=_emit_options(fmt, profile, opts, keep_float),
                                   preprocess=cfg.to_dict(), labels=labels, task=task, profile=profile.data)
                 t_emit = time.perf_counter()
                 try:
