@@ -85,6 +85,11 @@ class Converter:
         self.int4_ops: set[str] = set()
         self.pinned_batch = False
         self.float_nodes: list[str] = []
+        self.float_node_ids: set[int] = set()
+        self.float_twins: dict[str, Value] = {}   # float copy of a value produced/dequantized for a float island
+        self.int8_readers: set[str] = set()
+        self.graph_outputs: set[str] = set()
+        self.float_outputs: dict[str, Value] = {}  # graph outputs produced by a float island (kept float)
 
     # ---------- facts ----------
     @property
@@ -257,16 +262,35 @@ class Converter:
         return fb.ActivationFunctionType.NONE, node.output[0]
 
     # ---------- float islands inside an int8 graph ----------
+    def plan_float_islands(self, node_ids: set[int], nodes: list[onnx.NodeProto]) -> None:
+        """Record which nodes run in float and, per tensor, whether an int8 op or the graph output reads it."""
+        self.float_node_ids = set(node_ids)
+        self.graph_outputs = {o.name for o in self.graph.output}
+        self.int8_readers: set[str] = set()
+        for i, n in enumerate(nodes):
+            if i not in self.float_node_ids and i not in self.skip:
+                self.int8_readers.update(x for x in n.input if x)
+
     def run_in_float(self, handler, index: int, node: onnx.NodeProto) -> None:
-        """Run ``handler`` with float tensors: DEQUANTIZE its int8 inputs, QUANTIZE its outputs back
-        (scales from the calibration ranges). Used for nodes the recipe keeps in float."""
+        """Run ``handler`` with float tensors inside an int8 graph (nodes the recipe keeps in float).
+
+        Each int8 input is DEQUANTIZEd with its own scale (a float twin from an earlier island is used
+        as is). An output is QUANTIZEd (scale from its calibration range) only for int8 consumers; the
+        float tensor is kept for float-island consumers and graph outputs, so e.g. a kept-float Concat of
+        box pixels and 0..1 scores reaches the model output without one shared int8 scale.
+        """
         saved = {}
         for name in node.input:
-            if name and name in self.values and self.b.ttype(self.values[name].tensor) == INT8:
+            if not name or name not in self.values or name in saved:
+                continue
+            if name in self.float_twins:
+                saved[name] = self.values[name]
+                self.values[name] = self.float_twins[name]
+            elif self.b.ttype(self.values[name].tensor) == INT8:
                 v = saved[name] = self.values[name]
                 f = self.b.add_tensor(self.b.tensors[v.tensor].name + "_f", list(v.stored_shape), FLOAT32)
                 self.b.add_op("DEQUANTIZE", [v.tensor], [f], None, version("DEQUANTIZE", True))
-                self.values[name] = Value(f, v.shape, v.perm)
+                self.float_twins[name] = self.values[name] = Value(f, v.shape, v.perm)
         mode, self.mode = self.mode, "fp32"
         try:
             handler(self, index, node)
@@ -276,9 +300,12 @@ class Converter:
         for name in node.output:
             if not name or name not in self.values:
                 continue
-            v = self.values[name]
+            v = self.float_twins[name] = self.values[name]
+            if name in self.graph_outputs:
+                self.float_outputs[name] = v
+            if name not in self.int8_readers:
+                continue                       # read only by float islands / the graph output: stays float
             s, z = self.qparams(name)
             q = self.b.add_tensor(name + "_q", list(v.stored_shape), INT8, quant_params(s, z))
             self.b.add_op("QUANTIZE", [v.tensor], [q], None, version("QUANTIZE", True))
             self.values[name] = Value(q, v.shape, v.perm)
-

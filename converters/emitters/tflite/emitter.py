@@ -48,6 +48,11 @@ def check_supported(model) -> None:
                                  f"no TFLite handler; supported: {', '.join(sorted(HANDLERS))}")
 
 
+def _kept_float(node, float_nodes: set[str]) -> bool:
+    """True when the recipe keeps ``node`` in float (named by node name or first output)."""
+    return bool(float_nodes) and (node.name in float_nodes or (len(node.output) > 0 and node.output[0] in float_nodes))
+
+
 def build(request: EmitRequest) -> tuple[bytes, Converter, str]:
     """Convert ``request.model``; returns (.tflite bytes, converter state, io dtype)."""
     mode = _mode(request)
@@ -73,9 +78,11 @@ def build(request: EmitRequest) -> tuple[bytes, Converter, str]:
     plan_fusion(ctx)
     nodes = list(model.graph.node)
     for i, (_, act_node) in list(ctx.fused.items()):      # float-island producers keep a separate activation
-        if nodes[i].name in float_nodes or nodes[i].output[0] in float_nodes:
+        if _kept_float(nodes[i], float_nodes):
             ctx.skip.discard(nodes.index(act_node))
             del ctx.fused[i]
+    if ctx.quantized:
+        ctx.plan_float_islands({i for i, n in enumerate(nodes) if _kept_float(n, float_nodes)}, nodes)
     inputs = [_graph_input(ctx, vi, layout) for vi in model.graph.input if vi.name not in ctx.consts]
     for i, node in enumerate(model.graph.node):
         if i in ctx.skip or node.op_type in SKIPPED:
@@ -84,7 +91,7 @@ def build(request: EmitRequest) -> tuple[bytes, Converter, str]:
         for out in node.output:
             if out and out not in ctx.shapes:
                 ctx.shape(out)  # raises the "no static shape" error
-        if float_nodes and (node.name in float_nodes or node.output[0] in float_nodes):
+        if _kept_float(node, float_nodes):
             ctx.float_nodes.append(node.name or node.output[0])
             ctx.run_in_float(HANDLERS[node.op_type], i, node)
         else:
@@ -116,10 +123,14 @@ def _graph_input(ctx: Converter, vi, layout: str) -> int:
 
 
 def _graph_output(ctx: Converter, name: str) -> int:
-    v = ctx.get(name)
+    """The output tensor in ONNX order; int8 values follow ``io_dtype``, a float-island output stays float32."""
+    v = ctx.float_outputs.get(name) or ctx.get(name)
     t = ctx.onnx_order(v)
     shape = list(v.shape)
-    if not ctx.quantized or ctx.io_dtype == "int8":
+    is_float = ctx.b.ttype(t) == FLOAT32
+    if ctx.quantized and is_float and ctx.io_dtype != "float32":
+        ctx.notes.append(f"output {name!r} stays float32 (its producer is kept in float); io_dtype {ctx.io_dtype} applies to the other tensors")
+    if not ctx.quantized or ctx.io_dtype == "int8" or is_float:
         if ctx.b.tensors[t].name != name:     # an aliased/internal tensor: give the output its ONNX name
             out = ctx.scratch(name, shape, t)
             ctx.reshape(t, shape, out=out)
@@ -147,6 +158,7 @@ def emit(request: EmitRequest) -> EmittedArtifact:
     notes = []
     if ctx.mode == "int4":
         notes.append(INT4_NOTE if ctx.int4_ops else "int4: no FULLY_CONNECTED layer here, so every weight stayed int8 (same file as int8)")
+    notes.extend(ctx.notes)
     if ctx.float_nodes:
         notes.append(f"{len(ctx.float_nodes)} node(s) kept in float inside the int8 graph: {', '.join(ctx.float_nodes[:8])}")
     if ctx.mode == "dynamic":
