@@ -4,6 +4,8 @@
   * deployment target from the profile (``runtime.coreml_target``: iOS16/17/18, macOS13/14/15;
     default iOS16), compute precision fp16 (fp32 when ``request.precision == "fp32"``);
   * compression per ``converters.emitters.coreml.compress`` (int8 / int4 / palettize / prune);
+  * W8A8 with ``options["w8a8"] = True`` and precision "int8" (iOS17/macOS14+ target, needs
+    ``request.calibration``): int8 activations per ``activation_quant`` from the shared ranges;
   * image input (``ImageType``, scale/bias from ``request.preprocess``) for 4-D inputs with a
     preprocessing config, unless ``options["image_input"]`` is False;
   * class labels (``ClassifierConfig``) for classifiers with labels; metadata and the edgeinfer
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeinfer.errors import EdgeInferError, NotSupportedYet
+from edgeinfer.errors import EdgeInferError
 
 from ..api import EmitRequest, EmittedArtifact
 
@@ -31,11 +33,13 @@ logging.getLogger("coremltools").setLevel(logging.ERROR)
 import coremltools as ct  # noqa: E402
 
 from . import compress as _compress  # noqa: E402
+from .activation_quant import quantize_activations  # noqa: E402
 from .onnx_to_mil import build_program, check_supported  # noqa: E402
 
 TARGETS = {"iOS16": ct.target.iOS16, "iOS17": ct.target.iOS17, "iOS18": ct.target.iOS18,
            "macOS13": ct.target.macOS13, "macOS14": ct.target.macOS14, "macOS15": ct.target.macOS15}
 _IOS18_LEVEL = {"iOS18", "macOS15"}
+_IOS17_LEVEL = {"iOS17", "iOS18", "macOS14", "macOS15"}
 _COLOR = {"rgb": "RGB", "bgr": "BGR", "gray": "GRAYSCALE"}
 _BASE_CACHE: dict[tuple, Any] = {}   # last uncompressed conversion, keyed by model + settings
 META_PREPROCESS = "edgeinfer.preprocess"
@@ -116,10 +120,26 @@ def _metadata(mlmodel, request: EmitRequest, built, img: ImageSpec | None, targe
     ud["edgeinfer.notes"] = json.dumps(notes)
 
 
+def w8a8_requested(options: dict) -> bool:
+    return bool(options.get("w8a8")) or options.get("activations") == "int8"
+
+
+def _check_w8a8(request: EmitRequest, target: str) -> None:
+    if request.precision != "int8":
+        raise EdgeInferError(f"Core ML W8A8 needs precision int8 (got {request.precision}); use --quant int8 with W8A8")
+    if target not in _IOS17_LEVEL:
+        raise EdgeInferError(f"Core ML W8A8 (int8 activations) needs deployment target iOS17/macOS14 or newer, "
+                             f"the profile targets {target}; set runtime.coreml_target to iOS17 or drop W8A8")
+    if request.calibration is None or not request.calibration.ranges:
+        raise EdgeInferError("Core ML W8A8 needs calibration data for the activation ranges; give --calib images")
+
+
 def convert(request: EmitRequest):
     """Build and compress the MLModel in memory; returns (mlmodel, built, image spec, target, notes)."""
     check_supported(request.model)
     target = deployment_target(request)
+    if w8a8_requested(request.options):
+        _check_w8a8(request, target)
     inp = next(vi for vi in request.model.graph.input if vi.name not in {t.name for t in request.model.graph.initializer})
     dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
     img = image_spec(request, dims[1] if len(dims) == 4 else 0) if len(dims) == 4 else None
@@ -145,13 +165,12 @@ def convert(request: EmitRequest):
         _BASE_CACHE.clear()
         _BASE_CACHE[key] = cached
     mlmodel = ct.models.MLModel(cached.get_spec(), weights_dir=cached.weights_dir, skip_model_load=True)
+    if w8a8_requested(request.options):   # int8 activations first, then int8 weights (coremltools' documented order)
+        cal = request.calibration
+        mlmodel, n = quantize_activations(mlmodel, cal.ranges, img, cal.method, request.options.get("w8a8_mode", "linear_symmetric"))
+        notes.append(n)
     mlmodel, cnotes = _compress.compress(mlmodel, request.precision, request.options, target in _IOS18_LEVEL)
     notes += cnotes
-    if request.options.get("activations") == "int8" or request.options.get("w8a8"):
-        # coremltools calibrates activations by running MLModel.predict (macOS only); its graph pass
-        # that inserts quantize/dequantize from given statistics is private and keyed by MIL var names
-        raise NotSupportedYet("Core ML W8A8 (int8 activations) is not supported yet: coremltools calibrates activations "
-                              "with MLModel.predict, which runs only on macOS; use precision int8 (int8 weights, fp16 activations)")
     return mlmodel, built, img, target, notes
 
 
