@@ -14,7 +14,7 @@ DET = ROOT / "samples" / "detector"
 @pytest.fixture(scope="module")
 def det_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("det")
-    edgeinfer_cli("convert", DET / "shapes_det.onnx", "--profile", "generic-x86-64", "--formats", "onnx",
+    edgeinfer_cli("convert", DET / "shapes_det.onnx", "--profile", "generic-x86-64", "--formats", "onnx,tflite",
                   "--quant", "int8,fp32", "--calib", DET / "calib", "--verify-data", DET / "val", "-o", out, "--quiet",
                   check=True)
     return out / "shapes_det-generic-x86-64"
@@ -28,8 +28,10 @@ def test_manifest_records_detector_config_and_mixed_precision(det_bundle):
     kept = m["mixed_precision"]["kept_float"]
     assert kept, "the sensitivity search should keep the head's concat in float"
     assert m["mixed_precision"]["final"] > m["mixed_precision"]["naive_int8"]
-    int8 = next(a for a in m["artifacts"] if a["precision"] == "int8")
-    assert int8["verification"]["map50_agreement"] >= 0.97
+    int8 = [a for a in m["artifacts"] if a["precision"] == "int8"]
+    assert sorted(a["format"] for a in int8) == ["onnx", "tflite"]
+    for a in int8:
+        assert a["verification"]["map50_agreement"] >= 0.97, a["file"]
 
 
 def test_run_json_and_visualization(det_bundle, tmp_path):
@@ -51,6 +53,6 @@ def test_eval_reports_map_per_artifact(det_bundle):
     report = json.loads(edgeinfer_cli("eval", det_bundle, DET / "val", "--json", check=True).stdout)
     by_file = {a["artifact"]: a for a in report["artifacts"]}
     fp32 = by_file["shapes_det-fp32.onnx"]
-    int8 = by_file["shapes_det-int8.onnx"]
     assert fp32["map50"] >= 0.9
-    assert int8["map50"] >= fp32["map50"] - 0.01
+    for name in ("shapes_det-int8.onnx", "shapes_det-int8.tflite"):
+        assert by_file[name]["map50"] >= fp32["map50"] - 0.01, name
