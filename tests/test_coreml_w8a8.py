@@ -103,7 +103,7 @@ def test_w8a8_structure_int8_weights_and_activation_pairs(cases, key):
             assert str(const[_arg(o, "output_dtype")]) == "int8"
     assert ops.get("constexpr_affine_dequantize", 0) >= 2          # int8 weights (linear per-channel)
     assert facts["blob_bytes_by_dtype"].get("INT8", 0) > 0
-    assert facts["spec_version"] >= 8                               # iOS17 program
+    assert facts["spec_version"] >= 8 and art.details["activations"] == "int8"   # iOS17 program
     assert any(n.startswith("int8 activations") for n in art.notes) and "int8 linear per-channel weights" in art.notes
 
 
@@ -197,6 +197,18 @@ def test_stats_equal_what_coremltools_would_measure(cases, batch, key, tmp_path)
     if "residual" in key:
         group = [stats[n] for n in concat_vars]
         assert all(g == group[0] for g in group)
+
+
+def test_w8a8_affine_mode_has_zero_points(cases, batch, tmp_path):
+    """w8a8_mode="linear": asymmetric int8 activations (zero points), still close to ONNX Runtime."""
+    model, cal, _ = cases["residual-tensor"]
+    art = _emit(model, tmp_path / "aff.mlpackage", cal, image=False, w8a8=True, w8a8_mode="linear")
+    prog = MilProgram(art.path)
+    made_by, const = _graph(prog)
+    zps = [const[_arg(o, "zero_point")] for o in prog.block.operations if o.type == "quantize" and "zero_point" in o.inputs]
+    assert zps and any(int(z) != 0 for z in zps)
+    ref, got = ort_run(model, batch)[0], run_mlpackage(art.path, batch)[0]
+    assert np.abs(got - ref).max() <= 0.08 * np.abs(ref).max()
 
 
 def test_w8a8_errors_are_one_line(cases, tmp_path):

@@ -5,7 +5,8 @@
     default iOS16), compute precision fp16 (fp32 when ``request.precision == "fp32"``);
   * compression per ``converters.emitters.coreml.compress`` (int8 / int4 / palettize / prune);
   * W8A8 with ``options["w8a8"] = True`` and precision "int8" (iOS17/macOS14+ target, needs
-    ``request.calibration``): int8 activations per ``activation_quant`` from the shared ranges;
+    ``request.calibration``): int8 activations per ``activation_quant`` from the shared ranges
+    (``options["w8a8_mode"]``: "linear_symmetric", the default, or "linear" with zero points);
   * image input (``ImageType``, scale/bias from ``request.preprocess``) for 4-D inputs with a
     preprocessing config, unless ``options["image_input"]`` is False;
   * class labels (``ClassifierConfig``) for classifiers with labels; metadata and the edgeinfer
@@ -121,7 +122,7 @@ def _metadata(mlmodel, request: EmitRequest, built, img: ImageSpec | None, targe
 
 
 def w8a8_requested(options: dict) -> bool:
-    return bool(options.get("w8a8")) or options.get("activations") == "int8"
+    return bool(options.get("w8a8"))
 
 
 def _check_w8a8(request: EmitRequest, target: str) -> None:
@@ -186,6 +187,8 @@ def emit(request: EmitRequest) -> EmittedArtifact:
         shutil.rmtree(out, ignore_errors=True)
         raise
     details = {"deployment_target": target, "input_type": "image" if img else "tensor",
-               "compute_precision": "fp32" if request.precision == "fp32" else "fp16", **facts}
+               "compute_precision": "fp32" if request.precision == "fp32" else "fp16",
+               "activations": "int8" if w8a8_requested(request.options) else ("fp32" if request.precision == "fp32" else "fp16"),
+               **facts}
     return EmittedArtifact(path=out, format="coreml", precision=request.precision, input_layout="NCHW",
                            io_dtype="float32", notes=notes, details=details)
