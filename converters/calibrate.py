@@ -5,6 +5,9 @@ Uses ONNX Runtime's calibrators (minmax / percentile / entropy). The resulting
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 import tempfile
 from pathlib import Path
 
@@ -50,6 +53,11 @@ def _fixed_batch(model: onnx.ModelProto) -> int | None:
     return dim.dim_value if dim.HasField("dim_value") else None
 
 
+def _even_batch(n: int, largest: int = 8) -> int:
+    """The largest batch <= ``largest`` that divides ``n``: ORT's histogram collectors need equal batches."""
+    return next(b for b in range(min(largest, max(n, 1)), 0, -1) if n % b == 0)
+
+
 def collect_ranges(model: onnx.ModelProto, samples: np.ndarray, method: str = "minmax",
                    progress: bool = True, percentile: float = 99.999) -> dict[str, tuple[float, float]]:
     """Run ``samples`` (float32 NCHW) through ``model`` and return tensor -> (min, max)."""
@@ -58,15 +66,17 @@ def collect_ranges(model: onnx.ModelProto, samples: np.ndarray, method: str = "m
     extra = {"num_bins": 2048, "percentile": percentile, "symmetric": False}
     if method == "entropy":
         extra = {"num_bins": 512, "num_quantized_bins": 128, "symmetric": False}
-    batch = _fixed_batch(model) or 8
+    batch = _fixed_batch(model) or _even_batch(len(samples))
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "model.onnx"
         onnx.save(model, str(src))
         calibrator = create_calibrator(src, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=METHODS[method], extra_options=extra)
-        with Progress(f"calibrating ({method})", len(samples), progress) as p:
-            calibrator.collect_data(_BatchReader(_input_name(model), samples, batch, p))
-        tensors = calibrator.compute_data()
+        # ORT's histogram calibrators print to stdout; keep stdout clean for --json
+        with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
+            with Progress(f"calibrating ({method})", len(samples), progress) as p:
+                calibrator.collect_data(_BatchReader(_input_name(model), samples, batch, p))
+            tensors = calibrator.compute_data()
     ranges = {}
     for name, data in tensors.data.items():
         lo, hi = data.range_value

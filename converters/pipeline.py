@@ -150,6 +150,8 @@ def _emit_options(fmt: str, profile: Profile, opts: ConvertOptions, keep_float: 
     if fmt == "tflite":
         o["io_dtype"] = opts.emitter_options.get("tflite_io_dtype") or recipe.get("tflite_io_dtype", "float32")
         o["int8_mode"] = opts.emitter_options.get("int8_mode") or "full"
+    if fmt == "coreml":
+        o["w8a8"] = bool(opts.emitter_options.get("coreml_w8a8"))
     return o
 
 

@@ -173,3 +173,12 @@ def test_pruned_int8_verifies_for_every_emitter(tmp_path):
     for a in m["artifacts"]:
         assert a["size"] < 0.45 * m["source"]["size"], a["file"]
         assert a["verification"]["top1_agreement"] >= 0.9, a
+
+
+def test_json_output_is_pure_json_with_histogram_calibration(tmp_path):
+    proc = edgeinfer_cli("convert", DIGITS / "digits.onnx", "--profile", "generic-x86-64", "--formats", "onnx",
+                         "--quant", "int8", "--calib", DIGITS / "calib", "--calib-method", "percentile", "-o", tmp_path,
+                         "--json", check=True)
+    data = json.loads(proc.stdout)
+    assert data[0]["calibration"]["method"] == "percentile"
+    assert data[0]["artifacts"][0]["verification"]["top1_agreement"] >= 0.95

@@ -92,3 +92,10 @@ def test_int4_matmulnbits_and_conv_storage(cnn, samples):
     assert n == count_ops(cnn)["Conv"]
     assert any(t.data_type == onnx.TensorProto.INT4 for t in c4.graph.initializer)
     assert np.corrcoef(_run(c4, samples).ravel(), _run(cnn, samples).ravel())[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_methods_take_any_sample_count(cnn, method):
+    odd = np.random.default_rng(3).standard_normal((13, 3, 16, 16)).astype(np.float32)
+    ranges = collect_ranges(cnn, odd, method, progress=False)
+    assert all(lo <= hi for lo, hi in ranges.values())
