@@ -49,40 +49,133 @@ def _row(b: np.ndarray, class_ids, mat, i: int) -> np.ndarray:
     return r
 
 
-def _pair_iou(b: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """IoU of box pairs (b[i], b[j]), float64, same arithmetic as ``boxes.iou_matrix``."""
-    bi, bj = b[i], b[j]
-    iw = np.minimum(bi[:, 2], bj[:, 2]) - np.maximum(bi[:, 0], bj[:, 0])
-    ih = np.minimum(bi[:, 3], bj[:, 3]) - np.maximum(bi[:, 1], bj[:, 1])
-    inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
-    ar = np.maximum(b[:, 2] - b[:, 0], 0.0) * np.maximum(b[:, 3] - b[:, 1], 0.0)
-    union = ar[i] + ar[j] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+def _greedy(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Greedy pass over suppressing pairs (src < dst, ranks in score order): a box is kept
+    unless a kept box earlier in the order suppresses it. Returns kept ranks, ascending.
+
+    Vectorised in rounds: a source that no live pair targets is kept, so its targets are
+    removed; pairs touching a removed box are dropped. The smallest live source is always
+    untargeted, so every round makes progress; typical detector outputs need 1-3 rounds.
+    """
+    removed = np.zeros(n, dtype=bool)
+    while src.size:
+        targeted = np.zeros(n, dtype=bool)
+        targeted[dst] = True
+        removed[dst[~targeted[src]]] = True
+        live = ~(removed[src] | removed[dst])
+        src, dst = src[live], dst[live]
+    return np.flatnonzero(~removed)
 
 
-def _later_pairs(cls: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Boxes grouped by class (stable: score order kept inside a class) and every same-class
-    pair (p, q), p < q, as positions in that grouping, p ascending: (grouping, p, q)."""
-    if cls is None:
-        grp, end = np.arange(n), np.full(n, n)
-    else:
-        grp = np.argsort(cls, kind="stable")
-        g = cls[grp]
-        bounds = np.append(np.flatnonzero(g[1:] != g[:-1]) + 1, n)
-        end = np.repeat(bounds, np.diff(np.append(0, bounds)))
-    count = end - np.arange(n) - 1
-    first = np.repeat(np.arange(n), count)
-    second = first + 1 + (np.arange(first.size) - np.repeat(np.cumsum(count) - count, count))
-    return grp, first, second
+# the window below assumes the float64 IoU is within this relative error of the exact one
+# (true for finite coordinates whose products do not underflow float64: errors are ~1e-15)
+_IOU_SLACK = 1e-6
+
+
+def _hit_pairs(b: np.ndarray, cls: np.ndarray | None, thr: float):
+    """Every pair (i, j), i < j, of score-ordered float64 boxes ``b`` (same class when
+    ``cls`` is given) whose IoU is > ``thr``, as two rank arrays; ``None`` when the inputs are
+    outside what the sweep handles (the caller then uses the row-by-row path).
+
+    Sweep and prune: IoU <= overlap_width / width of either box, so IoU > thr needs the later
+    box (in x1 order) to start before ``x2 - thr * w`` of the earlier one. Boxes are sorted by
+    x1 (offset by class so classes never share a window), each box's window is found with one
+    ``searchsorted``, and the exact IoU (same float64 arithmetic as ``boxes.iou_matrix``) is
+    computed for the window pairs only. The window is widened by ``_IOU_SLACK`` and one ulp, so
+    it is a superset of the true hits and the result is exact.
+    """
+    n = len(b)
+    cols = np.ascontiguousarray(b.T)  # x1, y1, x2, y2 rows
+    if not (thr >= 0.0 and np.isfinite(cols.sum())):
+        return None
+    if thr >= 1.0:  # IoU never exceeds 1 (inter <= each area <= union, also in floats)
+        return _empty_idx(), _empty_idx()
+    x1, x2 = cols[0], cols[2]
+    w, h = x2 - x1, cols[3] - cols[1]
+    area = np.maximum(w, 0.0) * np.maximum(h, 0.0)
+    bound = np.nextafter(x2 - (thr * (1.0 - _IOU_SLACK)) * w, np.inf)
+    check_class = False
+    if cls is not None:
+        lo, hi = min(x1.min(), x2.min()), max(x1.max(), x2.max())
+        off = float(np.ceil(hi - lo)) + 1.0  # integral: c * off is exact below 2**53
+        span = float(np.abs(cls).max()) * off + abs(lo) + abs(hi)
+        if span < 2.0 ** 50:
+            shift = cls * off
+            x1, bound = x1 + shift, bound + shift
+        else:  # offsets would lose precision: sweep on x alone, filter pairs by class
+            check_class = True
+    xo = np.argsort(x1, kind="stable")
+    key = x1[xo]
+    count = np.searchsorted(key, bound[xo], side="right") - np.arange(1, n + 1)
+    np.maximum(count, 0, out=count)
+    total = int(count.sum())
+    if total == 0:
+        return _empty_idx(), _empty_idx()
+    # window pairs as positions in x order: box p with p+1 .. p+count[p]
+    has = np.flatnonzero(count)
+    ends = np.cumsum(count)
+    step = np.ones(total, dtype=np.intp)
+    step[0] = has[0] + 1
+    step[ends[has[:-1]]] = has[1:] - has[:-1] - count[has[:-1]] + 1
+    second = np.cumsum(step)
+    cs = cols.take(xo, axis=1)  # x1, y1, x2, y2 rows in x order
+    ar = area.take(xo)
+    union = np.repeat(ar, count)
+    pos = None  # pair positions kept by the class filter (None: all)
+    if check_class:
+        cl = cls.take(xo)
+        pos = np.flatnonzero(np.repeat(cl, count) == cl.take(second))
+        union, second = union.take(pos), second.take(pos)
+
+    def pair(k):  # coordinate k of both boxes of every pair, contiguous 1-D arrays
+        p = np.repeat(cs[k], count)
+        return (p if pos is None else p.take(pos)), cs[k].take(second)
+
+    (ax1, cx1), (ay1, cy1), (ax2, cx2), (ay2, cy2) = pair(0), pair(1), pair(2), pair(3)
+    iw = np.minimum(ax2, cx2, out=ax2)
+    iw -= np.maximum(ax1, cx1, out=ax1)
+    ih = np.minimum(ay2, cy2, out=ay2)
+    ih -= np.maximum(ay1, cy1, out=ay1)
+    np.maximum(iw, 0.0, out=iw)
+    np.maximum(ih, 0.0, out=ih)
+    inter = np.multiply(iw, ih, out=iw)
+    union += ar.take(second)
+    union -= inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inter /= union  # 0/0 (both boxes empty) is nan: never a hit
+    hit = np.flatnonzero(inter > thr)
+    # a pair's first box is the window its position falls in
+    a = xo.take(np.searchsorted(ends, hit if pos is None else pos.take(hit), side="right"))
+    c = xo.take(second.take(hit))
+    return np.minimum(a, c), np.maximum(a, c)
+
+
+def _hard_sorted(b: np.ndarray, cls: np.ndarray | None, thr: float, limit: int) -> np.ndarray:
+    """Greedy hard NMS of boxes already in score order (float64 [N, 4]); kept ranks."""
+    n = len(b)
+    pairs = _hit_pairs(b, cls, thr) if n <= limit else None
+    if pairs is not None:
+        return _greedy(n, *pairs)
+    keep: list[int] = []
+    removed = np.zeros(n, dtype=bool)
+    for i in range(n):
+        if removed[i]:
+            continue
+        keep.append(i)
+        r = iou_matrix(b[i:i + 1], b[i + 1:])[0] > thr
+        if cls is not None:
+            r &= cls[i + 1:] == cls[i]
+        removed[i + 1:] |= r
+    return np.asarray(keep, dtype=np.int64)
 
 
 def hard_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
              class_ids: np.ndarray | None = None, *, matrix_limit: int | None = None) -> np.ndarray:
     """Greedy NMS. Returns kept indices (int64), highest score first.
 
-    Up to ``matrix_limit`` (default ``MATRIX_LIMIT``) candidates, the IoU of every same-class
-    pair is computed at once and the greedy pass walks the suppressing pairs; above it, IoU rows
-    are computed for kept boxes only (bounded memory). Both give identical results.
+    Up to ``matrix_limit`` (default ``MATRIX_LIMIT``) candidates, the suppressing pairs are
+    found at once by a sweep over x (see ``_hit_pairs``) and the greedy pass walks them; above
+    it, IoU rows are computed for kept boxes only (bounded memory). Both give identical results.
     """
     scores = np.asarray(scores)
     n = scores.shape[0]
@@ -92,35 +185,7 @@ def hard_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[order]
     cls = None if class_ids is None else np.asarray(class_ids)[order]
     limit = MATRIX_LIMIT if matrix_limit is None else matrix_limit
-    keep: list[int] = []
-    if n <= limit:
-        # classes never suppress each other, so the greedy pass may run class by class
-        grp, pi, pj = _later_pairs(cls, n)
-        bg = b[grp]
-        hit = _pair_iou(bg, pi, pj) > iou_threshold
-        pi, pj = pi[hit], pj[hit]
-        starts = np.searchsorted(pi, np.arange(n + 1)).tolist()
-        targets = pj.tolist()
-        removed = bytearray(n)
-        kept_g: list[int] = []
-        for i in range(n):
-            if removed[i]:
-                continue
-            kept_g.append(i)
-            for j in targets[starts[i]:starts[i + 1]]:
-                removed[j] = 1
-        keep = np.sort(grp[np.asarray(kept_g, dtype=np.int64)]).tolist()
-    else:
-        removed_arr = np.zeros(n, dtype=bool)
-        for i in range(n):
-            if removed_arr[i]:
-                continue
-            keep.append(i)
-            r = iou_matrix(b[i:i + 1], b[i + 1:])[0] > iou_threshold
-            if cls is not None:
-                r &= cls[i + 1:] == cls[i]
-            removed_arr[i + 1:] |= r
-    return order[np.asarray(keep, dtype=np.int64)]
+    return order[_hard_sorted(b, cls, float(iou_threshold), limit)]
 
 
 def soft_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
@@ -236,8 +301,8 @@ def select(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, *, meth
     b, s, c = boxes[pre], scores[pre], class_ids[pre]
     e = None if extra is None else np.asarray(extra, dtype=np.float32).reshape(len(scores), -1)[pre]
     cls = None if class_agnostic else c
-    if method == "hard":
-        k = hard_nms(b, s, iou_threshold, cls)
+    if method == "hard":  # ``pre`` is already in score order (stable): no second sort
+        k = _hard_sorted(b.astype(np.float64), cls, float(iou_threshold), MATRIX_LIMIT) if len(pre) else pre
         out_b, out_s = b[k], s[k]
         out_e = None if e is None else e[k]
     elif method.startswith("soft-"):
