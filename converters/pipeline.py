@@ -6,7 +6,9 @@ precision -> verify each artifact against the fp32 source -> write the bundle at
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -161,6 +163,26 @@ def _input_layout(fmt: str, profile: Profile, opts: ConvertOptions) -> str:
     return "NCHW"
 
 
+def _request_key(fmt: str, req: EmitRequest) -> str:
+    """What makes two emit requests produce the same file (the profile only matters through these)."""
+    runtime = req.profile.get("runtime", {}) if fmt == "coreml" else {}
+    return json.dumps([fmt, req.precision, req.input_layout, req.options, runtime.get("coreml_target")],
+                      sort_keys=True, default=str)
+
+
+def _copy_artifact(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+def _entry_as_artifact(entry: dict[str, Any], path: Path) -> EmittedArtifact:
+    return EmittedArtifact(path=path, format=entry["format"], precision=entry["precision"],
+                           input_layout=entry["input_layout"], io_dtype=entry["io_dtype"],
+                           notes=entry["notes"], details=entry["details"])
+
+
 def _resolve_postprocess(source, task: str, labels, spec: dict[str, Any], opts: ConvertOptions) -> dict[str, Any]:
     if task == "classify":
         return classify_postprocess(source, labels)
@@ -254,6 +276,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     }
 
     bundles, manifests = [], []
+    done: dict[str, tuple[Path, dict[str, Any]]] = {}   # identical requests across profiles: emit once
     for profile, target in zip(profiles, targets):
         with atomic_dir(target, opts.force) as tmp:
             manifest = dict(base_manifest, profile=profile.to_manifest(), artifacts=[], warnings=[])
@@ -266,6 +289,13 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                                   input_layout=_input_layout(fmt, profile, opts),
                                   options=_emit_options(fmt, profile, opts, keep_float),
                                   preprocess=cfg.to_dict(), labels=labels, task=task, profile=profile.data)
+                key = _request_key(fmt, req)
+                if key in done:
+                    _copy_artifact(done[key][0], req.out_path)
+                    entry = dict(done[key][1], op_coverage=_op_coverage(profile, _entry_as_artifact(done[key][1], req.out_path)))
+                    manifest["artifacts"].append(entry)
+                    _say(opts, f"  same as {done[key][0].parent.name}/{name}: copied")
+                    continue
                 t_emit = time.perf_counter()
                 try:
                     art = get_emitter(fmt)(req)
@@ -286,6 +316,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                     "verification": figures, "op_coverage": _op_coverage(profile, art), "notes": art.notes,
                     "details": art.details,
                 })
+                done[key] = (target / name, manifest["artifacts"][-1])
             if not manifest["artifacts"]:
                 raise EdgeInferError(f"no artifact could be produced for {profile.name}: " + "; ".join(manifest["warnings"]))
             if labels:

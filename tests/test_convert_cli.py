@@ -182,3 +182,14 @@ def test_json_output_is_pure_json_with_histogram_calibration(tmp_path):
     data = json.loads(proc.stdout)
     assert data[0]["calibration"]["method"] == "percentile"
     assert data[0]["artifacts"][0]["verification"]["top1_agreement"] >= 0.95
+
+
+def test_identical_artifacts_across_profiles_are_emitted_once(tmp_path):
+    proc = edgeinfer_cli("convert", DIGITS / "digits.onnx", "--profile", "raspberry-pi-4", "--profile", "raspberry-pi-5",
+                         "--calib", DIGITS / "calib", "-o", tmp_path, check=True)
+    assert proc.stderr.count("copied") == 2
+    a = read_manifest(tmp_path / "digits-raspberry-pi-4")["artifacts"]
+    b = read_manifest(tmp_path / "digits-raspberry-pi-5")["artifacts"]
+    assert [x["sha256"] for x in a] == [x["sha256"] for x in b]
+    for x in b:
+        assert sha256_of(tmp_path / "digits-raspberry-pi-5" / x["file"]) == x["sha256"]
