@@ -77,6 +77,8 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EdgeInferError(f"{mpath} is not valid JSON ({exc}); re-run `edgeinfer convert`") from None
+    if not isinstance(manifest, dict):
+        raise EdgeInferError(f"{mpath} is not a manifest (a JSON object); re-run `edgeinfer convert`")
     schema = manifest.get("schema")
     if schema != SCHEMA_VERSION:
         raise EdgeInferError(f"{mpath} has schema {schema!r}; this edgeinfer reads schema {SCHEMA_VERSION}: upgrade edgeinfer or re-convert")
@@ -85,7 +87,26 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
             raise EdgeInferError(f"{mpath} lacks the {key!r} entry; re-run `edgeinfer convert`")
     if not manifest["artifacts"]:
         raise EdgeInferError(f"{mpath} lists no artifacts")
+    _check_shapes(manifest, mpath)
     return manifest
+
+
+def _check_shapes(manifest: dict[str, Any], mpath: Path) -> None:
+    """The entries the runtime indexes into have the types it expects (a hand-edited manifest fails here)."""
+    def bad(what: str) -> EdgeInferError:
+        return EdgeInferError(f"{mpath}: {what}; re-run `edgeinfer convert` (or restore the manifest)")
+    for key in ("input", "preprocess", "postprocess"):
+        if not isinstance(manifest[key], dict):
+            raise bad(f"'{key}' must be a JSON object, not {type(manifest[key]).__name__}")
+    shape = manifest["input"].get("shape")
+    if not (isinstance(shape, list) and len(shape) == 4
+            and all(isinstance(d, int) and d > 0 for d in shape[1:]) and (shape[0] is None or isinstance(shape[0], int))):
+        raise bad(f"input shape {shape!r} is not [N, C, H, W]")
+    if not isinstance(manifest["artifacts"], list):
+        raise bad("'artifacts' must be a list")
+    for i, a in enumerate(manifest["artifacts"]):
+        if not (isinstance(a, dict) and all(isinstance(a.get(k), str) and a.get(k) for k in ("file", "format"))):
+            raise bad(f"artifact #{i + 1} needs 'file' and 'format' names")
 
 
 def read_labels(bundle_dir: Path, manifest: dict[str, Any]) -> list[str] | None:
@@ -95,7 +116,16 @@ def read_labels(bundle_dir: Path, manifest: dict[str, Any]) -> list[str] | None:
     p = Path(bundle_dir) / name
     if not p.is_file():
         raise EdgeInferError(f"labels file {p} named by the manifest is missing")
-    return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    return read_label_lines(p)
+
+
+def read_label_lines(path: Path) -> list[str]:
+    """One label per non-empty line of a UTF-8 text file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EdgeInferError(f"labels file {path} is not UTF-8 text; write one label per line") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> Path:

@@ -51,8 +51,9 @@ def load_coco_set(data: str | Path) -> tuple[dict[str, Any], list[Path]]:
         gt = json.loads(ann.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EdgeInferError(f"{ann} is not valid JSON: {exc}") from None
-    if not isinstance(gt, dict) or not all(k in gt for k in ("images", "annotations", "categories")):
-        raise EdgeInferError(f"{ann} is not COCO-style: it needs images, annotations and categories")
+    if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list) for k in ("images", "annotations", "categories")):
+        raise EdgeInferError(f"{ann} is not COCO-style: it needs images, annotations and categories lists")
+    _check_coco(gt, ann)
     roots = [ann.parent, ann.parent / "images", ann.parent.parent / "images"]
     paths = []
     for im in gt["images"]:
@@ -61,6 +62,25 @@ def load_coco_set(data: str | Path) -> tuple[dict[str, Any], list[Path]]:
             raise EdgeInferError(f"image {im['file_name']} of {ann} not found next to it or in images/")
         paths.append(p)
     return gt, paths
+
+
+def _check_coco(gt: dict[str, Any], ann: Path) -> None:
+    """The COCO fields the evaluation reads, each with the right type; one line naming the first bad entry."""
+    def fail(what: str) -> EdgeInferError:
+        return EdgeInferError(f"{ann}: {what}; fix the annotations file (COCO format)")
+    if not gt["images"]:
+        raise fail("no images listed")
+    for im in gt["images"]:
+        if not (isinstance(im, dict) and isinstance(im.get("file_name"), str) and "id" in im):
+            raise fail(f"image entry {str(im)[:60]} needs 'id' and 'file_name'")
+    for c in gt["categories"]:
+        if not (isinstance(c, dict) and isinstance(c.get("id"), int)):
+            raise fail(f"category entry {str(c)[:60]} needs an integer 'id'")
+    for a in gt["annotations"]:
+        box = a.get("bbox") if isinstance(a, dict) else None
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
+                and "image_id" in a and "category_id" in a):
+            raise fail(f"annotation {str(a)[:60]} needs image_id, category_id and bbox [x, y, w, h]")
 
 
 def category_map(gt: dict[str, Any], labels: list[str] | None) -> dict[int, int]:
@@ -76,6 +96,8 @@ def category_map(gt: dict[str, Any], labels: list[str] | None) -> dict[int, int]
 def load_image_folder(data: str | Path, labels: list[str] | None) -> tuple[list[Path], list[int], list[str]]:
     """``DATA/<label>/*.png`` -> (paths, class ids, class names in id order)."""
     data = Path(data)
+    if not data.exists():
+        raise EdgeInferError(f"evaluation data not found: {data}")
     if not data.is_dir():
         raise EdgeInferError(f"{data} is not a folder of DATA/<label>/images")
     folders = sorted(p for p in data.iterdir() if p.is_dir())

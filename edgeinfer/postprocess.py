@@ -52,13 +52,19 @@ class ClassifyPostprocessor:
     """Config: {"kind": "classify", "softmax": true, "top_k": 5, "output": 0}."""
 
     def __init__(self, config: dict[str, Any], labels: list[str] | None):
+        k, out = config.get("top_k", 5), config.get("output", 0)
+        if not (isinstance(k, int) and k >= 1 and isinstance(out, int) and out >= 0):
+            raise EdgeInferError(f"postprocess top_k {k!r} / output {out!r} must be whole numbers; re-run `edgeinfer convert`")
         self.apply_softmax = bool(config.get("softmax", True))
-        self.k = int(config.get("top_k", 5))
-        self.output_index = int(config.get("output", 0))
+        self.k = k
+        self.output_index = out
         self.labels = labels
 
     def __call__(self, outputs: list[np.ndarray], transform: Transform | None = None, top_k: int | None = None) -> Classification:
         logits = np.asarray(outputs[self.output_index], dtype=np.float32).reshape(-1)
+        if self.labels and len(self.labels) != logits.size:
+            raise EdgeInferError(f"the bundle's labels file has {len(self.labels)} labels but the model outputs "
+                                 f"{logits.size} scores; fix the labels file (one label per class) or re-convert")
         scores = softmax(logits) if self.apply_softmax else logits
         idx, vals = topk_indices(scores, top_k or self.k)
         names = [self.labels[i] if self.labels and i < len(self.labels) else str(i) for i in idx]

@@ -52,6 +52,11 @@ class Predictor:
         self._backend_args = dict(threads=threads, delegates=delegates, strict_delegate=strict_delegate,
                                   compute_units=compute_units)
         self.artifact, self.backend = self._open(artifact)
+        if delegates and self.artifact["format"] != "tflite":
+            tfl = [a["file"] for a in self.artifacts if a["format"] == "tflite"]
+            todo = f"pass --artifact {tfl[0]}" if tfl else "re-convert with --formats tflite"
+            raise EdgeInferError(f"delegates ({', '.join(delegates)}) apply to TFLite artifacts but "
+                                 f"{self.artifact['file']} is {self.artifact['format']}; {todo}")
         self.postprocessor = make_postprocessor(self.task, self.manifest["postprocess"], self.labels)
 
     def _open(self, name: str | None) -> tuple[dict[str, Any], Backend]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import EdgeInferError
 
@@ -84,6 +84,8 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+        if not isinstance(d, dict):
+            raise EdgeInferError(f"preprocess config must be a JSON object, not {type(d).__name__}")
         known = {k: d[k] for k in DEFAULTS if k in d}
         cfg = cls(**known, extra={k: v for k, v in d.items() if k not in DEFAULTS})
         cfg.validate()
@@ -105,10 +107,21 @@ class PreprocessConfig:
             raise EdgeInferError(f"preprocess resize_mode {self.resize_mode!r} is not one of {', '.join(GEOMETRY)}")
         if self.interpolation not in _INTERP:
             raise EdgeInferError(f"preprocess interpolation {self.interpolation!r} is not one of {', '.join(_INTERP)}")
-        if self.resize_mode == "letterbox" and not (self.letterbox and self.letterbox.get("size")):
+        for name in ("resize", "crop"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise EdgeInferError(f"preprocess {name} {v!r} must be a positive integer (pixels)")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)):
+            raise EdgeInferError(f"preprocess scale {self.scale!r} must be a number, e.g. 0.00392 (1/255)")
+        if self.letterbox is not None and not (isinstance(self.letterbox, dict) and isinstance(self.letterbox.get("size"), int)
+                                               and self.letterbox["size"] > 0):
+            raise EdgeInferError(f"preprocess letterbox {self.letterbox!r} must be an object like {{\"size\": 640}}")
+        if self.resize_mode == "letterbox" and not self.letterbox:
             raise EdgeInferError("letterbox preprocessing needs a size: pass --letterbox N")
         for name in ("mean", "std"):
             v = getattr(self, name)
+            if v is not None and not (isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+                raise EdgeInferError(f"preprocess {name} {v!r} must be a list of numbers, e.g. [0.485, 0.456, 0.406]")
             if v is not None and len(v) not in (1, self.channels):
                 raise EdgeInferError(f"--{name} has {len(v)} values but color {self.color!r} has {self.channels} channel(s)")
         if self.std is not None and any(s == 0 for s in self.std):
@@ -131,11 +144,31 @@ def load_image(path: str | Path, color: str = "rgb") -> Image.Image:
     try:
         with Image.open(path) as im:
             im.draft(_MODES[color], None) if im.format == "JPEG" else None
-            return im.convert(_MODES[color])
+            out = _to_8bit(im).convert(_MODES[color])
+            if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # phone photos: pixels as the user sees them
+                out = ImageOps.exif_transpose(out)
+            return out
     except FileNotFoundError:
         raise EdgeInferError(f"image not found: {path}") from None
+    except IsADirectoryError:
+        raise EdgeInferError(f"{path} is a folder, not an image; pass image files") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise EdgeInferError(f"cannot read image {path}: {exc.__class__.__name__}: {exc}") from None
+        raise EdgeInferError(f"cannot read image {path} ({exc.__class__.__name__}: {exc}); "
+                             "is it a complete PNG/JPEG/... file?") from None
+
+
+_EXIF_ORIENTATION = 0x0112
+_WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit grayscale (mode I;16 / I) scaled to 0..255; Pillow's own convert would clip it to white."""
+    if im.mode not in _WIDE_MODES:
+        return im
+    a = np.asarray(im, dtype=np.float32)
+    if im.mode != "I" or a.max() > 255:
+        a = a / 257.0  # 0..65535 -> 0..255
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
 
 
 def _geom_stretch(im: Image.Image, cfg: PreprocessConfig, size_hw: tuple[int, int]) -> tuple[Image.Image, Transform]:

@@ -152,8 +152,8 @@ def load_profile_file(path: Path) -> Profile:
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise EdgeInferError(f"{path.name}: not valid TOML ({exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise EdgeInferError(f"{path.name}: not valid TOML ({exc}); fix the file or use a shipped profile") from None
     validate(data, path)
     return Profile(data["name"], data, path)
 
