@@ -6,6 +6,7 @@ ONNX, then ONNX shape inference annotates every tensor.
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -34,7 +35,9 @@ def optimize_basic(model: onnx.ModelProto) -> onnx.ModelProto:
         try:
             ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises several private exception types
-            raise EdgeInferError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from None
+            detail = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : |Load model from \S+ failed:", "", str(exc).splitlines()[0])
+            raise EdgeInferError(f"ONNX Runtime cannot load the model ({detail.strip()}); "
+                                 "re-export it with standard ONNX ops that ONNX Runtime runs") from None
         out = onnx.load(str(dst))
     # ORT keeps the original opset/IR; metadata is carried over by hand
     del out.metadata_props[:]

@@ -23,9 +23,13 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         raise EdgeInferError(f"{path} is a directory; pass the .onnx file")
     if path.stat().st_size == 0:
         raise EdgeInferError(f"{path} is empty; re-export the model")
-    head = path.read_bytes()[:4]
+    with open(path, "rb") as fh:
+        head = fh.read(8)
     if head.startswith(b"PK") or head.startswith(b"\x80"):
         raise EdgeInferError(f"{path} is not ONNX (looks like a PyTorch checkpoint); export it with torch.onnx.export first")
+    for test, what in _NOT_ONNX:
+        if test(head):
+            raise EdgeInferError(f"{path} is {what}, not an ONNX model; pass the .onnx file of the trained model")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
@@ -50,6 +54,13 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     if model.ir_version > ORT_MAX_IR:
         model.ir_version = ORT_MAX_IR  # newer onnx writers stamp IR versions ONNX Runtime does not read yet
     return model
+
+
+_NOT_ONNX = (  # (test on the first 8 bytes, what the file is): formats users pass by mistake
+    (lambda h: h[4:8] == b"TFL3", "a TFLite model (edgeinfer converts ONNX to TFLite, not back)"),
+    (lambda h: h.startswith(b"\x89HDF"), "a Keras/HDF5 file (export it to ONNX, e.g. with tf2onnx)"),
+    (lambda h: h.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8")), "an image"),
+)
 
 
 def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

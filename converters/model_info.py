@@ -12,6 +12,7 @@ from typing import Any
 
 import onnx
 
+from edgeinfer.bundle import read_label_lines
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.preprocess import PRESETS, PreprocessConfig
 
@@ -69,6 +70,8 @@ def resolve_preprocess(model: onnx.ModelProto, preset: str | None, overrides: di
             raise EdgeInferError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
         cfg.update(PRESETS[preset])
     meta = metadata(model).get("preprocess")
+    if meta is not None and not isinstance(meta, dict):
+        raise EdgeInferError("model metadata 'edgeinfer.preprocess' must be a JSON object; fix or remove it in the model")
     if meta:
         cfg.update(meta)
     cfg.update({k: v for k, v in overrides.items() if v is not None})
@@ -93,7 +96,7 @@ def resolve_labels(model: onnx.ModelProto, labels_file: str | Path | None) -> li
         p = Path(labels_file)
         if not p.is_file():
             raise EdgeInferError(f"labels file not found: {p}")
-        labels = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+        labels = read_label_lines(p)
         if not labels:
             raise EdgeInferError(f"labels file {p} is empty")
         return labels
@@ -117,7 +120,11 @@ def ends_with_softmax(model: onnx.ModelProto) -> bool:
 
 def classify_postprocess(model: onnx.ModelProto, labels: list[str] | None) -> dict[str, Any]:
     outs = output_specs(model)
-    classes = outs[0]["shape"][-1] if outs[0]["shape"] else None
+    shape = outs[0]["shape"]
+    if sum(1 for d in shape[1:] if d != 1) > 1:
+        raise EdgeInferError(f"output {outs[0]['name']!r} has shape {shape}, not [N, classes]: a classifier needs class "
+                             "scores; for a detector pass --task detect --decoder yolov5|yolov8|ssd")
+    classes = shape[-1] if shape else None
     if labels is not None and classes and len(labels) != classes:
         raise EdgeInferError(f"the labels list has {len(labels)} entries but the model outputs {classes} classes; fix --labels")
     return {"kind": "classify", "softmax": not ends_with_softmax(model), "top_k": 5}

@@ -5,6 +5,7 @@ precision -> verify each artifact against the fp32 source -> write the bundle at
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -55,6 +56,7 @@ class ConvertOptions:
     preprocess: dict[str, Any] = field(default_factory=dict)
     task: str | None = None
     postprocess: dict[str, Any] | None = None   # detection config built by the CLI
+    postprocess_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. score_threshold over the model's metadata
     prune: Any = None                           # converters.prune PruneConfig or None
     min_agreement: float | None = None
     force: bool = False
@@ -185,9 +187,14 @@ def _entry_as_artifact(entry: dict[str, Any], path: Path) -> EmittedArtifact:
 
 def _resolve_postprocess(source, task: str, labels, spec: dict[str, Any], opts: ConvertOptions) -> dict[str, Any]:
     if task == "classify":
+        if opts.postprocess_overrides:
+            flag = "--" + next(iter(opts.postprocess_overrides)).replace("_", "-")
+            raise EdgeInferError(f"{flag} applies to detectors but this model is a classifier; drop it "
+                                 "(or pass --task detect --decoder ...)")
         return classify_postprocess(source, labels)
-    post = dict(opts.postprocess or metadata(source).get("postprocess") or {})
-    if not post:
+    meta = metadata(source).get("postprocess")
+    post = dict(opts.postprocess or (meta if isinstance(meta, dict) else {}), **opts.postprocess_overrides)
+    if not post.get("decoder"):
         raise EdgeInferError("a detector needs a decoder: pass --decoder yolov5|yolov8|ssd")
     from edgeinfer.detection.postprocess import validate_config
     if not post.get("input_size"):
@@ -199,6 +206,11 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
                 opts: ConvertOptions) -> tuple[list[str], dict[str, Any] | None]:
     """Nodes kept in float in int8 artifacts (user's --keep-float, or the detector search) + manifest entry."""
     if opts.exclude_nodes:
+        names = {n.name for n in model.graph.node}
+        unknown = [n for n in opts.exclude_nodes if n not in names]
+        if unknown:
+            raise EdgeInferError(f"--keep-float names node {unknown[0]!r}, which is not in the cleaned graph; "
+                                 f"give node names of the model, e.g. {', '.join(sorted(names)[:3])}")
         return list(opts.exclude_nodes), {"kept_float": list(opts.exclude_nodes), "metric": "chosen with --keep-float"}
     if calib is None or task != "detect" or not opts.auto_keep_float:
         return [], None
@@ -276,9 +288,11 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     }
 
     bundles, manifests = [], []
-    done: dict[str, tuple[Path, dict[str, Any]]] = {}   # identical requests across profiles: emit once
-    for profile, target in zip(profiles, targets):
-        with atomic_dir(target, opts.force) as tmp:
+    done: dict[str, tuple[Path, dict[str, Any], str]] = {}   # identical requests across profiles: emit once
+    # every bundle is built in its temp dir first; they are renamed into place only when ALL succeeded
+    with contextlib.ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_dir(t, opts.force)) for t in targets]
+        for profile, target, tmp in zip(profiles, targets, tmps):
             manifest = dict(base_manifest, profile=profile.to_manifest(), artifacts=[], warnings=[])
             if calib is not None and calib.synthetic:
                 manifest["warnings"].append("int8 calibrated on RANDOM inputs (--calib-synthetic): accuracy is not representative")
@@ -294,7 +308,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                     _copy_artifact(done[key][0], req.out_path)
                     entry = dict(done[key][1], op_coverage=_op_coverage(profile, _entry_as_artifact(done[key][1], req.out_path)))
                     manifest["artifacts"].append(entry)
-                    _say(opts, f"  same as {done[key][0].parent.name}/{name}: copied")
+                    _say(opts, f"  same as the {done[key][2]} artifact: copied")
                     continue
                 t_emit = time.perf_counter()
                 try:
@@ -316,15 +330,15 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                     "verification": figures, "op_coverage": _op_coverage(profile, art), "notes": art.notes,
                     "details": art.details,
                 })
-                done[key] = (target / name, manifest["artifacts"][-1])
+                done[key] = (tmp / name, manifest["artifacts"][-1], profile.name)
             if not manifest["artifacts"]:
                 raise EdgeInferError(f"no artifact could be produced for {profile.name}: " + "; ".join(manifest["warnings"]))
             if labels:
                 (tmp / "labels.txt").write_text("\n".join(labels) + "\n")
             manifest["conversion_seconds"] = round(time.perf_counter() - t0, 2)
             write_manifest(tmp, manifest)
-        bundles.append(target)
-        manifests.append(manifest)
+            bundles.append(target)
+            manifests.append(manifest)
     return ConvertResult(bundles, manifests, prune_report)
 
 

@@ -1,6 +1,7 @@
 """The ``edgeinfer`` command line. Converter imports stay inside ``convert`` (lazy)."""
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -29,14 +30,48 @@ def user_errors(fn):
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except BrokenPipeError:  # `edgeinfer ... | head`: the reader left; stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except MemoryError:
             _fail("out of memory; use fewer --calib images or a smaller batch")
-        except Exception as exc:  # an internal error still gets one line; EDGEINFER_DEBUG=1 shows the traceback
-            if os.environ.get("EDGEINFER_DEBUG"):
-                raise
-            _fail(f"internal error ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                  "rerun with EDGEINFER_DEBUG=1 and report it", 3)
+        except OSError as exc:
+            if exc.errno in _DISK_ERRORS:
+                _fail(f"cannot write {exc.filename or 'a file'}: {exc.strerror}; free space, fix the permissions "
+                      "or choose another path")
+            _internal(exc)
+        except Exception as exc:
+            _internal(exc)
     return wrapper
+
+
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
+
+
+def _internal(exc: Exception) -> None:
+    """An unexpected exception still gets one line (exit 3); EDGEINFER_DEBUG=1 shows the traceback."""
+    if os.environ.get("EDGEINFER_DEBUG"):
+        raise exc
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    _fail(f"internal error ({exc.__class__.__name__}: {first}); rerun with EDGEINFER_DEBUG=1 and report it", 3)
+
+
+class _Group(click.Group):
+    """Usage errors (bad option value, missing argument, unknown command) as one `error:` line too."""
+
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+                exc.show()  # bare `edgeinfer` / `edgeinfer profiles`-style groups: the help text, as click does
+                sys.exit(exc.exit_code)
+            command = exc.ctx.command_path if exc.ctx else "edgeinfer"
+            _fail(f"{exc.format_message().rstrip('.')}; see `{command} --help`", exc.exit_code)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            _fail("interrupted", 130)
 
 
 def _floats(name: str, value: str | None) -> list[float] | None:
@@ -54,7 +89,7 @@ def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgeinfer")
 def main() -> None:
     """Convert models into verified edge bundles and run them."""
@@ -118,6 +153,10 @@ def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, c
     elif resize or crop:
         pre.update(resize=resize or crop, crop=crop, resize_mode="shorter" if crop else "stretch")
     post = None
+    overrides = {k: v for k, v in dict(score_threshold=score_threshold, iou_threshold=iou_threshold,
+                                       max_detections=max_detections, nms=nms).items() if v is not None}
+    if anchors and not decoder:
+        raise EdgeInferError("--anchors is read by a decoder: pass --decoder ssd|yolov5 with it")
     if decoder or task == "detect":
         from .detection.postprocess import build_detect_postprocess
         if not decoder:
@@ -132,7 +171,7 @@ def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, c
         model=model, profiles=list(profiles), out_dir=out_dir, quant=_csv(quant), formats=_csv(formats),
         calib_dir=calib_dir, verify_dir=verify_dir, calib_method=calib_method, calib_synthetic=calib_synthetic,
         calib_limit=calib_limit, labels_file=labels_file, preset=preset, preprocess=pre, task=task, postprocess=post,
-        prune=prune_cfg, min_agreement=min_agreement, force=force, progress=not quiet,
+        postprocess_overrides={} if post else overrides, prune=prune_cfg, min_agreement=min_agreement, force=force, progress=not quiet,
         emitter_options={"tflite_io_dtype": tflite_io, "tflite_layout": layout, "int8_mode": int8_mode,
                          "coreml_w8a8": coreml_w8a8}, exclude_nodes=_csv(keep_float) or [],
         auto_keep_float=not no_auto_keep_float)
@@ -174,6 +213,8 @@ def run(bundle, images, artifact, top_k, threads, delegates, strict_delegate, sa
         if pred.task != "detect":
             raise EdgeInferError("--save-vis draws detections; this bundle is a classifier")
         from .detection.visualize import draw_detections
+        if save_vis.exists() and not save_vis.is_dir():
+            raise EdgeInferError(f"--save-vis {save_vis} is a file; give a folder for the drawn images")
         save_vis.mkdir(parents=True, exist_ok=True)
         for img, res in zip(images, results):
             draw_detections(img, res, save_vis / (Path(img).stem + "_det.png"))
@@ -269,4 +310,4 @@ def eval_cmd(bundle, data, artifact, score_threshold, threads, as_json):
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    main(prog_name="edgeinfer")

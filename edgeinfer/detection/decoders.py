@@ -97,7 +97,8 @@ def _class_block(x: np.ndarray, first: int, config: dict[str, Any]) -> tuple[np.
     nc = config.get("num_classes")
     end = first + int(nc) if nc else x.shape[0]
     if end > x.shape[0] or end <= first:
-        raise EdgeInferError(f"postprocess num_classes={nc} does not fit an output with {x.shape[0]} columns")
+        raise EdgeInferError(f"an output with {x.shape[0]} box/class rows does not fit this decoder (num_classes={nc}): "
+                             "is the model a detector of this --decoder kind? (a classifier takes no --decoder)")
     return x[:4], x[first:end]
 
 
