@@ -68,3 +68,12 @@ def ort_run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
     so.intra_op_num_threads = 1
     s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return s.run(None, {s.get_inputs()[0].name: x})
+
+
+def pixel_batch(pre: dict, n: int = 4, size: int = 16, seed: int = 5) -> np.ndarray:
+    """Normalized NCHW inputs made from integer pixels (what the preprocessing produces), so an
+    image-input package's inverse back to pixels is exact."""
+    rng = np.random.default_rng(seed)
+    pix = rng.integers(0, 256, size=(n, 3, size, size)).astype(np.float32)
+    mean, std = np.array(pre["mean"]).reshape(1, 3, 1, 1), np.array(pre["std"]).reshape(1, 3, 1, 1)
+    return ((pix * pre["scale"] - mean) / std).astype(np.float32)

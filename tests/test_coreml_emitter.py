@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from coreml_helpers import ort_run, single_op, tiny_convnet
+from coreml_helpers import ort_run, pixel_batch, single_op, tiny_convnet
 
 from converters.emitters import get_emitter
 from converters.emitters.api import EmitRequest
@@ -30,11 +30,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def batch():
-    # pixel-derived inputs (what the preprocessing produces), so the image-input inverse is exact
-    rng = np.random.default_rng(5)
-    pix = rng.integers(0, 256, size=(4, 3, 16, 16)).astype(np.float32)
-    mean, std = np.array(PRE["mean"]).reshape(1, 3, 1, 1), np.array(PRE["std"]).reshape(1, 3, 1, 1)
-    return ((pix / 255 - mean) / std).astype(np.float32)
+    return pixel_batch(PRE, seed=5)
 
 
 @pytest.fixture(scope="module")

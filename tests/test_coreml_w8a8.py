@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from coreml_helpers import init, make_model, ort_run, tiny_convnet, w
+from coreml_helpers import init, make_model, ort_run, pixel_batch, tiny_convnet, w
 
 from converters.calibrate import calibrate
 from converters.emitters import get_emitter
@@ -49,10 +49,7 @@ def residual_net() -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def batch():
-    """Pixel-derived inputs (what the preprocessing produces), so the image-input inverse is exact."""
-    pix = np.random.default_rng(7).integers(0, 256, size=(32, 3, 16, 16)).astype(np.float32)
-    mean, std = np.array(PRE["mean"]).reshape(1, 3, 1, 1), np.array(PRE["std"]).reshape(1, 3, 1, 1)
-    return ((pix / 255 - mean) / std).astype(np.float32)
+    return pixel_batch(PRE, n=32, seed=7)
 
 
 def _emit(model, out, calib=None, precision="int8", image=True, **options):

@@ -7,6 +7,10 @@
   * W8A8 with ``options["w8a8"] = True`` and precision "int8" (iOS17/macOS14+ target, needs
     ``request.calibration``): int8 activations per ``activation_quant`` from the shared ranges
     (``options["w8a8_mode"]``: "linear_symmetric", the default, or "linear" with zero points);
+  * fp32 islands in an fp16 program with ``options["fp32_ops"]`` ("head", "pool", "stem", "stem:N",
+    comma-separated; see ``fp32_islands``): those ops compute in fp32 through coremltools'
+    ``FP16ComputePrecision(op_selector=...)``, the rest in fp16; the share kept in fp32 is in the notes
+    and ``details["fp32_ops"]`` (fp32 ops do not run on the Neural Engine);
   * image input (``ImageType``, scale/bias from ``request.preprocess``) for 4-D inputs with a
     preprocessing config, unless ``options["image_input"]`` is False;
   * class labels (``ClassifierConfig``) for classifiers with labels; metadata and the edgeinfer
@@ -35,6 +39,7 @@ import coremltools as ct  # noqa: E402
 
 from . import compress as _compress  # noqa: E402
 from .activation_quant import quantize_activations  # noqa: E402
+from .fp32_islands import op_selector, parse_groups  # noqa: E402
 from .onnx_to_mil import build_program, check_supported  # noqa: E402
 
 TARGETS = {"iOS16": ct.target.iOS16, "iOS17": ct.target.iOS17, "iOS18": ct.target.iOS18,
@@ -135,6 +140,35 @@ def _check_w8a8(request: EmitRequest, target: str) -> None:
         raise EdgeInferError("Core ML W8A8 needs calibration data for the activation ranges; give --calib images")
 
 
+def fp32_share(spec) -> dict:
+    """How much of an ML Program computes in fp32: compute ops (not const/cast/image scale-bias/classify)
+    whose float output is fp32, and the share of the float (fp16/fp32) weight-blob bytes stored as fp32."""
+    from coremltools.proto import MIL_pb2
+
+    fn = spec.mlProgram.functions["main"]
+    ops = fn.block_specializations[fn.opset].operations
+    f32, f16 = MIL_pb2.DataType.FLOAT32, MIL_pb2.DataType.FLOAT16
+    compute = [o for o in ops if o.type not in ("const", "cast", "classify") and not o.type.startswith("constexpr_")
+               and not o.outputs[0].name.endswith(("__scaled__", "__biased__"))
+               and o.outputs[0].type.tensorType.dataType in (f32, f16)]
+    kept = [o.outputs[0].name for o in compute if o.outputs[0].type.tensorType.dataType == f32]
+    nbytes = {f32: 0, f16: 0}
+    for o in ops:
+        v = o.attributes.get("val")
+        if o.type == "const" and v is not None and v.HasField("blobFileValue") and v.type.tensorType.dataType in nbytes:
+            n = int(np.prod([d.constant.size for d in v.type.tensorType.dimensions]))
+            nbytes[v.type.tensorType.dataType] += n * (4 if v.type.tensorType.dataType == f32 else 2)
+    total = sum(nbytes.values()) or 1
+    return {"ops": kept, "n_ops": len(kept), "of_ops": len(compute), "weight_bytes_share": nbytes[f32] / total}
+
+
+def fp32_share_note(spec, islands: tuple[str, ...]) -> str:
+    sh = fp32_share(spec)
+    return (f"fp32 islands ({','.join(islands)}): {sh['n_ops']} of {sh['of_ops']} compute ops and "
+            f"{100 * sh['weight_bytes_share']:.1f}% of weight bytes stay fp32, the rest is fp16; Core ML runs fp32 ops "
+            "on the GPU/CPU, not the Neural Engine, so the model is split across compute units")
+
+
 def convert(request: EmitRequest):
     """Build and compress the MLModel in memory; returns (mlmodel, built, image spec, target, notes)."""
     check_supported(request.model)
@@ -157,14 +191,19 @@ def convert(request: EmitRequest):
                                bias=img.bias if img.color != "gray" else img.bias[0],
                                color_layout=getattr(ct.colorlayout, _COLOR[img.color]))]
     fp32 = request.precision == "fp32"
-    key = (hashlib.sha1(request.model.SerializeToString()).hexdigest(), target, fp32, repr(img), repr(request.labels), request.task)
+    islands = () if fp32 else parse_groups(request.options.get("fp32_ops"))
+    key = (hashlib.sha1(request.model.SerializeToString()).hexdigest(), target, fp32, islands, repr(img),
+           repr(request.labels), request.task)
     cached = _BASE_CACHE.get(key)
     if cached is None:   # fp16 + int8 + int4 of one model share the uncompressed conversion
+        precision = (ct.precision.FLOAT32 if fp32 else ct.precision.FLOAT16 if not islands
+                     else ct.transform.FP16ComputePrecision(op_selector=op_selector(islands)))
         cached = ct.convert(built.program, convert_to="mlprogram", minimum_deployment_target=TARGETS[target],
-                            compute_precision=ct.precision.FLOAT32 if fp32 else ct.precision.FLOAT16, inputs=inputs,
-                            classifier_config=_classifier(request, request.model))
+                            compute_precision=precision, inputs=inputs, classifier_config=_classifier(request, request.model))
         _BASE_CACHE.clear()
         _BASE_CACHE[key] = cached
+    if islands:
+        notes.append(fp32_share_note(cached.get_spec(), islands))
     mlmodel = ct.models.MLModel(cached.get_spec(), weights_dir=cached.weights_dir, skip_model_load=True)
     if w8a8_requested(request.options):   # int8 activations first, then int8 weights (coremltools' documented order)
         cal = request.calibration
@@ -190,5 +229,10 @@ def emit(request: EmitRequest) -> EmittedArtifact:
                "compute_precision": "fp32" if request.precision == "fp32" else "fp16",
                "activations": "int8" if w8a8_requested(request.options) else ("fp32" if request.precision == "fp32" else "fp16"),
                **facts}
+    islands = () if request.precision == "fp32" else parse_groups(request.options.get("fp32_ops"))
+    if islands:
+        sh = fp32_share(mlmodel.get_spec())
+        details["fp32_ops"] = {"groups": list(islands), "ops": sh["n_ops"], "of_ops": sh["of_ops"],
+                               "weight_bytes_share": round(sh["weight_bytes_share"], 4)}
     return EmittedArtifact(path=out, format="coreml", precision=request.precision, input_layout="NCHW",
                            io_dtype="float32", notes=notes, details=details)

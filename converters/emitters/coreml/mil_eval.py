@@ -534,7 +534,19 @@ class MilProgram:
         arr = arr.astype(dt)
         return arr.reshape(shape) if shape else (arr.reshape(()) if arr.size == 1 else arr)
 
-    # -- execution
+    # -- execution (``arg`` and ``store`` are hooks ``fp16_analysis`` overrides)
+    def arg(self, o, name: str, val: Any) -> Any:
+        """The value op ``o`` reads from the named variable ``name`` (as stored)."""
+        return val
+
+    def store(self, o, out, val) -> Any:
+        """An op result as kept in the program: cast to the dtype the spec declares for ``out``."""
+        if out.type.HasField("tensorType") and out.type.tensorType.dataType not in (0,):
+            dt = self._tensor_dtype(out.type)
+            if dt is not np.object_:
+                val = np.asarray(val).astype(dt)
+        return val
+
     def run(self, feeds: dict[str, np.ndarray], keep: bool = False) -> dict[str, np.ndarray]:
         """Execute ``main``. Returns the block outputs by name (all values when ``keep``)."""
         env: dict[str, Any] = {}
@@ -552,7 +564,7 @@ class MilProgram:
                                      f"implemented: {', '.join(sorted(OPS))}")
             args = {k: self.value(v) for k, v in o.attributes.items() if k != "name"}
             for key, arg in o.inputs.items():
-                vals = [env[b.name] if b.name else self.value(b.value) for b in arg.arguments]
+                vals = [self.arg(o, b.name, env[b.name]) if b.name else self.value(b.value) for b in arg.arguments]
                 args[key] = vals if (len(vals) > 1 or key == "values") else vals[0]
             try:
                 res = fn(**args)
@@ -560,11 +572,7 @@ class MilProgram:
                 raise EdgeInferError(f"MIL evaluator: op {o.type!r} got unexpected arguments ({exc})") from None
             res = res if isinstance(res, tuple) else (res,)
             for out, val in zip(o.outputs, res):
-                if out.type.HasField("tensorType") and out.type.tensorType.dataType not in (0,):
-                    dt = self._tensor_dtype(out.type)
-                    if dt is not np.object_:
-                        val = np.asarray(val).astype(dt)
-                env[out.name] = val
+                env[out.name] = self.store(o, out, val)
         if keep:
             return env
         return {name: env[name] for name in self.block.outputs}

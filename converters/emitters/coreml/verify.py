@@ -84,7 +84,11 @@ def _program(path: str, mtime: float) -> MilProgram:
 
 def run_mlpackage(path: str | Path, batch_nchw: np.ndarray) -> list[np.ndarray]:
     """Run the saved package on a preprocessed NCHW float32 batch with the numpy evaluator."""
-    prog = _program(str(Path(path).resolve()), _mtime(path))
+    return run_program(_program(str(Path(path).resolve()), _mtime(path)), batch_nchw)
+
+
+def run_program(prog: MilProgram, batch_nchw: np.ndarray) -> list[np.ndarray]:
+    """``run_mlpackage`` on an already loaded program (e.g. an ``fp16_analysis.Fp16Emulator``)."""
     desc = prog.spec.description
     feat = desc.input[0]
     x = np.asarray(batch_nchw, np.float32)
