@@ -156,6 +156,8 @@ def _emit_options(fmt: str, profile: Profile, opts: ConvertOptions, keep_float: 
         o["int8_mode"] = opts.emitter_options.get("int8_mode") or "full"
     if fmt == "coreml":
         o["w8a8"] = bool(opts.emitter_options.get("coreml_w8a8"))
+        if opts.emitter_options.get("coreml_fp32_ops"):
+            o["fp32_ops"] = opts.emitter_options["coreml_fp32_ops"]
     return o
 
 

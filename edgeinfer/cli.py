@@ -120,6 +120,7 @@ def main() -> None:
 @click.option("--tflite-io", type=click.Choice(["float32", "int8", "uint8"]), help="I/O dtype of full-int8 TFLite models.")
 @click.option("--int8-mode", type=click.Choice(["full", "dynamic"]), help="TFLite int8: full integer (default) or dynamic-range.")
 @click.option("--coreml-w8a8", is_flag=True, help="Core ML int8: also quantize activations (W8A8, iOS17+ profiles).")
+@click.option("--coreml-fp32-ops", help="Core ML: op groups kept in fp32 (head, pool, stem, stem:N), comma-separated.")
 @click.option("--decoder", type=click.Choice(["yolov5", "yolov8", "ssd"]), help="Detection decoder.")
 @click.option("--anchors", type=click.Path(path_type=Path), help="Anchors config (JSON) for ssd / yolov5.")
 @click.option("--score-threshold", type=float)
@@ -139,7 +140,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @user_errors
 def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, calib_limit, calib_synthetic, verify_dir,
-            labels_file, task, preset, mean, std, scale, resize, crop, letterbox, layout, color, tflite_io, int8_mode, coreml_w8a8, decoder, anchors,
+            labels_file, task, preset, mean, std, scale, resize, crop, letterbox, layout, color, tflite_io, int8_mode, coreml_w8a8, coreml_fp32_ops, decoder, anchors,
             score_threshold, iou_threshold, max_detections, nms, prune_ratio, prune_flops, prune_criterion,
             prune_min_channels, no_reconstruct, keep_float, no_auto_keep_float, min_agreement, force, as_json, quiet):
     """Convert MODEL (.onnx) into one verified bundle per --profile under -o OUT."""
@@ -173,7 +174,7 @@ def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, c
         calib_limit=calib_limit, labels_file=labels_file, preset=preset, preprocess=pre, task=task, postprocess=post,
         postprocess_overrides={} if post else overrides, prune=prune_cfg, min_agreement=min_agreement, force=force, progress=not quiet,
         emitter_options={"tflite_io_dtype": tflite_io, "tflite_layout": layout, "int8_mode": int8_mode,
-                         "coreml_w8a8": coreml_w8a8}, exclude_nodes=_csv(keep_float) or [],
+                         "coreml_w8a8": coreml_w8a8, "coreml_fp32_ops": coreml_fp32_ops}, exclude_nodes=_csv(keep_float) or [],
         auto_keep_float=not no_auto_keep_float)
     result = run_convert(opts)
     if as_json:
