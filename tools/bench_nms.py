@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -32,6 +30,9 @@ import numpy as np  # noqa: E402
 
 from edgeinfer.detection.decoders import decode_yolov8  # noqa: E402
 from edgeinfer.detection.nms import select  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import interleaved_medians_ms  # noqa: E402
 
 SCORE, IOU, TOPK, MAXDET = 0.25, 0.45, 1000, 300
 
@@ -73,20 +74,6 @@ def numpy_decode_usual(out: np.ndarray):
     ids = p[:, 4:].argmax(1)
     xywh = np.stack([p[:, 0] - p[:, 2] / 2, p[:, 1] - p[:, 3] / 2, p[:, 2], p[:, 3]], 1)
     return xywh, scores, ids
-
-
-def interleaved_medians(fns: dict, reps: int) -> dict:
-    """Median ms of each function, timed round-robin so load changes hit all of them alike."""
-    for fn in fns.values():
-        for _ in range(min(20, reps)):
-            fn()
-    ts = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            ts[name].append(time.perf_counter() - t)
-    return {name: statistics.median(v) * 1e3 for name, v in ts.items()}
 
 
 def main() -> None:
@@ -135,7 +122,7 @@ def main() -> None:
         return f"ours {len(mine.index)} / cv2 {theirs.size} kept, same: {sorted(mine.index.tolist()) == sorted(theirs.tolist())}"
 
     agree = {"class-aware": same(ours_full(), cv2_nms()), "class-agnostic": same(ours_nms_agn(), cv2_nms_agn())}
-    t = interleaved_medians({"ours.full": ours_full, "cv2.full": cv2_full, "ours.nms": ours_nms, "cv2.nms": cv2_nms,
+    t = interleaved_medians_ms({"ours.full": ours_full, "cv2.full": cv2_full, "ours.nms": ours_nms, "cv2.nms": cv2_nms,
                              "ours.nms.agn": ours_nms_agn, "cv2.nms.agn": cv2_nms_agn}, args.reps)
     for name, ms in t.items():
         print(f"{name:<13} {ms:8.3f} ms")

@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from model_zoo import build_mlp, build_mobilenetv2  # noqa: E402
 from photos import write_photo_folder  # noqa: E402
+from timing import interleaved_medians_ms  # noqa: E402
 
 from edgeinfer import Predictor  # noqa: E402
 from edgeinfer.preprocess import PRESETS, PreprocessConfig, preprocess_pil  # noqa: E402
@@ -38,20 +38,6 @@ def cli(*args) -> float:
     subprocess.run([sys.executable, "-m", "edgeinfer.cli", *map(str, args)], check=True, cwd=ROOT,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t
-
-
-def interleaved(fns: dict, reps: int) -> dict[str, float]:
-    """Median seconds of each callable, run round-robin so machine noise hits all alike."""
-    for f in fns.values():
-        for _ in range(3):
-            f()
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def with_metadata(model: onnx.ModelProto, preprocess: dict) -> onnx.ModelProto:
@@ -121,12 +107,12 @@ def main() -> None:
         x, _ = preprocess_pil(img, cfg, (224, 224))
         x = x[None]
         name = s32.get_inputs()[0].name
-        t = interleaved({
+        t = {k: v / 1e3 for k, v in interleaved_medians_ms({
             "fp32": lambda: s32.run(None, {name: x}),
             "int8": lambda: s8.run(None, {name: x}),
             "predictor_int8": lambda: pred.postprocess(pred.run(x), [None], 5),
             "preprocess": lambda: preprocess_pil(img, cfg, (224, 224)),
-        }, args.reps)
+        }, args.reps).items()}
         rows.append(("ORT MobileNetV2 fp32 / int8 latency (batch 1)", f"{t['fp32'] * 1e3:.1f} / {t['int8'] * 1e3:.1f} ms",
                      f"speed-up {t['fp32'] / t['int8']:.2f}x (>= 1.6x)"))
         rows.append(("Predictor.run+postprocess vs bare session.run (int8)", f"{t['predictor_int8'] * 1e3:.2f} vs {t['int8'] * 1e3:.2f} ms",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from converters.prune import PruneConfig, prune_model  # noqa: E402
 from converters.prune.flops import count  # noqa: E402
 from converters.prune.runner import session  # noqa: E402
 from edgeinfer.preprocess import PreprocessConfig  # noqa: E402
+from timing import interleaved_medians_ms  # noqa: E402
 
 DIGITS = ROOT / "samples" / "digits"
 
@@ -56,17 +56,9 @@ def top1(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def latency_ms(models: list[onnx.ModelProto], x: np.ndarray, runs: int) -> list[float]:
     """Median latency of each model, runs interleaved so load changes hit all alike."""
     sessions = [session(m, threads=1) for m in models]
-    names = [m.graph.input[0].name for m in models]
-    for s, n in zip(sessions, names):
-        for _ in range(3):
-            s.run(None, {n: x})
-    times = [[] for _ in models]
-    for _ in range(runs):
-        for i, (s, n) in enumerate(zip(sessions, names)):
-            t = time.perf_counter()
-            s.run(None, {n: x})
-            times[i].append(time.perf_counter() - t)
-    return [1000 * float(np.median(t)) for t in times]
+    fns = {str(i): (lambda s=s, n=m.graph.input[0].name: s.run(None, {n: x})) for i, (s, m) in enumerate(zip(sessions, models))}
+    medians = interleaved_medians_ms(fns, runs)
+    return [medians[str(i)] for i in range(len(models))]
 
 
 def row(label: str, a, b, fmt="{:,}") -> str:
@@ -106,7 +98,7 @@ def bench_digits(ratio: float, criteria: list[str], runs: int, multiple: int) ->
         print(line)
     t0, t1 = latency_ms([model, fitted], x[:1], runs)
     print(row("ORT fp32 latency (ms)", t0, t1, "{:.4f}"))
-    print(f"  fitted layers: " + ", ".join(f"{f.layer} {f.error_before:.2f}->{f.error_after:.2f}" for f in fit_rep.reconstruction))
+    print("  fitted layers: " + ", ".join(f"{f.layer} {f.error_before:.2f}->{f.error_after:.2f}" for f in fit_rep.reconstruction))
 
 
 def bench_mobilenetv2(ratio: float, resolution: int, runs: int, multiple: int) -> None:
