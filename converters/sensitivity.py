@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from edgeinfer.errors import EdgeInferError
+from edgeinfer.progress import Progress
 
 from .emitters.api import CalibrationResult
 
@@ -181,10 +182,13 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
     if unknown:
         raise EdgeInferError(f"sensitivity candidates name nodes not in the model: {', '.join(unknown[:5])}")
 
-    for i, c in enumerate(cands):
-        m = measure(_names(c))
-        report.scan.append((_label(c), m))
-        log(f"  scan {i + 1}/{len(cands)}: keep {_label(c)} in float -> {m:.4f}")
+    with Progress("scanning int8 nodes", len(cands), progress) as bar:
+        for c in cands:
+            report.scan.append((_label(c), measure(_names(c))))
+            bar.update()
+    best = max(report.scan, key=lambda r: r[1], default=None)
+    if best is not None:
+        log(f"  best single node kept in float: {best[0]} -> {best[1]:.4f}")
     # best metric first; among candidates that reach the target alone, the smallest one first
     ranked = sorted((i for i in range(len(cands)) if report.scan[i][1] > report.naive_metric),
                     key=lambda i: (-min(report.scan[i][1], target), len(_names(cands[i])), -report.scan[i][1]))
