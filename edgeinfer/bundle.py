@@ -132,3 +132,17 @@ def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> Path:
     p = Path(bundle_dir) / MANIFEST_NAME
     p.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return p
+
+
+def check_integrity(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """Artifact file -> "ok" | "missing" | "sha256 mismatch" against the manifest."""
+    status = {}
+    for a in manifest["artifacts"]:
+        p = Path(bundle_dir) / a["file"]
+        if not p.exists():
+            status[a["file"]] = "missing"
+        elif a.get("sha256") and sha256_of(p) != a["sha256"]:
+            status[a["file"]] = "sha256 mismatch"
+        else:
+            status[a["file"]] = "ok"
+    return status

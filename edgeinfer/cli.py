@@ -262,9 +262,10 @@ def profiles_show(name, as_json):
 @user_errors
 def inspect(target, as_json):
     """Describe a bundle (manifest) or a model (.onnx)."""
-    from .bundle import is_bundle, read_manifest
+    from .bundle import check_integrity, is_bundle, read_manifest
     if is_bundle(target):
         info = read_manifest(target)
+        info["integrity"] = check_integrity(target, info)
     else:
         try:
             from converters.inspect import inspect_model

@@ -59,8 +59,16 @@ def test_cli_run_text_and_json(digits_bundle):
     assert data["artifact"] == "digits-int8.onnx" and data["results"][0]["top_k"][0]["label"] == "7"
 
 
-def test_inspect_bundle_and_model(digits_bundle):
+def test_inspect_bundle_and_model(digits_bundle, tmp_path):
     assert "digits-int8.onnx" in edgeinfer_cli("inspect", digits_bundle, check=True).stdout
+    report = json.loads(edgeinfer_cli("inspect", digits_bundle, "--json", check=True).stdout)
+    assert set(report["integrity"].values()) == {"ok"}
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(digits_bundle, copy)
+    (copy / "digits-fp32.onnx").write_bytes((copy / "digits-int8.onnx").read_bytes())
+    report = json.loads(edgeinfer_cli("inspect", copy, "--json", check=True).stdout)
+    assert report["integrity"]["digits-fp32.onnx"] == "sha256 mismatch"
     info = json.loads(edgeinfer_cli("inspect", DIGITS / "digits.onnx", "--json", check=True).stdout)
     assert info["op_counts"]["BatchNormalization"] >= 1 and info["edgeinfer_metadata"]["task"] == "classify"
 

@@ -6,18 +6,23 @@ import venv
 
 import pytest
 
-from conftest import DIGITS, ROOT
+from conftest import DIGITS, ROOT, edgeinfer_cli
 
-BLOCKER = textwrap.dedent("""
-    import sys, importlib.abc
-    BLOCKED = ("onnx", "coremltools", "converters", "flatbuffers", "tensorflow", "torch", "ai_edge_litert",
-               "tflite_runtime", "sklearn", "scipy")
+CONVERTER_DEPS = ("onnx", "coremltools", "converters", "flatbuffers", "tensorflow", "torch", "sklearn", "scipy")
+
+
+def blocker(blocked: tuple[str, ...]) -> str:
+    """Python source that makes importing any of ``blocked`` fail, as if not installed."""
+    return f"import sys, importlib.abc\nBLOCKED = {blocked!r}\n" + textwrap.dedent("""
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
             if name.split(".")[0] in BLOCKED:
                 raise ModuleNotFoundError(f"blocked: {name}", name=name)
     sys.meta_path.insert(0, Block())
-""")
+    """)
+
+
+BLOCKER = blocker(CONVERTER_DEPS + ("ai_edge_litert", "tflite_runtime"))
 
 
 def test_runtime_runs_without_converter_dependencies(digits_bundle):
@@ -39,6 +44,27 @@ def test_runtime_runs_without_converter_dependencies(digits_bundle):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT / "tests")
     assert proc.returncode == 0, proc.stderr
     assert "LIGHT-OK" in proc.stdout and "two_1.png" in proc.stdout
+
+
+def test_tflite_only_runtime(tmp_path):
+    """Only ai-edge-litert as engine: onnxruntime blocked too."""
+    args = ["convert", DIGITS / "digits.onnx", "--profile", "raspberry-pi-4", "--formats", "tflite",
+                          "--quant", "int8", "--calib", DIGITS / "calib", "-o", tmp_path, "--quiet"]
+    edgeinfer_cli(*args, check=True)
+    bundle = tmp_path / "digits-raspberry-pi-4"
+    script = blocker(CONVERTER_DEPS + ("onnxruntime",)) + textwrap.dedent(f"""
+        import edgeinfer
+        pred = edgeinfer.Predictor({str(bundle)!r})
+        assert pred.artifact["format"] == "tflite"
+        res = pred.predict([{str(DIGITS / 'images' / 'five_4.png')!r}, {str(DIGITS / 'images' / 'zero_2.png')!r}])
+        assert [r.labels[0] for r in res] == ["5", "0"], res
+        heavy = [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+        assert not heavy, heavy
+        print("TFLITE-LIGHT-OK")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT / "tests")
+    assert proc.returncode == 0, proc.stderr
+    assert "TFLITE-LIGHT-OK" in proc.stdout
 
 
 def test_convert_without_converter_deps_says_what_to_install(tmp_path):
