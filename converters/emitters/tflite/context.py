@@ -81,6 +81,7 @@ class Converter:
         self._layout_cache: dict[tuple[int, tuple], int] = {}
         self._const_cache: dict[tuple, int] = {}
         self.fused: dict[int, tuple[str, onnx.NodeProto]] = {}
+        self.gap_heads: dict[int, onnx.NodeProto] = {}   # GlobalAveragePool index -> the Flatten/Reshape it absorbs
         self.skip: set[int] = set()
         self.int4_ops: set[str] = set()
         self.pinned_batch = False

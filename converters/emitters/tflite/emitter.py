@@ -20,7 +20,7 @@ from ..api import EmitRequest, EmittedArtifact
 from .builder import quant_params
 from .context import FLOAT32, INT8, NHWC, UINT8, Converter, Value, identity
 from .ops import HANDLERS
-from .prepare import constants_from_nodes, fold_batchnorm, pin_batch, plan_fusion, static_shapes
+from .prepare import constants_from_nodes, fold_batchnorm, pin_batch, plan_fusion, plan_gap_heads, static_shapes
 
 LAYOUT_METADATA = "edgeinfer_layout"
 SKIPPED = {"Constant"}
@@ -76,7 +76,12 @@ def build(request: EmitRequest) -> tuple[bytes, Converter, str]:
     constants_from_nodes(ctx)
     fold_batchnorm(ctx)
     plan_fusion(ctx)
+    plan_gap_heads(ctx)
     nodes = list(model.graph.node)
+    for i, head in list(ctx.gap_heads.items()):           # a float-island GAP or head keeps its own op
+        if _kept_float(nodes[i], float_nodes) or _kept_float(head, float_nodes):
+            ctx.skip.discard(nodes.index(head))
+            del ctx.gap_heads[i]
     for i, (_, act_node) in list(ctx.fused.items()):      # float-island producers keep a separate activation
         if _kept_float(nodes[i], float_nodes):
             ctx.skip.discard(nodes.index(act_node))

@@ -1,5 +1,5 @@
 """Graph preparation before emission: pin symbolic batch dims, infer static shapes, collect constants,
-fold BatchNormalization into the preceding Conv, and plan activation fusion.
+fold BatchNormalization into the preceding Conv, plan activation fusion and GAP -> Flatten heads.
 """
 from __future__ import annotations
 
@@ -126,3 +126,29 @@ def plan_fusion(ctx: Converter) -> None:
             ctx.fused[i] = (kind, act_node)
             ctx.skip.add(users[0])
     ctx.node = None
+
+
+def plan_gap_heads(ctx: Converter) -> None:
+    """GlobalAveragePool read only by a Flatten / constant Reshape to [N, C] becomes one MEAN(keep_dims=False).
+
+    The GAP handler then writes the Flatten's output (no RESHAPE) and the Flatten node is skipped.
+    """
+    consumers = _consumers(ctx.graph)
+    graph_outs = {o.name for o in ctx.graph.output}
+    nodes = list(ctx.graph.node)
+    for i, n in enumerate(nodes):
+        if n.op_type != "GlobalAveragePool" or n.output[0] in graph_outs:
+            continue
+        users = consumers.get(n.output[0], [])
+        if len(users) != 1 or i in ctx.skip or users[0] in ctx.skip:
+            continue
+        head = nodes[users[0]]
+        if head.op_type not in ("Flatten", "Reshape") or head.input[0] != n.output[0]:
+            continue
+        if head.op_type == "Reshape" and (len(head.input) < 2 or head.input[1] not in ctx.consts):
+            continue
+        x_shape, y_shape = ctx.shapes.get(n.input[0]), ctx.shapes.get(head.output[0])
+        if x_shape is None or y_shape is None or len(x_shape) < 3 or tuple(y_shape) != tuple(x_shape[:2]):
+            continue
+        ctx.gap_heads[i] = head
+        ctx.skip.add(users[0])

@@ -6,7 +6,9 @@ from ai_edge_litert import schema_py_generated as fb
 from ..context import Converter, Value, attrs
 
 
-def _mean(ctx: Converter, node, x: Value, axes: list[int], keepdims: bool) -> None:
+def _mean(ctx: Converter, node, x: Value, axes: list[int], keepdims: bool, out_name: str | None = None) -> None:
+    """MEAN of ``x`` over logical ``axes``; the output is registered as ``out_name`` (default: the node's)."""
+    out_name = out_name or node.output[0]
     axes = sorted({a % len(x.shape) for a in axes})
     stored_axes = [x.perm.index(a) for a in axes]
     if keepdims:
@@ -14,16 +16,26 @@ def _mean(ctx: Converter, node, x: Value, axes: list[int], keepdims: bool) -> No
     else:
         kept = [p for p in x.perm if p not in axes]
         perm = tuple(sorted(kept).index(p) for p in kept)
-    out = ctx.new_value(node.output[0], ctx.shape(node.output[0]), perm)
+    qname = out_name if (not ctx.quantized or out_name in ctx.ranges) else node.output[0]
+    out = ctx.new_value(out_name, ctx.shape(out_name), perm, qname=qname)
     o = fb.ReducerOptionsT()
     o.keepDims = bool(keepdims)
     ctx.b.add_op("MEAN", [x.tensor, ctx.int_const(stored_axes, "axes")], [out.tensor], o, ctx.version("MEAN"))
 
 
 def global_average_pool(ctx: Converter, index: int, node) -> None:
-    """GlobalAveragePool: mean over all spatial axes, keeping them as size 1."""
+    """GlobalAveragePool: mean over all spatial axes, keeping them as size 1.
+
+    When ``plan_gap_heads`` paired it with the Flatten/Reshape to [N, C] that alone reads it, one
+    MEAN(keep_dims=False) writes that head's output directly (int8 scale from the head's range).
+    """
     x = ctx.get(node.input[0])
-    _mean(ctx, node, x, list(range(2, len(x.shape))), True)
+    head = ctx.gap_heads.get(index)
+    spatial = list(range(2, len(x.shape)))
+    if head is not None:
+        _mean(ctx, node, x, spatial, False, out_name=head.output[0])
+    else:
+        _mean(ctx, node, x, spatial, True)
 
 
 def reduce_mean(ctx: Converter, index: int, node) -> None:
