@@ -73,7 +73,7 @@ _IOU_SLACK = 1e-6
 
 
 def _hit_pairs(b: np.ndarray, cls: np.ndarray | None, thr: float):
-    """Every pair (i, j), i < j, of score-ordered float64 boxes ``b`` (same class when
+    """Every pair (i, j), i < j, of score-ordered float64 boxes ``b`` [N, 4] (same class when
     ``cls`` is given) whose IoU is > ``thr``, as two rank arrays; ``None`` when the inputs are
     outside what the sweep handles (the caller then uses the row-by-row path).
 
@@ -85,77 +85,73 @@ def _hit_pairs(b: np.ndarray, cls: np.ndarray | None, thr: float):
     it is a superset of the true hits and the result is exact.
     """
     n = len(b)
-    cols = np.ascontiguousarray(b.T)  # x1, y1, x2, y2 rows
-    if not (thr >= 0.0 and np.isfinite(cols.sum())):
+    rows = np.empty((6, n))  # x1, y1, x2, y2, area, rank (exact in float64)
+    rows[:4] = b.T
+    lo, hi = float(rows[:4].min()), float(rows[:4].max())
+    if not (thr >= 0.0 and np.isfinite(lo) and np.isfinite(hi)):  # nan propagates into min/max
         return None
     if thr >= 1.0:  # IoU never exceeds 1 (inter <= each area <= union, also in floats)
         return _empty_idx(), _empty_idx()
-    x1, x2 = cols[0], cols[2]
-    w, h = x2 - x1, cols[3] - cols[1]
-    area = np.maximum(w, 0.0) * np.maximum(h, 0.0)
-    bound = np.nextafter(x2 - (thr * (1.0 - _IOU_SLACK)) * w, np.inf)
+    rows[5] = np.arange(n)
+    wh = rows[2:4] - rows[0:2]
+    bound = np.nextafter(rows[2] - (thr * (1.0 - _IOU_SLACK)) * wh[0], np.inf)
+    np.maximum(wh, 0.0, out=wh)
+    np.multiply(wh[0], wh[1], out=rows[4])
+    key = rows[0]
     check_class = False
     if cls is not None:
-        lo, hi = min(x1.min(), x2.min()), max(x1.max(), x2.max())
         off = float(np.ceil(hi - lo)) + 1.0  # integral: c * off is exact below 2**53
         span = float(np.abs(cls).max()) * off + abs(lo) + abs(hi)
         if span < 2.0 ** 50:
             shift = cls * off
-            x1, bound = x1 + shift, bound + shift
+            key, bound = key + shift, bound + shift
         else:  # offsets would lose precision: sweep on x alone, filter pairs by class
             check_class = True
-    xo = np.argsort(x1, kind="stable")
-    key = x1[xo]
-    count = np.searchsorted(key, bound[xo], side="right") - np.arange(1, n + 1)
+    xo = np.argsort(key)  # any order of equal x1 is fine: both boxes' bounds are valid
+    ar = np.arange(1, n + 1)
+    count = np.searchsorted(key.take(xo), bound.take(xo), side="right")
+    count -= ar
     np.maximum(count, 0, out=count)
-    total = int(count.sum())
+    ends = np.cumsum(count)
+    total = int(ends[-1])
     if total == 0:
         return _empty_idx(), _empty_idx()
+    rs = rows.take(xo, axis=1)  # rows in x order
     # window pairs as positions in x order: box p with p+1 .. p+count[p]
-    has = np.flatnonzero(count)
-    ends = np.cumsum(count)
-    step = np.ones(total, dtype=np.intp)
-    step[0] = has[0] + 1
-    step[ends[has[:-1]]] = has[1:] - has[:-1] - count[has[:-1]] + 1
-    second = np.cumsum(step)
-    cs = cols.take(xo, axis=1)  # x1, y1, x2, y2 rows in x order
-    ar = area.take(xo)
-    union = np.repeat(ar, count)
-    pos = None  # pair positions kept by the class filter (None: all)
+    ends -= count
+    ends -= ar
+    second = np.arange(total)
+    second -= np.repeat(ends, count)
     if check_class:
+        first = np.repeat(ar - 1, count)
         cl = cls.take(xo)
-        pos = np.flatnonzero(np.repeat(cl, count) == cl.take(second))
-        union, second = union.take(pos), second.take(pos)
-
-    def pair(k):  # coordinate k of both boxes of every pair, contiguous 1-D arrays
-        p = np.repeat(cs[k], count)
-        return (p if pos is None else p.take(pos)), cs[k].take(second)
-
-    (ax1, cx1), (ay1, cy1), (ax2, cx2), (ay2, cy2) = pair(0), pair(1), pair(2), pair(3)
-    iw = np.minimum(ax2, cx2, out=ax2)
-    iw -= np.maximum(ax1, cx1, out=ax1)
-    ih = np.minimum(ay2, cy2, out=ay2)
-    ih -= np.maximum(ay1, cy1, out=ay1)
-    np.maximum(iw, 0.0, out=iw)
-    np.maximum(ih, 0.0, out=ih)
-    inter = np.multiply(iw, ih, out=iw)
-    union += ar.take(second)
-    union -= inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        inter /= union  # 0/0 (both boxes empty) is nan: never a hit
-    hit = np.flatnonzero(inter > thr)
-    # a pair's first box is the window its position falls in
-    a = xo.take(np.searchsorted(ends, hit if pos is None else pos.take(hit), side="right"))
-    c = xo.take(second.take(hit))
-    return np.minimum(a, c), np.maximum(a, c)
+        pos = np.flatnonzero(cl.take(first) == cl.take(second))
+        first, second = first.take(pos), second.take(pos)
+        p = rs.take(first, axis=1)
+    else:
+        p = np.repeat(rs, count, axis=1)
+    q = rs.take(second, axis=1)
+    lo = np.maximum(p[0:2], q[0:2])
+    inter = np.minimum(p[2:4], q[2:4])
+    inter -= lo
+    np.maximum(inter, 0.0, out=inter)
+    iou = np.multiply(inter[0], inter[1], out=lo[0])
+    union = np.add(p[4], q[4], out=lo[1])
+    union -= iou
+    np.maximum(union, 5e-324, out=union)  # 0 only when both boxes are empty; then iou is 0
+    iou /= union
+    hit = np.flatnonzero(iou > thr)
+    a, c = p[5].take(hit), q[5].take(hit)
+    return np.minimum(a, c).astype(np.intp), np.maximum(a, c).astype(np.intp)
 
 
 def _hard_sorted(b: np.ndarray, cls: np.ndarray | None, thr: float, limit: int) -> np.ndarray:
-    """Greedy hard NMS of boxes already in score order (float64 [N, 4]); kept ranks."""
+    """Greedy hard NMS of boxes already in score order ([N, 4], any float dtype); kept ranks."""
     n = len(b)
     pairs = _hit_pairs(b, cls, thr) if n <= limit else None
     if pairs is not None:
         return _greedy(n, *pairs)
+    b = b.astype(np.float64)
     keep: list[int] = []
     removed = np.zeros(n, dtype=bool)
     for i in range(n):
@@ -302,7 +298,7 @@ def select(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, *, meth
     e = None if extra is None else np.asarray(extra, dtype=np.float32).reshape(len(scores), -1)[pre]
     cls = None if class_agnostic else c
     if method == "hard":  # ``pre`` is already in score order (stable): no second sort
-        k = _hard_sorted(b.astype(np.float64), cls, float(iou_threshold), MATRIX_LIMIT) if len(pre) else pre
+        k = _hard_sorted(b, cls, float(iou_threshold), MATRIX_LIMIT) if len(pre) else pre
         out_b, out_s = b[k], s[k]
         out_e = None if e is None else e[k]
     elif method.startswith("soft-"):
