@@ -19,6 +19,7 @@ from edgeinfer.errors import EdgeInferError
 from edgeinfer.progress import Progress
 
 from .emitters.api import CalibrationResult
+from .load import real_inputs
 
 METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -42,14 +43,11 @@ class _BatchReader(CalibrationDataReader):
 
 
 def _input_name(model: onnx.ModelProto) -> str:
-    inits = {t.name for t in model.graph.initializer}
-    return next(i.name for i in model.graph.input if i.name not in inits)
+    return real_inputs(model)[0].name
 
 
 def _fixed_batch(model: onnx.ModelProto) -> int | None:
-    inits = {t.name for t in model.graph.initializer}
-    inp = next(i for i in model.graph.input if i.name not in inits)
-    dim = inp.type.tensor_type.shape.dim[0]
+    dim = real_inputs(model)[0].type.tensor_type.shape.dim[0]
     return dim.dim_value if dim.HasField("dim_value") else None
 
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.preprocess import PreprocessConfig, preprocess_image
+from edgeinfer.preprocess import IMAGE_SUFFIXES, PreprocessConfig, preprocess_image
 from edgeinfer.progress import track
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 @dataclass

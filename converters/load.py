@@ -49,7 +49,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "validation failed"
         raise EdgeInferError(f"{path} fails the ONNX checker: {first}") from None
-    if len(model.graph.input) - len({i.name for i in model.graph.initializer} & {i.name for i in model.graph.input}) != 1:
+    if len(real_inputs(model)) != 1:
         raise EdgeInferError(f"{path} has {len(real_inputs(model))} inputs; edgeinfer converts single-input models")
     if model.ir_version > ORT_MAX_IR:
         model.ir_version = ORT_MAX_IR  # newer onnx writers stamp IR versions ONNX Runtime does not read yet

@@ -29,6 +29,8 @@ import onnx
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.progress import Progress
 
+from .ort_session import cpu_session
+
 from .emitters.api import CalibrationResult
 
 Outputs = list[list[np.ndarray]]
@@ -52,12 +54,7 @@ class SensitivityReport:
 
 def run_outputs(model: onnx.ModelProto, inputs: np.ndarray, threads: int = 1) -> Outputs:
     """All outputs of ``model`` for each sample of ``inputs`` (run one at a time: batch 1 graphs)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = cpu_session(model, threads)
     name = sess.get_inputs()[0].name
     return [sess.run(None, {name: np.ascontiguousarray(x[None], dtype=np.float32)}) for x in inputs]
 

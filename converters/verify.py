@@ -9,22 +9,20 @@ from typing import Any, Callable
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from edgeinfer.backends import BackendOptions, open_backend
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.preprocess import Transform, to_layout
 
 from .emitters.api import EmittedArtifact
+from .ort_session import cpu_session
 
 BATCH = 8
 
 
 def run_reference(model: onnx.ModelProto, samples: np.ndarray) -> list[np.ndarray]:
     """fp32 outputs of the source model under ONNX Runtime (the ground truth of verification)."""
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = cpu_session(model)
     name = sess.get_inputs()[0].name
     fixed = sess.get_inputs()[0].shape[0]
     step = 1 if fixed == 1 else BATCH

@@ -20,9 +20,9 @@ from typing import Any
 from .bundle import read_labels, read_manifest
 from .detection.metrics import coco_map, results_to_predictions, topk_accuracy
 from .errors import EdgeInferError
+from .preprocess import IMAGE_SUFFIXES
 from .progress import Progress
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 EVAL_SCORE_THRESHOLD = 0.001
 
 

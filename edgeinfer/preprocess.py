@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     "scale": 1 / 255, "mean": None, "std": None, "interpolation": "bilinear",
 }
 
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
+
 _INTERP = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC}
 _MODES = {"rgb": "RGB", "bgr": "RGB", "gray": "L"}
 

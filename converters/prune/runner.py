@@ -10,16 +10,12 @@ from onnx import helper
 
 from edgeinfer.errors import EdgeInferError
 
+from ..ort_session import cpu_session
+
 
 def session(model: onnx.ModelProto, threads: int = 2):
-    """An ORT CPU session on an in-memory model."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    """An ORT CPU session on an in-memory model (pruning runs on 2 threads by default)."""
+    return cpu_session(model, threads)
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

@@ -18,7 +18,7 @@ from edgeinfer.errors import EdgeInferError
 
 from ..api import EmitRequest, EmittedArtifact
 from .builder import quant_params
-from .context import FLOAT32, INT8, NHWC, UINT8, Converter, Value, identity
+from .context import FLOAT32, NHWC, UINT8, Converter, Value, identity
 from .ops import HANDLERS
 from .prepare import constants_from_nodes, fold_batchnorm, pin_batch, plan_fusion, plan_gap_heads, static_shapes
 
