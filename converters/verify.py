@@ -18,6 +18,9 @@ from .emitters.api import EmittedArtifact
 from .ort_session import cpu_session
 
 BATCH = 8
+# agreement with the float model below which a lossy recipe (pruning, int4, int8 search) is refused
+# unless the user sets --min-agreement; one rule for every recipe
+DEFAULT_AGREEMENT_FLOOR = 0.9
 
 
 def run_reference(model: onnx.ModelProto, samples: np.ndarray) -> list[np.ndarray]:
