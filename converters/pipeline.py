@@ -114,8 +114,8 @@ def _gather_inputs(opts: ConvertOptions, cfg, size_hw, need_calib: bool) -> tupl
         facts.update(held_out=len(vset.paths), skipped=len(vset.skipped))
     if calib is None and need_calib:
         if not opts.calib_synthetic:
-            raise EdgeInferError("int8 needs calibration images: pass --calib DIR (or --calib-synthetic to calibrate on "
-                                 "random inputs, which the manifest will record)")
+            raise EdgeInferError("int8 and int4 need calibration images: pass --calib DIR (or --calib-synthetic to "
+                                 "calibrate on random inputs, which the manifest will record)")
         calib = image_io.synthetic_inputs(cfg, size_hw, SYNTHETIC_COUNT, seed=1)
         facts.update(images=len(calib), skipped=0, synthetic=True)
     if verify is None:
@@ -223,6 +223,28 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
                                 "float": rep.float_metric, "naive_int8": rep.naive_metric, "final": rep.final_metric}
 
 
+def _int4_plans(model, calib: CalibrationResult | None, plans: dict[str, list[tuple[str, str]]], task: str,
+                post: dict[str, Any], labels, size_hw, opts: ConvertOptions) -> dict[str, Any]:
+    """int4 plans (GPTQ rounding + 4/8-bit mix) once per granularity the planned formats need."""
+    fmts = sorted({f for plan in plans.values() for f, p in plan if p == "int4"})
+    if not fmts or calib is None:
+        return {}
+    from .int4 import FORMAT_GRANULARITY, build_plans
+    from .verify import AGREEMENT, AGREEMENT_KEY, DEFAULT_AGREEMENT_FLOOR
+
+    def agreement(ref, out) -> float:
+        return AGREEMENT[task](ref, out, postprocess=post, labels=labels, input_hw=size_hw)[AGREEMENT_KEY[task]]
+    target = DEFAULT_AGREEMENT_FLOOR if opts.min_agreement is None else opts.min_agreement
+    _say(opts, f"int4: error-compensating rounding and 4/8-bit mix for {', '.join(fmts)} (target agreement {target})")
+    return build_plans(model, [FORMAT_GRANULARITY[f] for f in fmts], calib.samples, target=target,
+                       agreement=agreement, progress=opts.progress)
+
+
+def _int4_for(int4_plans: dict[str, Any], fmt: str):
+    from .int4 import FORMAT_GRANULARITY
+    return int4_plans.get(FORMAT_GRANULARITY[fmt].name)
+
+
 def convert(opts: ConvertOptions) -> ConvertResult:
     t0 = time.perf_counter()
     os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' per-pass bars; the pipeline reports its own steps
@@ -246,7 +268,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     size_hw = (spec["shape"][2], spec["shape"][3])
 
     plans = {p.name: _plan(p, opts) for p in profiles}
-    need_calib = any(prec == "int8" for plan in plans.values() for _, prec in plan)
+    need_calib = any(prec in ("int8", "int4") for plan in plans.values() for _, prec in plan)
     calib_samples, verify_samples, facts = _gather_inputs(opts, cfg, size_hw, need_calib)
 
     model = source
@@ -265,6 +287,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         calib = calibrate(model, calib_samples, opts.calib_method, skipped=facts.get("skipped", 0),
                           synthetic=bool(facts.get("synthetic")), progress=opts.progress)
     keep_float, mixed = _keep_float(model, calib, task, post, opts)
+    int4_plans = _int4_plans(model, calib, plans, task, post, labels, size_hw, opts)
     reference = run_reference(source, verify_samples)
 
     source_path = Path(opts.model)
@@ -304,7 +327,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                 req = EmitRequest(model=model, precision=precision, out_path=tmp / name, calibration=calib,
                                   input_layout=_input_layout(fmt, profile, opts),
                                   options=_emit_options(fmt, profile, opts, keep_float),
-                                  preprocess=cfg.to_dict(), labels=labels, task=task, profile=profile.data)
+                                  preprocess=cfg.to_dict(), labels=labels, task=task, profile=profile.data,
+                                  int4=_int4_for(int4_plans, fmt) if precision == "int4" else None)
                 key = _request_key(fmt, req)
                 if key in done:
                     _copy_artifact(done[key][0], req.out_path)
@@ -326,6 +350,9 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                 figures = verify_artifact(art, verify_samples, reference, task=task, postprocess=post, labels=labels,
                                           input_hw=size_hw, synthetic=bool(facts.get("verify_synthetic")))
                 check_min_agreement(figures, task, opts.min_agreement, name)
+                if precision == "int4":
+                    from .int4 import check_floor
+                    check_floor(figures, task, opts.min_agreement, name, req.int4)
                 manifest["artifacts"].append({
                     "file": name, "format": fmt, "precision": precision, "sha256": sha256_of(art.path),
                     "size": size_of(art.path), "input_layout": art.input_layout, "io_dtype": art.io_dtype,

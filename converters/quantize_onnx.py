@@ -1,4 +1,5 @@
-"""ONNX precision recipes: fp16, int8 (static QDQ, per-channel weights), int4 (weight-only).
+"""ONNX precision recipes: fp16, int8 (static QDQ, per-channel weights); int4 lives in ``converters.int4``
+(shared weight math) and ``converters.emitters.onnx_int4`` (storage).
 
 All int8 activation scales come from the shared ``CalibrationResult`` (no second calibration).
 """
@@ -20,10 +21,8 @@ from .emitters.api import CalibrationResult
 from .quant_math import quantize_weights_per_channel
 
 logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
-logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
 
 ACTIVATION_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-INT4_BLOCK_SIZE = 32
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -87,60 +86,3 @@ def _drop_unused(model: onnx.ModelProto) -> onnx.ModelProto:
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
     return model
-
-
-def conv_weights_int4(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """Conv weights stored as int4 (per-output-channel, symmetric) behind DequantizeLinear (opset 21).
-
-    Storage-only: ONNX Runtime dequantizes to float at load/run time, so this is a size
-    recipe, not a speed one. Returns the model and the number of convs rewritten.
-    """
-    out = onnx.ModelProto.FromString(model.SerializeToString())
-    inits = {t.name: t for t in out.graph.initializer}
-    new_nodes, count, done = [], 0, {}
-    for node in out.graph.node:
-        if node.op_type == "Conv" and node.input[1] in inits:
-            wname = node.input[1]
-            if wname not in done:
-                w = numpy_helper.to_array(inits[wname])
-                q, scales = quantize_weights_per_channel(w, axis=0, bits=4)
-                qt = helper.make_tensor(wname + "_int4", TensorProto.INT4, q.shape, q.flatten().tolist())
-                st = numpy_helper.from_array(scales, wname + "_scale")
-                out.graph.initializer.extend([qt, st])
-                dq_out = wname + "_dq"
-                new_nodes.append(helper.make_node("DequantizeLinear", [qt.name, st.name], [dq_out], axis=0,
-                                                  name=wname + "_DequantizeLinear"))
-                done[wname] = dq_out
-                count += 1
-            node.input[1] = done[wname]
-        new_nodes.append(node)
-    del out.graph.node[:]
-    out.graph.node.extend(new_nodes)
-    out = _drop_unused(out)
-    if count:
-        _set_opset(out, 21)
-    return out, count
-
-
-def _set_opset(model: onnx.ModelProto, version: int) -> None:
-    for op in model.opset_import:
-        if op.domain in ("", "ai.onnx") and op.version < version:
-            op.version = version
-    model.ir_version = max(model.ir_version, 10)
-
-
-def quantize_int4(model: onnx.ModelProto, block_size: int = INT4_BLOCK_SIZE) -> tuple[onnx.ModelProto, list[str]]:
-    """Weight-only int4: MatMulNBits for MatMul (Gemm rewritten first), int4 QDQ storage for Conv."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    notes = []
-    rewritten = gemm_to_matmul(model)
-    quantizer = MatMulNBitsQuantizer(rewritten, bits=4, block_size=block_size, is_symmetric=True)
-    quantizer.process()
-    q = quantizer.model.model
-    n_mm = sum(1 for n in q.graph.node if n.op_type == "MatMulNBits")
-    q, n_conv = conv_weights_int4(q)
-    notes.append(f"int4 is a size recipe: {n_mm} MatMul/Gemm as MatMulNBits (block {block_size}), "
-                 f"{n_conv} Conv weights as int4 QDQ (storage-only, dequantized to float at run time)")
-    if n_mm == 0 and n_conv == 0:
-        raise EdgeInferError("int4 found no MatMul, Gemm or Conv weights to quantize in this model")
-    return q, notes

@@ -12,6 +12,7 @@ from onnx import helper
 
 from coreml_helpers import ort_run, pixel_batch, single_op, tiny_convnet
 
+from converters.clean import clean_model
 from converters.emitters import get_emitter
 from converters.emitters.api import EmitRequest
 from converters.emitters.coreml.verify import check_structure, run_mlpackage, weight_file_size
@@ -38,8 +39,10 @@ def packages(tiny, tmp_path_factory):
     d = tmp_path_factory.mktemp("coreml")
     arts = {}
     for prec in ("fp32", "fp16", "int8", "int4"):
-        arts[prec] = get_emitter("coreml")(EmitRequest(model=tiny, precision=prec, out_path=d / f"m_{prec}.mlpackage",
-                                                       preprocess=PRE, labels=LABELS, task="classify"))
+        target = {"coreml_target": "iOS18"} if prec == "int4" else {}     # per-block int4 needs iOS18
+        model = clean_model(tiny) if prec == "int4" else tiny             # int4 plans are made on the cleaned graph
+        arts[prec] = get_emitter("coreml")(EmitRequest(model=model, precision=prec, out_path=d / f"m_{prec}.mlpackage",
+                                                       preprocess=PRE, labels=LABELS, task="classify", options=target))
     return arts
 
 
@@ -75,12 +78,13 @@ def test_weight_storage_precision(packages):
     size = {p: weight_file_size(a.path) for p, a in packages.items()}
     bytes_by = {p: check_structure(a.path)["blob_bytes_by_dtype"] for p, a in packages.items()}
     assert set(bytes_by["fp32"]) == {"FLOAT32"} and set(bytes_by["fp16"]) == {"FLOAT16"}
-    assert "INT8" in bytes_by["int8"] and "UINT8" in bytes_by["int4"]       # int8 data, 4-bit packed indices
+    assert "INT8" in bytes_by["int8"] and "INT4" in bytes_by["int4"]
     assert 0.45 <= size["fp16"] / size["fp32"] <= 0.55
     assert size["int8"] < 0.8 * size["fp16"] and size["int4"] < size["int8"]
     ops = {p: check_structure(a.path)["mil_ops"] for p, a in packages.items()}
     assert "constexpr_affine_dequantize" in ops["int8"] or "constexpr_blockwise_shift_scale" in ops["int8"]
-    assert "constexpr_lut_to_dense" in ops["int4"]
+    assert "constexpr_blockwise_shift_scale" in ops["int4"]
+    assert packages["int4"].details["int4_check"]["same_as_plan"]
 
 
 def test_tensor_input_when_no_preprocess(tiny, tmp_path, batch):
@@ -99,8 +103,8 @@ def test_mul_op_when_input_not_foldable(tmp_path, batch):
     np.testing.assert_allclose(run_mlpackage(art.path, batch)[0], ort_run(model, batch)[0], atol=1e-5)
 
 
-def test_int4_linear_block_needs_ios18(tiny, tmp_path, batch):
-    req = dict(model=tiny, precision="int4", options={"int4_mode": "linear_block"})
+def test_int4_needs_ios18(tiny, tmp_path, batch):
+    req = dict(model=clean_model(tiny), precision="int4")
     with pytest.raises(EdgeInferError, match="iOS18"):
         get_emitter("coreml")(EmitRequest(out_path=tmp_path / "a.mlpackage", **req))
     assert not (tmp_path / "a.mlpackage").exists()

@@ -6,7 +6,7 @@ from numpy.testing import assert_allclose
 
 from converters.calibrate import calibrate, collect_ranges
 from converters.clean import clean_model, count_ops
-from converters.quantize_onnx import conv_weights_int4, gemm_to_matmul, quantize_int4, quantize_int8, to_fp16
+from converters.quantize_onnx import gemm_to_matmul, quantize_int8, to_fp16
 from edgeinfer.errors import EdgeInferError
 from model_zoo import build_mlp, build_tiny_cnn
 
@@ -79,19 +79,6 @@ def test_gemm_rewrite_is_exact():
     assert "Gemm" not in count_ops(r) and count_ops(r)["MatMul"] >= 2
     x = np.random.default_rng(1).standard_normal((4, 32)).astype(np.float32)
     assert_allclose(_run(r, x), _run(m, x), rtol=1e-5, atol=1e-5)
-
-
-def test_int4_matmulnbits_and_conv_storage(cnn, samples):
-    m = clean_model(build_mlp(hidden=256, layers=3, in_features=64, use_gemm=True))
-    q, notes = quantize_int4(m)
-    assert count_ops(q).get("MatMulNBits", 0) >= 3 and "size recipe" in notes[0]
-    assert len(q.SerializeToString()) < 0.2 * len(m.SerializeToString())
-    x = np.random.default_rng(2).standard_normal((4, 64)).astype(np.float32)
-    assert np.corrcoef(_run(q, x).ravel(), _run(m, x).ravel())[0, 1] > 0.95
-    c4, n = conv_weights_int4(cnn)
-    assert n == count_ops(cnn)["Conv"]
-    assert any(t.data_type == onnx.TensorProto.INT4 for t in c4.graph.initializer)
-    assert np.corrcoef(_run(c4, samples).ravel(), _run(cnn, samples).ravel())[0, 1] > 0.9
 
 
 @pytest.mark.parametrize("method", ["percentile", "entropy"])

@@ -1,5 +1,5 @@
 """Integer and reduced-precision TFLite artifacts: full int8 (shared calibration) vs ORT QDQ int8,
-quantized model I/O, dynamic-range int8, fp16 weights, int4 FULLY_CONNECTED weights."""
+quantized model I/O, dynamic-range int8, fp16 weights, int4 weights."""
 from __future__ import annotations
 
 import sys
@@ -68,18 +68,6 @@ def test_dynamic_range_and_fp16_stay_close_to_float(cnn, tmp_path):
     np.testing.assert_allclose(run_tflite(fp16.path, x)[0], ref32, atol=2e-3 * span, rtol=0)
 
 
-def _int4_reference(model: onnx.ModelProto, fc_weight_names) -> onnx.ModelProto:
-    """The float model with its FC weights replaced by their per-tensor int4 round trip."""
-    from converters.quant_math import quantize_weights_per_channel
-    out = onnx.ModelProto.FromString(model.SerializeToString())
-    for init in out.graph.initializer:
-        if init.name in fc_weight_names:
-            w = numpy_helper.to_array(init)
-            q, s = quantize_weights_per_channel(w.reshape(1, -1), 0, 4)
-            init.CopyFrom(numpy_helper.from_array((q.astype(np.float32) * s[0]).reshape(w.shape), init.name))
-    return out
-
-
 def test_int4_fully_connected_weights(tmp_path):
     model = clean_model(build_mlp(hidden=64, layers=2, in_features=32, num_classes=10, seed=1))
     x = np.random.default_rng(0).uniform(-1, 1, (64, 32)).astype(np.float32)
@@ -87,9 +75,10 @@ def test_int4_fully_connected_weights(tmp_path):
     i8 = convert(model, tmp_path, "int8", calib=calib, name="i8.tflite")
     i4 = convert(model, tmp_path, "int4", calib=calib, name="i4.tflite")
     assert i4.details["int4_ops"] == ["FULLY_CONNECTED"] and any("int4" in n for n in i4.notes)
+    assert i4.details["int4_check"]["same_as_plan"]
     assert i4.path.stat().st_size < 0.65 * i8.path.stat().st_size
-    gemms = {n.input[1] for n in model.graph.node if n.op_type == "Gemm"}
-    ref4 = ort_run(_int4_reference(model, gemms), {"input": x})[0]
+    from converters.int4 import PER_CHANNEL, plan_rtn
+    ref4 = ort_run(plan_rtn(model, PER_CHANNEL).apply(model), {"input": x})[0]       # the int4-rounded network
     ref32 = ort_run(model, {"input": x})[0]
     out4 = run_tflite(i4.path, x)[0]
     span = float(ref32.max() - ref32.min())

@@ -79,10 +79,11 @@ def main() -> None:
         mlp = tmp / "mlp.onnx"
         onnx.save(with_metadata(build_mlp(in_features=256, use_gemm=True), PRESETS["raw"]), str(mlp))
         # the MLP takes [N, 256]: size only, measured on the emitter directly
-        from converters.quantize_onnx import quantize_int4
         from converters.clean import clean_model
+        from converters.emitters.onnx_int4 import store_plan
+        from converters.int4 import BLOCK32, plan_rtn
         m_clean = clean_model(onnx.load(str(mlp)))
-        q4, _ = quantize_int4(m_clean)
+        q4, _ = store_plan(m_clean, plan_rtn(m_clean, BLOCK32))
         rows.append(("MLP (Gemm, 3.4M params) int4 / fp32 size",
                      f"{len(q4.SerializeToString()) / len(m_clean.SerializeToString()):.3f}x", "<= 0.17x"))
 

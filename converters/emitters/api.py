@@ -46,6 +46,7 @@ class EmitRequest:
     labels: list[str] | None = None
     task: str = "classify"
     profile: dict[str, Any] = field(default_factory=dict)   # the device profile (as a dict)
+    int4: Any = None                  # converters.int4.Int4Plan for "int4" (None: the emitter rounds to nearest)
 
 
 @dataclass

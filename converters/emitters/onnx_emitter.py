@@ -29,11 +29,22 @@ def _int8(req: EmitRequest) -> tuple[onnx.ModelProto, list[str]]:
     return model, notes
 
 
-def _int4(req: EmitRequest) -> tuple[onnx.ModelProto, list[str]]:
-    return quantize_onnx.quantize_int4(req.model)
+def _int4(req: EmitRequest) -> tuple[onnx.ModelProto, list[str], dict]:
+    from ..int4 import artifact_details, plan_for
+    from .onnx_int4 import read_integers, store_plan
+    plan = plan_for(req.int4, req.model, "onnx")
+    model, counts = store_plan(req.model, plan)
+    bits = plan.bits_summary()
+    notes = [f"int4 weights ({plan.method}, {plan.granularity.name}): {bits['4']} layers at 4 bits, {bits['8']} at 8 bits; "
+             f"{counts['matmul_nbits']} MatMul/Gemm as MatMulNBits, {counts['conv_dq'] + counts['dense_dq']} as "
+             "blocked DequantizeLinear (opset 21). A size recipe: ONNX Runtime dequantizes Conv weights to float"]
+    if plan.skipped:
+        notes.append(f"left float: {', '.join(plan.skipped[:5])}")
+    return model, notes, artifact_details(plan, read_integers(model))
 
 
-RECIPES: dict[str, Callable[[EmitRequest], tuple[onnx.ModelProto, list[str]]]] = {
+# recipe -> (model, notes[, extra manifest details])
+RECIPES: dict[str, Callable[[EmitRequest], tuple]] = {
     "fp32": _fp32, "fp16": _fp16, "int8": _int8, "int4": _int4,
 }
 
@@ -44,10 +55,11 @@ def emit(req: EmitRequest) -> EmittedArtifact:
     recipe = RECIPES.get(req.precision)
     if recipe is None:
         raise EdgeInferError(f"ONNX precision {req.precision!r} is not one of {', '.join(RECIPES)}")
-    model, notes = recipe(req)
+    model, notes, *extra = recipe(req)
     onnx.save(model, str(req.out_path))
     ops: dict[str, int] = {}
     for n in model.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    details = {"op_counts": ops, **(extra[0] if extra else {})}
     return EmittedArtifact(path=req.out_path, format="onnx", precision=req.precision, input_layout="NCHW",
-                           io_dtype="float32", notes=notes, details={"op_counts": ops})
+                           io_dtype="float32", notes=notes, details=details)

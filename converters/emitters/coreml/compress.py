@@ -2,9 +2,7 @@
 
 ``compress(mlmodel, precision, options, target)`` returns ``(model, notes)``:
   precision "int8"           linear symmetric per-channel int8 weights
-  precision "int4"           4-bit palettization (k-means when scikit-learn is installed, else
-                             uniform) or, with ``options["int4_mode"] == "linear_block"``, int4
-                             per-block linear quantization (needs an iOS18/macOS15 target)
+  (precision "int4" is not here: it stores the shared int4 plan, see ``coreml/int4.py``)
   options["palettize"] = n   n-bit palettization on top of fp16/fp32 (n in 1,2,3,4,6,8)
   options["prune"] = s       magnitude pruning to sparsity s (0 < s < 1), applied first
 Weights with fewer than ``options["weight_threshold"]`` elements (default 512) stay float.
@@ -71,15 +69,6 @@ def compress(model, precision: str, options: dict, target_is_ios18: bool):
         notes.append(n)
     if precision == "int8":
         model, n = linear(model, "int8", "per_channel", thr)
-        notes.append(n)
-    elif precision == "int4":
-        if options.get("int4_mode", "palettize") == "linear_block":
-            if not target_is_ios18:
-                raise EdgeInferError("Core ML int4 per-block quantization needs deployment target iOS18/macOS15 or newer; "
-                                     "set runtime.coreml_target or use int4_mode=palettize")
-            model, n = linear(model, "int4", "per_block", thr, int(options.get("block_size", 32)))
-        else:
-            model, n = palettize(model, 4, options, thr)
         notes.append(n)
     elif options.get("palettize"):
         model, n = palettize(model, int(options["palettize"]), options, thr)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeinfer.errors import EdgeInferError
+from edgeinfer.errors import EdgeInferError, NotSupportedYet
 
 from ..api import EmitRequest, EmittedArtifact
 
@@ -40,7 +40,7 @@ import coremltools as ct  # noqa: E402
 from . import compress as _compress  # noqa: E402
 from .activation_quant import quantize_activations  # noqa: E402
 from .fp32_islands import op_selector, parse_groups  # noqa: E402
-from .onnx_to_mil import build_program, check_supported  # noqa: E402
+from .onnx_to_mil import build_program, check_supported, mil_name  # noqa: E402
 
 TARGETS = {"iOS16": ct.target.iOS16, "iOS17": ct.target.iOS17, "iOS18": ct.target.iOS18,
            "macOS13": ct.target.macOS13, "macOS14": ct.target.macOS14, "macOS15": ct.target.macOS15}
@@ -209,9 +209,41 @@ def convert(request: EmitRequest):
         cal = request.calibration
         mlmodel, n = quantize_activations(mlmodel, cal.ranges, img, cal.method, request.options.get("w8a8_mode", "linear_symmetric"))
         notes.append(n)
-    mlmodel, cnotes = _compress.compress(mlmodel, request.precision, request.options, target in _IOS18_LEVEL)
+    if request.precision == "int4":
+        mlmodel, cnotes = _store_int4(request, mlmodel, built, img, target)
+    else:
+        mlmodel, cnotes = _compress.compress(mlmodel, request.precision, request.options, target in _IOS18_LEVEL)
     notes += cnotes
     return mlmodel, built, img, target, notes
+
+
+def mil_layer_names(model) -> dict[str, str]:
+    """MIL op name -> ONNX node name for the weighted nodes (the op is named after the node's output)."""
+    return {mil_name(n.output[0]): n.name or n.output[0] for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+
+
+def _store_int4(request: EmitRequest, mlmodel, built, img, target: str):
+    """The shared int4 plan as per-block int4 weights (iOS18+); other targets cannot store it."""
+    from ...int4 import plan_for
+    from .int4 import store_plan
+    if target not in _IOS18_LEVEL:
+        raise NotSupportedYet(f"Core ML int4 stores per-block int4 weights (constexpr_blockwise_shift_scale), which needs "
+                              f"deployment target iOS18/macOS15; this profile targets {target}. Use int8 (or fp16 with "
+                              "palettization) for it, or a profile with runtime.coreml_target = \"iOS18\"")
+    plan = plan_for(request.int4, request.model, "coreml")
+    mlmodel = store_plan(mlmodel, plan, mil_layer_names(request.model), None if img is None else img.channel_scale,
+                         built.folded_conv)
+    bits = plan.bits_summary()
+    return mlmodel, [f"int4 weights ({plan.method}, {plan.granularity.name}, constexpr_blockwise_shift_scale): "
+                     f"{bits['4']} layers at 4 bits, {bits['8']} at 8 bits; compute in fp16"]
+
+
+def _check_int4(request: EmitRequest, out: Path) -> dict:
+    from ...int4 import artifact_details, plan_for
+    from .int4 import node_of, read_integers
+    names = mil_layer_names(request.model)
+    stored = {node_of(k, names) or k: v for k, v in read_integers(out).items()}
+    return artifact_details(plan_for(request.int4, request.model, "coreml"), stored)
 
 
 def emit(request: EmitRequest) -> EmittedArtifact:
@@ -222,6 +254,8 @@ def emit(request: EmitRequest) -> EmittedArtifact:
         mlmodel.save(str(out))
         from .verify import check_structure
         facts = check_structure(out)
+        if request.precision == "int4":
+            facts.update(_check_int4(request, out))
     except Exception:
         shutil.rmtree(out, ignore_errors=True)
         raise

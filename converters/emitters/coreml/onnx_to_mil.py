@@ -519,6 +519,7 @@ class BuiltProgram:
     input_shape: tuple[int, ...]
     output_names: list[str]
     notes: list[str]
+    folded_conv: str | None = None     # ONNX node whose weights carry the folded per-channel input scale
 
 
 def build_program(model: onnx.ModelProto, opset_version, input_scale: np.ndarray | None = None) -> BuiltProgram:
@@ -577,4 +578,5 @@ def build_program(model: onnx.ModelProto, opset_version, input_scale: np.ndarray
         func.set_outputs(outputs)
     prog = Program()
     prog.add_function("main", func)
-    return BuiltProgram(prog, in_name, shape, [mil_name(o.name) for o in g.output], notes)
+    folded = (consumers[0].name or consumers[0].output[0]) if fold_into_conv else None
+    return BuiltProgram(prog, in_name, shape, [mil_name(o.name) for o in g.output], notes, folded)

@@ -2,8 +2,8 @@
 
 Precisions (``request.precision``): "fp32"; "fp16" (float16 weights + DEQUANTIZE); "int8"
 full-integer with ``request.calibration.ranges`` (``options["int8_mode"] = "dynamic"`` for
-dynamic-range int8 instead); "int4" (full-integer int8 with int4 FULLY_CONNECTED weights: a size
-recipe). Options: ``io_dtype`` "float32" (default) | "int8" | "uint8" for full-integer models.
+dynamic-range int8 instead); "int4" (full-integer int8 activations, weights from the shared int4 plan
+``request.int4``: per-channel int4/int8 convolutions, per-tensor FULLY_CONNECTED; a size recipe). Options: ``io_dtype`` "float32" (default) | "int8" | "uint8" for full-integer models.
 The input layout (``request.input_layout``) is written into the model metadata under
 ``edgeinfer_layout``; the file is written only when the whole graph converted.
 """
@@ -24,8 +24,8 @@ from .prepare import constants_from_nodes, fold_batchnorm, pin_batch, plan_fusio
 
 LAYOUT_METADATA = "edgeinfer_layout"
 SKIPPED = {"Constant"}
-INT4_NOTE = ("int4: only FULLY_CONNECTED weights are stored as int4 (the op LiteRT accepts int4 weights for); "
-             "convolutions stay int8 and activations int8. A size recipe, not a speed-up.")
+INT4_NOTE = ("int4 weights ({method}, per output channel; FULLY_CONNECTED per tensor, as tflite-runtime 2.14 needs): "
+             "{four} layers at 4 bits, {eight} at 8 bits; activations int8. A size recipe, not a speed-up.")
 
 
 def _mode(request: EmitRequest) -> str:
@@ -67,9 +67,13 @@ def build(request: EmitRequest) -> tuple[bytes, Converter, str]:
     ranges = None
     if mode in ("int8", "int4"):
         if request.calibration is None:
-            raise EdgeInferError("TFLite emitter: full-integer int8 needs calibration ranges (pass calibration images)")
+            raise EdgeInferError(f"TFLite emitter: {mode} (full-integer, int8 activations) needs calibration ranges: "
+                                 "pass --calib images")
         ranges = request.calibration.ranges
     ctx = Converter(model, mode, ranges, io_dtype)
+    if mode == "int4":
+        from ...int4 import plan_for
+        ctx.int4_plan = plan_for(request.int4, model, "tflite")
     float_nodes = set(request.options.get("nodes_to_exclude") or ()) if ctx.quantized else set()
     ctx.pinned_batch = pinned
     ctx.shapes = static_shapes(model)
@@ -160,9 +164,17 @@ def emit(request: EmitRequest) -> EmittedArtifact:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, out)
-    notes = []
+    notes, extra = [], {}
     if ctx.mode == "int4":
-        notes.append(INT4_NOTE if ctx.int4_ops else "int4: no FULLY_CONNECTED layer here, so every weight stayed int8 (same file as int8)")
+        from ...int4 import artifact_details
+        from .stored_weights import read_integers
+        try:
+            extra = artifact_details(ctx.int4_plan, read_integers(out))
+        except Exception:
+            out.unlink(missing_ok=True)
+            raise
+        bits = ctx.int4_plan.bits_summary()
+        notes.append(INT4_NOTE.format(four=bits["4"], eight=bits["8"], method=ctx.int4_plan.method))
     notes.extend(ctx.notes)
     if ctx.float_nodes:
         notes.append(f"{len(ctx.float_nodes)} node(s) kept in float inside the int8 graph: {', '.join(ctx.float_nodes[:8])}")
@@ -177,5 +189,5 @@ def emit(request: EmitRequest) -> EmittedArtifact:
         path=out, format="tflite", precision=request.precision, input_layout=request.input_layout.upper(),
         io_dtype=io_dtype, notes=notes,
         details={"op_counts": dict(ctx.b.op_counts), "op_versions": ctx.b.opcode_versions(),
-                 "mode": ctx.mode, "int4_ops": sorted(ctx.int4_ops), "float_nodes": list(ctx.float_nodes), "seconds": round(elapsed, 3)},
+                 "mode": ctx.mode, "int4_ops": sorted(ctx.int4_ops), "float_nodes": list(ctx.float_nodes), "seconds": round(elapsed, 3), **extra},
     )

@@ -23,11 +23,23 @@ def _quantize(w: np.ndarray, axis: int | None, bits: int) -> tuple[np.ndarray, n
     return quantize_weights_per_channel(w, axis, bits)
 
 
+def planned(ctx: Converter, node, layout) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """The int4 plan's (integers in the TFLite layout, per-channel scales [O], bits) for ``node``, or
+    None outside int4 mode / for layers the plan leaves float. ``layout`` maps the plan's ONNX-layout
+    integers to the TFLite layout (the same transform the float weight gets)."""
+    lq = ctx.int4_plan.get(node.name or node.output[0]) if ctx.int4_plan is not None else None
+    if lq is None or node.input[1] != lq.layer.weight:      # not planned, or rewritten here (BN folded)
+        return None
+    q = lq.layer.from_matrix(lq.q) if lq.layer.op == "Conv" else lq.q        # conv: OIHW; dense: [N, K]
+    return np.ascontiguousarray(layout(q)), lq.scales[:, 0].astype(np.float32), lq.bits
+
+
 def weights(ctx: Converter, w: np.ndarray, bias: np.ndarray | None, axis: int | None, x_tensor: int,
-            hint: str, op: str, int4_ok: bool = False) -> tuple[int, int, list[str]]:
+            hint: str, op: str, pre: tuple[np.ndarray, np.ndarray, int] | None = None) -> tuple[int, int, list[str]]:
     """(filter tensor, bias tensor or -1, version features) for a conv / fully-connected op.
 
     ``w`` is already in the TFLite layout, ``axis`` its output-channel axis (None = per-tensor).
+    ``pre``: the int4 plan's (integers in the same layout, per-channel scales, bits), stored as given.
     """
     w = np.asarray(w, np.float32)
     if ctx.mode in ("fp32", "fp16"):
@@ -38,8 +50,13 @@ def weights(ctx: Converter, w: np.ndarray, bias: np.ndarray | None, axis: int | 
         wt = ctx.b.add_const(hint + "_weights", q, quant_params(s, np.zeros_like(s, np.int64), axis or 0))
         b = ctx.b.add_const(hint + "_bias", np.asarray(bias, np.float32)) if bias is not None else -1
         return wt, b, ["hybrid"]
-    use4 = ctx.mode == "int4" and int4_ok
-    q, s = _quantize(w, axis, 4 if use4 else 8)
+    if pre is not None:
+        q, s, bits = pre
+        s = s[:1] if axis is None else s
+        use4 = bits == 4
+    else:                                          # int8 (also what an int4 plan leaves unplanned)
+        use4 = False
+        q, s = _quantize(w, axis, 8)
     if use4:
         ctx.int4_ops.add(op)
     wt = ctx.b.add_const(hint + "_weights", q, quant_params(s, np.zeros_like(s, np.int64), axis or 0), int4=use4)

@@ -5,7 +5,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
 from ..context import NHWC, Converter, attrs
-from ..weights import weights
+from ..weights import planned, weights
 from .spatial import pad_nhwc, window
 
 
@@ -25,30 +25,33 @@ def conv(ctx: Converter, index: int, node) -> None:
     out = ctx.new_value(out_name, ctx.shape(node.output[0]), NHWC)
     (sh, sw), (dh, dw) = geo["strides"], geo["dilations"]
     hint = node.name or node.output[0]
+    pre = planned(ctx, node, lambda q: q)                                  # int4 plan integers, OIHW
     if group == 1:
-        _conv2d(ctx, xin, w, bias, out.tensor, padding, sh, sw, dh, dw, act, hint)
+        _conv2d(ctx, xin, w, bias, out.tensor, padding, sh, sw, dh, dw, act, hint, pre)
     elif group == cin and cin_g == 1:
         o = fb.DepthwiseConv2DOptionsT()
         o.padding, o.strideH, o.strideW, o.dilationHFactor, o.dilationWFactor = padding, sh, sw, dh, dw
         o.depthMultiplier, o.fusedActivationFunction = cout // cin, act
-        filt = w.reshape(cout, kh, kw).transpose(1, 2, 0)[None]          # [1, kh, kw, cout]
-        wt, bt, feats = weights(ctx, filt, bias, 3, xin, hint, "DEPTHWISE_CONV_2D")
+        dw_layout = lambda a: a.reshape(cout, kh, kw).transpose(1, 2, 0)[None]   # noqa: E731 [1, kh, kw, cout]
+        pre = None if pre is None else (np.ascontiguousarray(dw_layout(pre[0])), pre[1], pre[2])
+        wt, bt, feats = weights(ctx, dw_layout(w), bias, 3, xin, hint, "DEPTHWISE_CONV_2D", pre=pre)
         if (dh, dw) != (1, 1):
             feats.append("dilation")
         ctx.b.add_op("DEPTHWISE_CONV_2D", [xin, wt, bt], [out.tensor], o, ctx.version("DEPTHWISE_CONV_2D", *feats))
     else:
-        _grouped(ctx, xin, w, bias, group, out.tensor, padding, (sh, sw, dh, dw), act, hint)
+        _grouped(ctx, xin, w, bias, group, out.tensor, padding, (sh, sw, dh, dw), act, hint, pre)
 
 
-def _conv2d(ctx: Converter, xin: int, w, bias, out: int, padding, sh, sw, dh, dw, act, hint) -> None:
+def _conv2d(ctx: Converter, xin: int, w, bias, out: int, padding, sh, sw, dh, dw, act, hint, pre=None) -> None:
     o = fb.Conv2DOptionsT()
     o.padding, o.strideH, o.strideW, o.dilationHFactor, o.dilationWFactor = padding, sh, sw, dh, dw
     o.fusedActivationFunction = act
-    wt, bt, feats = weights(ctx, w.transpose(0, 2, 3, 1), bias, 0, xin, hint, "CONV_2D")   # OHWI
+    pre = None if pre is None else (np.ascontiguousarray(pre[0].transpose(0, 2, 3, 1)), pre[1], pre[2])
+    wt, bt, feats = weights(ctx, w.transpose(0, 2, 3, 1), bias, 0, xin, hint, "CONV_2D", pre=pre)   # OHWI
     ctx.b.add_op("CONV_2D", [xin, wt, bt], [out], o, ctx.version("CONV_2D", *feats))
 
 
-def _grouped(ctx: Converter, xin: int, w, bias, group: int, out: int, padding, geo, act, hint) -> None:
+def _grouped(ctx: Converter, xin: int, w, bias, group: int, out: int, padding, geo, act, hint, pre=None) -> None:
     """Groups that are neither 1 nor depthwise: split channels, one CONV_2D per group, concatenate."""
     n, h, wd, c = ctx.b.shape(xin)
     cg, og = c // group, w.shape[0] // group
@@ -60,7 +63,9 @@ def _grouped(ctx: Converter, xin: int, w, bias, group: int, out: int, padding, g
     pieces_out = []
     for g in range(group):
         po = ctx.scratch(f"{hint}_g{g}_out", oshape[:3] + [og], out)
-        _conv2d(ctx, pieces_in[g], w[g * og:(g + 1) * og], bias[g * og:(g + 1) * og], po, padding, *geo, act, f"{hint}_g{g}")
+        part = None if pre is None else (pre[0][g * og:(g + 1) * og], pre[1][g * og:(g + 1) * og], pre[2])
+        _conv2d(ctx, pieces_in[g], w[g * og:(g + 1) * og], bias[g * og:(g + 1) * og], po, padding, *geo, act,
+                f"{hint}_g{g}", part)
         pieces_out.append(po)
     co = fb.ConcatenationOptionsT()
     co.axis = 3

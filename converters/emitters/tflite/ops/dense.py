@@ -5,7 +5,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
 from ..context import Converter, attrs
-from ..weights import weights
+from ..weights import planned, weights
 
 
 def _fully_connected(ctx: Converter, index: int, node, x_tensor: int, w_nk: np.ndarray, bias, keep_dims: bool) -> None:
@@ -15,7 +15,8 @@ def _fully_connected(ctx: Converter, index: int, node, x_tensor: int, w_nk: np.n
     o.fusedActivationFunction, o.keepNumDims = act, keep_dims
     # per-tensor weights in the integer modes: per-channel FULLY_CONNECTED is newer than tflite-runtime 2.14
     axis = 0 if ctx.mode in ("fp32", "fp16") else None
-    wt, bt, feats = weights(ctx, w_nk, bias, axis, x_tensor, node.name or node.output[0], "FULLY_CONNECTED", int4_ok=True)
+    pre = planned(ctx, node, lambda q: q)                                   # int4 plan integers, [N, K]
+    wt, bt, feats = weights(ctx, w_nk, bias, axis, x_tensor, node.name or node.output[0], "FULLY_CONNECTED", pre=pre)
     if keep_dims:
         feats.append("keep_num_dims")
     ctx.b.add_op("FULLY_CONNECTED", [x_tensor, wt, bt], [out.tensor], o, ctx.version("FULLY_CONNECTED", *feats))

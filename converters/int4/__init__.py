@@ -1,0 +1,137 @@
+"""INT4 weight math shared by every emitter: which layers, which integers, which bit-width.
+
+    plans = build_plans(model, [BLOCK32, PER_CHANNEL], calib_samples, target=0.9, agreement=fn)
+    plan = plans["block32"]          # -> EmitRequest.int4 for the ONNX and Core ML emitters
+
+* ``layers``: the Conv/Gemm/MatMul weights as ``[out, K]`` matrices, granularity per format;
+* ``hessian``: the layers' input statistics on the calibration samples (one ORT pass);
+* ``gptq``: error-compensating rounding (GPTQ) with per-block scales; RTN without data;
+* ``mixed``: which layers stay at 8 bits, by measured sensitivity, until ``target`` is met;
+* ``plan``: the result (integers, scales, bits per layer), applied to a float model for search
+  and checked against what each artifact stores.
+Emitters only store a plan (each in its own format); none of them rounds weights itself.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from edgeinfer.errors import EdgeInferError
+from edgeinfer.progress import Progress
+
+from . import hessian, mixed
+from .gptq import quantize_matrix
+from .layers import BLOCK32, FORMAT_GRANULARITY, PER_CHANNEL, Granularity, Layer, block_channels, find_layers, per_tensor, weight_of
+from .plan import Int4Plan, LayerQuant
+
+MAX_STAT_SAMPLES = 128
+
+
+def quantize_layer(layer: Layer, w: np.ndarray, h: np.ndarray | None, bits: int, gran: Granularity) -> LayerQuant:
+    block = block_channels(layer, gran)
+    pt = per_tensor(layer, gran)
+    q, s = quantize_matrix(layer.to_matrix(w), h, bits, block * layer.kernel, pt)
+    return LayerQuant(layer, bits, block, pt, q, s)
+
+
+def _candidates(model, layers, hs, gran: Granularity, bits: int) -> dict[str, LayerQuant]:
+    return {l.node: quantize_layer(l, weight_of(model, l), None if hs is None else hs[l.node], bits, gran) for l in layers}
+
+
+def plan_rtn(model: onnx.ModelProto, gran: Granularity, bits: int = 4) -> Int4Plan:
+    """Data-free plan: every layer rounded to nearest at ``bits`` (used when no plan was computed)."""
+    layers, skipped = find_layers(model)
+    if not layers:
+        raise EdgeInferError("int4 found no Conv, Gemm or MatMul weights to quantize in this model")
+    return Int4Plan(gran, _candidates(model, layers, None, gran, bits), skipped, "rtn")
+
+
+def build_plans(model: onnx.ModelProto, grans: list[Granularity], samples: np.ndarray, *, target: float,
+                agreement: Callable[[list[np.ndarray], list[np.ndarray]], float], mixed_search: bool = True,
+                progress: bool = True) -> dict[str, Int4Plan]:
+    """One plan per granularity (name -> plan): GPTQ on ``samples`` at 4 and 8 bits, then the
+    4/8 mix meeting ``target`` agreement on the same samples. Raises when no mix meets it."""
+    t0 = time.perf_counter()
+    layers, skipped = find_layers(model)
+    if not layers:
+        raise EdgeInferError("int4 found no Conv, Gemm or MatMul weights to quantize in this model")
+    stat = np.asarray(samples[:MAX_STAT_SAMPLES], np.float32)
+    hs = hessian.collect(model, layers, stat, progress=progress)
+    plans = {}
+    for gran in dict.fromkeys(grans):
+        cands = {}
+        with Progress(f"int4: GPTQ ({gran.name})", 2 * len(layers), progress) as bar:
+            for bits in (4, 8):
+                cands[bits] = {}
+                for l in layers:
+                    cands[bits][l.node] = quantize_layer(l, weight_of(model, l), hs[l.node], bits, gran)
+                    bar.update()
+        base = Int4Plan(gran, dict(cands[4]), skipped, "gptq")
+        if not mixed_search:
+            plans[gran.name] = base
+            continue
+        res = mixed.search(model, base, cands, stat, target, agreement, progress=progress)
+        plan = Int4Plan(gran, {n: cands[b][n] for n, b in res.bits.items()}, skipped, "gptq")
+        plan.search = {"target": target, "agreement_on_calibration": round(res.agreement, 4), "met": res.met,
+                       "inputs": int(len(stat)), "evaluations": res.evaluations, "curve": res.curve,
+                       "most_sensitive": [n for n, _ in sorted(res.sensitivity, key=lambda r: -r[1])[:5]],
+                       "seconds": round(time.perf_counter() - t0, 1)}
+        if not res.met:
+            raise EdgeInferError(
+                f"int4 ({gran.name}): no 4/8-bit mix reaches agreement {target} with fp32 on the calibration images; "
+                f"the best mix ({plan.bits_summary()['8']} of {len(layers)} layers at 8 bits, "
+                f"{plan.weight_bytes() / 1e6:.2f} MB of weights) reaches {res.agreement:.4f}. "
+                "Lower --min-agreement, or use int8")
+        plans[gran.name] = plan
+        if progress:
+            print(f"int4 ({gran.name}): {plan.bits_summary()['8']} of {len(layers)} layers at 8 bits, "
+                  f"agreement {res.agreement:.4f} on calibration inputs", file=sys.stderr, flush=True)
+    return plans
+
+
+def plan_for(plan: Int4Plan | None, model: onnx.ModelProto, fmt: str) -> Int4Plan:
+    """An emitter's plan: the shared one, or a data-free round-to-nearest one at the format's granularity."""
+    gran = FORMAT_GRANULARITY[fmt]
+    plan = plan or plan_rtn(model, gran)
+    if plan.granularity != gran:
+        raise EdgeInferError(f"int4 plan granularity {plan.granularity.name} is not the {fmt} one ({gran.name})")
+    return plan
+
+
+def artifact_details(plan: Int4Plan, stored: dict[str, tuple[int, np.ndarray]]) -> dict:
+    """Manifest details of an int4 artifact: the plan, and the check that ``stored`` (the integers
+    read back from the written artifact) are the plan's; a mismatch is an emitter bug and raises."""
+    check = plan.compare(stored)
+    if not check["same_as_plan"]:
+        raise EdgeInferError(f"int4: the artifact does not store the plan's integers (differ: {check['differ']}, "
+                             f"missing: {check['missing']}); give the emitter the cleaned graph the plan was made "
+                             "from (BatchNormalization folded: converters.clean.clean_model)")
+    return {"int4": plan.to_manifest(), "int4_check": check}
+
+
+def check_floor(figures: dict, task: str, minimum: float | None, artifact_name: str, plan: Int4Plan | None) -> None:
+    """No int4 artifact below the agreement floor (``--min-agreement``, else the default floor shared
+    by every lossy recipe): the error names the figure and the best mix the search found."""
+    from ..verify import AGREEMENT_KEY, DEFAULT_AGREEMENT_FLOOR
+    floor = DEFAULT_AGREEMENT_FLOOR if minimum is None else minimum
+    key = AGREEMENT_KEY[task]
+    value = figures.get(key)
+    if value is not None and value >= floor:
+        return
+    mix = ""
+    if plan is not None:
+        b = plan.bits_summary()
+        mix = (f"; the best mix kept {b['8']} of {b['4'] + b['8']} layers at 8 bits "
+               f"({plan.weight_bytes() / 1e6:.2f} MB of weights)")
+        if plan.search:
+            mix += f" and reached {plan.search['agreement_on_calibration']} on the calibration images"
+    raise EdgeInferError(f"{artifact_name}: int4 {key} {value if value is None else round(value, 4)} on held-out inputs is "
+                         f"below the floor {floor}{mix}; nothing was written. Use int8, or lower --min-agreement")
+
+
+__all__ = ["BLOCK32", "PER_CHANNEL", "FORMAT_GRANULARITY", "Granularity", "Int4Plan", "LayerQuant", "build_plans",
+           "plan_rtn", "plan_for", "check_floor", "artifact_details", "quantize_layer", "find_layers"]

@@ -1,0 +1,86 @@
+"""Input second moments ``H = X^T X`` of every quantizable layer, from calibration samples.
+
+One ONNX Runtime pass per batch exposes every layer's input tensor; convolution inputs are
+unfolded (im2col, the layer's pads/strides/dilations/groups) into rows of ``K`` values in the
+weight's column order. At most ``max_rows`` random rows per batch and layer are kept, which
+bounds the cost on large feature maps without biasing the estimate.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from edgeinfer.progress import Progress
+
+from ..load import real_inputs
+from ..ort_session import cpu_session
+from .layers import Layer, conv_node_attrs
+
+BATCH = 8
+
+
+def _im2col(x: np.ndarray, layer: Layer, a: dict) -> np.ndarray:
+    """[rows, G, K/G... ] -> returns [rows, G, Cg*kh*kw] for an NCHW input."""
+    kh, kw = layer.shape[2], layer.shape[3]
+    sh, sw = a.get("strides", [1, 1])
+    dh, dw = a.get("dilations", [1, 1])
+    auto = a.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    n, c, h, w = x.shape
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = []
+        for size, k, s, d in ((h, kh, sh, dh), (w, kw, sw, dw)):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            pads.append((lo, total - lo))
+        (pt, pb), (pl, pr) = pads
+    else:
+        pt, pl, pb, pr = a.get("pads", [0, 0, 0, 0])
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]                       # [N, C, Ho, Wo, kh, kw]
+    g = layer.groups
+    cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, g, (c // g) * kh * kw)
+    return cols
+
+
+def _rows(x: np.ndarray, layer: Layer, a: dict | None) -> np.ndarray:
+    """Rows [R, G, K] of the layer input."""
+    if layer.op == "Conv":
+        return _im2col(x, layer, a)
+    return x.reshape(-1, 1, x.shape[-1])
+
+
+def collect(model: onnx.ModelProto, layers: list[Layer], samples: np.ndarray, *, max_rows: int = 2048,
+            seed: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
+    """layer node name -> H [G, K, K] (float64, averaged over rows)."""
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    known = {o.name for o in probe.graph.output}
+    wanted = list(dict.fromkeys(l.input for l in layers))
+    for name in wanted:
+        if name not in known:
+            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    sess = cpu_session(probe)
+    feed = real_inputs(model)[0].name
+    fixed = sess.get_inputs()[0].shape[0]
+    step = 1 if fixed == 1 else BATCH
+    attrs = {l.node: conv_node_attrs(model, l) if l.op == "Conv" else None for l in layers}
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    rng = np.random.default_rng(seed)
+    with Progress("int4: layer statistics", len(samples), progress) as bar:
+        for i in range(0, len(samples), step):
+            outs = dict(zip(wanted, sess.run(wanted, {feed: samples[i:i + step]})))
+            for l in layers:
+                r = _rows(outs[l.input].astype(np.float32), l, attrs[l.node])
+                if len(r) > max_rows:
+                    r = r[np.sort(rng.choice(len(r), max_rows, replace=False))]
+                if r.shape[1] == 1:                                  # float32 products, float64 sums
+                    h = (r[:, 0].T @ r[:, 0])[None].astype(np.float64)
+                else:
+                    h = np.einsum("rgk,rgl->gkl", r, r, optimize=True).astype(np.float64)
+                sums[l.node] = sums.get(l.node, 0) + h
+                counts[l.node] = counts.get(l.node, 0) + len(r)
+            bar.update(len(samples[i:i + step]))
+    return {k: v / max(counts[k], 1) for k, v in sums.items()}

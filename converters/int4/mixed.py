@@ -1,0 +1,103 @@
+"""Mixed 4/8 bits by measured sensitivity, until an agreement target is met.
+
+1. the all-int4 mix is measured (``agreement`` of the simulated model with fp32 on the search
+   inputs); if it meets ``target`` it is kept;
+2. each layer's sensitivity is measured alone (only that layer at 4 bits, the rest float): the
+   relative squared error of the model's first output;
+3. layers are ranked by sensitivity per byte that 8 bits costs over 4, and the smallest prefix
+   of that ranking kept at 8 bits that meets ``target`` is found by bisection (the agreement
+   grows with the prefix); every measured mix is a point of the size/agreement curve.
+If even all-8-bit misses the target, ``MixResult.met`` is False and the best mix is reported.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from edgeinfer.progress import Progress
+
+from ..verify import run_reference
+from .plan import Int4Plan, LayerQuant
+
+Agreement = Callable[[list[np.ndarray], list[np.ndarray]], float]
+
+
+@dataclass
+class MixResult:
+    bits: dict[str, int]                    # node -> 4 | 8
+    agreement: float
+    met: bool
+    curve: list[dict] = field(default_factory=list)   # {"layers_8bit", "weight_bytes", "agreement"}
+    sensitivity: list[tuple[str, float]] = field(default_factory=list)
+    evaluations: int = 0
+
+
+def _plan(base: Int4Plan, cands: dict[int, dict[str, LayerQuant]], bits: dict[str, int]) -> Int4Plan:
+    return Int4Plan(base.granularity, {n: cands[b][n] for n, b in bits.items()}, base.skipped, base.method)
+
+
+def rel_error(ref: np.ndarray, out: np.ndarray) -> float:
+    ref = ref.astype(np.float64)
+    return float(((out - ref) ** 2).sum() / max((ref ** 2).sum(), 1e-30))
+
+
+def search(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, LayerQuant]], samples: np.ndarray,
+           target: float, agreement: Agreement, *, sens_samples: int = 32, progress: bool = True) -> MixResult:
+    """The mix of 4/8 bits (see module docstring). ``cands[bits][node]`` are the per-layer
+    quantizations to choose from; ``agreement(reference_outputs, outputs)`` scores a model."""
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    nodes = list(cands[4])
+    ref = run_reference(model, samples)
+    res = MixResult({n: 4 for n in nodes}, float("nan"), False)
+
+    def measure(bits: dict[str, int]) -> float:
+        res.evaluations += 1
+        plan = _plan(base, cands, bits)
+        a = float(agreement(ref, run_reference(plan.apply(model), samples)))
+        res.curve.append({"layers_8bit": sum(1 for b in bits.values() if b == 8), "weight_bytes": plan.weight_bytes(),
+                          "agreement": round(a, 4)})
+        return a
+
+    res.agreement = measure(res.bits)
+    say(f"int4: all {len(nodes)} layers at 4 bits -> agreement {res.agreement:.4f} on {len(samples)} "
+        f"calibration inputs (target {target})")
+    if res.agreement >= target:
+        res.met = True
+        return res
+    sub = samples[:sens_samples]
+    ref_sub = run_reference(model, sub)[0]
+    with Progress("int4: layer sensitivity", len(nodes), progress) as bar:
+        for n in nodes:
+            one = Int4Plan(base.granularity, {n: cands[4][n]}, base.skipped, base.method)
+            res.sensitivity.append((n, rel_error(ref_sub, run_reference(one.apply(model), sub)[0])))
+            res.evaluations += 1
+            bar.update()
+    cost = {n: max(cands[8][n].nbytes - cands[4][n].nbytes, 1) for n in nodes}
+    sens = dict(res.sensitivity)
+    order = sorted(nodes, key=lambda n: -sens[n] / cost[n])
+
+    def mix(k: int) -> dict[str, int]:
+        promoted = set(order[:k])
+        return {n: 8 if n in promoted else 4 for n in nodes}
+
+    best_k, best_a = len(nodes), measure(mix(len(nodes)))
+    if best_a < target:
+        res.bits, res.agreement = mix(len(nodes)), best_a
+        say(f"int4: even all layers at 8 bits reach only {best_a:.4f} < target {target}")
+        return res
+    lo, hi = 0, len(nodes)        # mix(lo) misses the target, mix(hi) meets it
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        a = measure(mix(mid))
+        say(f"int4: {mid} most sensitive layers at 8 bits -> agreement {a:.4f}")
+        if a >= target:
+            hi, best_a = mid, a
+        else:
+            lo = mid
+    best_k = hi
+    res.bits, res.agreement, res.met = mix(best_k), best_a, True
+    return res

@@ -1,0 +1,142 @@
+"""INT4: GPTQ rounding, one plan stored identically by every emitter, mixed 4/8 bits, the floor."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DIGITS
+from tflite_util import calibration, ort_run, tiny_cnn
+
+from converters.clean import clean_model
+from converters.emitters.api import EmitRequest
+from converters.int4 import BLOCK32, PER_CHANNEL, build_plans, find_layers, plan_rtn
+from converters.int4.gptq import dequantize, quantize_matrix
+from converters.int4.mixed import search
+from converters.int4.plan import Int4Plan
+from converters.pipeline import ConvertOptions, convert
+from edgeinfer.errors import EdgeInferError
+
+
+def _correlated_inputs(k: int, n: int = 4096, seed: int = 0) -> np.ndarray:
+    r = np.random.default_rng(seed)
+    mix = r.standard_normal((k, k)) * np.linspace(2.0, 0.05, k)      # strongly unequal, correlated channels
+    return r.standard_normal((n, k)) @ mix
+
+
+def test_gptq_beats_round_to_nearest_on_the_layer_output():
+    r = np.random.default_rng(1)
+    w = r.standard_normal((64, 128)).astype(np.float32)
+    x = _correlated_inputs(128)
+    h = (x.T @ x / len(x))[None]
+    q_rtn, s_rtn = quantize_matrix(w, None, 4, 32)
+    q_gptq, s_gptq = quantize_matrix(w, h, 4, 32)
+    assert q_gptq.min() >= -8 and q_gptq.max() <= 7 and s_gptq.shape == (64, 4)
+    err = lambda q, s: np.linalg.norm(x @ (dequantize(q, s) - w).T)           # noqa: E731
+    assert err(q_gptq, s_gptq) < 0.8 * err(q_rtn, s_rtn)
+
+
+def test_per_tensor_and_8_bit_ranges():
+    w = np.random.default_rng(2).standard_normal((10, 64)).astype(np.float32)
+    q, s = quantize_matrix(w, None, 4, 64, per_tensor=True)
+    assert np.unique(s).size == 1
+    q8, s8 = quantize_matrix(w, None, 8, 64)
+    assert q8.min() >= -127 and np.abs(dequantize(q8, s8) - w).max() < np.abs(dequantize(q, s) - w).max()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = clean_model(tiny_cnn(seed=3, size=16))
+    x = np.random.default_rng(0).uniform(-1, 1, (48, 3, 16, 16)).astype(np.float32)
+    return model, x
+
+
+def _cosine(ref, out) -> float:
+    a, b = ref[0].ravel().astype(np.float64), out[0].ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_every_format_stores_the_plan_integers(tiny, tmp_path):
+    from converters.emitters.coreml.emitter import emit as emit_coreml
+    from converters.emitters.onnx_emitter import emit as emit_onnx
+    from converters.emitters.tflite.emitter import emit as emit_tflite
+    model, x = tiny
+    plans = build_plans(model, [BLOCK32, PER_CHANNEL], x, target=0.0, agreement=lambda r, o: 1.0, progress=False)
+    block, chan = plans["block32"], plans["channel"]
+    assert block.method == "gptq" and set(block.layers) == {l.node for l in find_layers(model)[0]}
+    onnx_art = emit_onnx(EmitRequest(model=model, precision="int4", out_path=tmp_path / "m.onnx", int4=block))
+    cml = emit_coreml(EmitRequest(model=model, precision="int4", out_path=tmp_path / "m.mlpackage", int4=block,
+                                  options={"coreml_target": "iOS18"}))
+    tfl = emit_tflite(EmitRequest(model=model, precision="int4", out_path=tmp_path / "m.tflite", int4=chan,
+                                  calibration=calibration(model, x[:16]), input_layout="NHWC"))
+    checks = [a.details["int4_check"] for a in (onnx_art, cml, tfl)]
+    assert all(c["same_as_plan"] and c["layers_checked"] == len(block.layers) for c in checks)
+    assert checks[0]["plan_int_digest"] == checks[1]["plan_int_digest"] == block.int_digest()
+    assert checks[2]["plan_int_digest"] == chan.int_digest() != block.int_digest()
+    # the ONNX artifact computes exactly the plan's dequantized network
+    ref = ort_run(block.apply(model), {"x": x[:1]})[0]
+    from converters.verify import run_artifact
+    np.testing.assert_allclose(run_artifact(onnx_art, x[:1])[0], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_plan_from_another_graph_is_refused(tiny, tmp_path):
+    from converters.emitters.onnx_emitter import emit as emit_onnx
+    model, _ = tiny
+    with pytest.raises(EdgeInferError, match="granularity"):
+        emit_onnx(EmitRequest(model=model, precision="int4", out_path=tmp_path / "m.onnx", int4=plan_rtn(model, PER_CHANNEL)))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_mixed_search_promotes_layers_until_the_target(tiny):
+    model, x = tiny
+    layers, skipped = find_layers(model)
+    base = build_plans(model, [BLOCK32], x, target=0.0, agreement=_cosine, mixed_search=False, progress=False)["block32"]
+    from converters.int4 import quantize_layer
+    from converters.int4.layers import weight_of
+    cands = {4: dict(base.layers), 8: {l.node: quantize_layer(l, weight_of(model, l), None, 8, BLOCK32) for l in layers}}
+    from converters.verify import run_reference
+    ref = run_reference(model, x)
+    c4 = _cosine(ref, run_reference(base.apply(model), x))
+    c8 = _cosine(ref, run_reference(Int4Plan(BLOCK32, cands[8]).apply(model), x))
+    assert c8 > c4
+    target = c4 + 0.5 * (c8 - c4)
+    res = search(model, base, cands, x, target, _cosine, progress=False)
+    assert res.met and res.agreement >= target and 0 < sum(b == 8 for b in res.bits.values()) <= len(layers)
+    assert res.curve[0]["layers_8bit"] == 0 and len(res.sensitivity) == len(layers)
+    sizes = {p["layers_8bit"]: p["weight_bytes"] for p in res.curve}
+    assert sizes[len(layers)] > sizes[0]
+    missed = search(model, base, cands, x, 1.01, _cosine, progress=False)
+    assert not missed.met and all(b == 8 for b in missed.bits.values())
+
+
+def test_impossible_target_names_the_best_mix(tiny):
+    model, x = tiny
+    with pytest.raises(EdgeInferError, match=r"best mix \(\d+ of \d+ layers at 8 bits"):
+        build_plans(model, [BLOCK32], x, target=1.01, agreement=_cosine, progress=False)
+
+
+def test_pipeline_int4_onnx_and_tflite_with_calibration(tmp_path):
+    """--quant int4 --formats onnx,tflite --calib: calibration runs for int4 (TFLite needs activation
+    ranges), both artifacts verified, per-layer bits and sizes in the manifest."""
+    res = convert(ConvertOptions(model=DIGITS / "digits.onnx", profiles=["generic-x86-64"], out_dir=tmp_path,
+                                 quant=["int4"], formats=["onnx", "tflite"], calib_dir=DIGITS / "calib",
+                                 calib_limit=48, progress=False))
+    arts = {a["format"]: a for a in res.manifests[0]["artifacts"]}
+    assert set(arts) == {"onnx", "tflite"}
+    for a in arts.values():
+        d = a["details"]
+        assert d["int4_check"]["same_as_plan"] and d["int4"]["method"] == "gptq"
+        assert d["int4"]["search"]["target"] == 0.9 and d["int4"]["search"]["met"]
+        assert all(layer["bits"] in (4, 8) and layer["bytes"] > 0 for layer in d["int4"]["layers"])
+        assert a["verification"]["top1_agreement"] >= 0.9
+    assert arts["onnx"]["details"]["int4"]["granularity"] == "block32"
+    assert arts["tflite"]["details"]["int4"]["granularity"] == "channel"
+    assert arts["onnx"]["size"] < 0.35 * res.manifests[0]["source"]["size"]
+
+
+def test_int4_without_calibration_images_is_refused(tmp_path):
+    with pytest.raises(EdgeInferError, match="int4 need calibration images"):
+        convert(ConvertOptions(model=DIGITS / "digits.onnx", profiles=["generic-x86-64"], out_dir=tmp_path,
+                               quant=["int4"], formats=["onnx"], progress=False))
+    assert not any(Path(tmp_path).iterdir())
