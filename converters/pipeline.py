@@ -223,11 +223,12 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
                                 "float": rep.float_metric, "naive_int8": rep.naive_metric, "final": rep.final_metric}
 
 
-def _int4_plans(model, calib: CalibrationResult | None, plans: dict[str, list[tuple[str, str]]], task: str,
+def _int4_plans(model, calib_samples: np.ndarray | None, plans: dict[str, list[tuple[str, str]]], task: str,
                 post: dict[str, Any], labels, size_hw, opts: ConvertOptions) -> dict[str, Any]:
-    """int4 plans (GPTQ rounding + 4/8-bit mix) once per granularity the planned formats need."""
+    """int4 plans (GPTQ rounding + 4/8-bit mix on the calibration images) once per granularity the
+    planned formats need."""
     fmts = sorted({f for plan in plans.values() for f, p in plan if p == "int4"})
-    if not fmts or calib is None:
+    if not fmts or calib_samples is None:
         return {}
     from .int4 import FORMAT_GRANULARITY, build_plans
     from .verify import AGREEMENT, AGREEMENT_KEY, DEFAULT_AGREEMENT_FLOOR
@@ -236,7 +237,7 @@ def _int4_plans(model, calib: CalibrationResult | None, plans: dict[str, list[tu
         return AGREEMENT[task](ref, out, postprocess=post, labels=labels, input_hw=size_hw)[AGREEMENT_KEY[task]]
     target = DEFAULT_AGREEMENT_FLOOR if opts.min_agreement is None else opts.min_agreement
     _say(opts, f"int4: error-compensating rounding and 4/8-bit mix for {', '.join(fmts)} (target agreement {target})")
-    return build_plans(model, [FORMAT_GRANULARITY[f] for f in fmts], calib.samples, target=target,
+    return build_plans(model, [FORMAT_GRANULARITY[f] for f in fmts], calib_samples, target=target,
                        agreement=agreement, progress=opts.progress)
 
 
@@ -269,6 +270,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
 
     plans = {p.name: _plan(p, opts) for p in profiles}
     need_calib = any(prec in ("int8", "int4") for plan in plans.values() for _, prec in plan)
+    # activation ranges: int8, and int4 TFLite (int8 activations); int4 ONNX / Core ML are weight-only
+    need_ranges = any(prec == "int8" or (prec, fmt) == ("int4", "tflite") for plan in plans.values() for fmt, prec in plan)
     calib_samples, verify_samples, facts = _gather_inputs(opts, cfg, size_hw, need_calib)
 
     model = source
@@ -283,11 +286,11 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     model = clean_model(model)
 
     calib: CalibrationResult | None = None
-    if need_calib:
+    if need_ranges:
         calib = calibrate(model, calib_samples, opts.calib_method, skipped=facts.get("skipped", 0),
                           synthetic=bool(facts.get("synthetic")), progress=opts.progress)
     keep_float, mixed = _keep_float(model, calib, task, post, opts)
-    int4_plans = _int4_plans(model, calib, plans, task, post, labels, size_hw, opts)
+    int4_plans = _int4_plans(model, calib_samples, plans, task, post, labels, size_hw, opts)
     reference = run_reference(source, verify_samples)
 
     source_path = Path(opts.model)
@@ -303,9 +306,9 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         "preprocess": cfg.to_dict(),
         "postprocess": post,
         "labels": "labels.txt" if labels else None,
-        "calibration": None if calib is None else {
-            "method": calib.method, "images": facts.get("images"), "skipped": facts.get("skipped", 0),
-            "synthetic": calib.synthetic, "source": facts.get("source")},
+        "calibration": None if calib_samples is None or not need_calib else {
+            "method": calib.method if calib is not None else None, "images": facts.get("images"),
+            "skipped": facts.get("skipped", 0), "synthetic": bool(facts.get("synthetic")), "source": facts.get("source")},
         "verification_data": {"inputs": int(len(verify_samples)), "held_out_from_calibration": not opts.verify_dir and bool(opts.calib_dir),
                               "synthetic": bool(facts.get("verify_synthetic"))},
         "pruning": prune_report.to_dict() if prune_report is not None else None,
@@ -319,8 +322,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         tmps = [stack.enter_context(atomic_dir(t, opts.force)) for t in targets]
         for profile, target, tmp in zip(profiles, targets, tmps):
             manifest = dict(base_manifest, profile=profile.to_manifest(), artifacts=[], warnings=[])
-            if calib is not None and calib.synthetic:
-                manifest["warnings"].append("int8 calibrated on RANDOM inputs (--calib-synthetic): accuracy is not representative")
+            if facts.get("synthetic"):
+                manifest["warnings"].append("calibrated on RANDOM inputs (--calib-synthetic): accuracy is not representative")
             for fmt, precision in plans[profile.name]:
                 name = f"{stem}-{precision}{FILE_SUFFIX[fmt]}"
                 _say(opts, f"[{profile.name}] emitting {fmt} {precision}")

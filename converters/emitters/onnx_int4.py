@@ -2,7 +2,8 @@
 
 * Conv: the weight as a 2-D ``[out, K]`` INT4 (or INT8 for 8-bit layers) initializer behind
   ``DequantizeLinear`` (opset 21, ``block_size`` = the plan's block; per-axis when one block per
-  row), then ``Reshape`` to the 4-D kernel. Storage-only: ONNX Runtime computes in float.
+  row), then ``Reshape`` to the 4-D kernel; scales stored as float16 (+ ``Cast``) when exact.
+  Storage-only: ONNX Runtime computes in float.
 * Gemm / MatMul at 4 bits with power-of-two blocks >= 16: ``com.microsoft.MatMulNBits`` (the
   integers + 8 as unsigned nibbles, zero point implied 8), bias as an ``Add``; otherwise
   (8-bit or other blocks) ``DequantizeLinear`` + the original op.
@@ -26,19 +27,27 @@ def _int_tensor(name: str, q: np.ndarray, bits: int) -> onnx.TensorProto:
     return helper.make_tensor(name, TensorProto.INT4, q.shape, q.astype(np.int8).flatten().tolist())
 
 
+def _scale(name: str, scales: np.ndarray) -> tuple[list, list]:
+    """The scales as a float16 initializer + Cast when float16 holds them exactly (the plan rounds
+    them so), else float32: (initializers, nodes) producing float32 ``name + "_scale"``."""
+    s = np.ascontiguousarray(scales, np.float32)
+    s16 = s.astype(np.float16)
+    if np.array_equal(s16.astype(np.float32), s):
+        return ([numpy_helper.from_array(s16, name + "_scale16")],
+                [helper.make_node("Cast", [name + "_scale16"], [name + "_scale"], to=TensorProto.FLOAT,
+                                  name=name + "/scale_cast")])
+    return [numpy_helper.from_array(s, name + "_scale")], []
+
+
 def _dq(name: str, q: np.ndarray, scales: np.ndarray, bits: int, axis: int, out: str) -> tuple[list, list]:
-    """Initializers + DequantizeLinear node for integers ``q`` blocked along ``axis`` (scales same rank)."""
-    inits = [_int_tensor(name + "_q", q, bits)]
+    """Initializers + nodes dequantizing integers ``q`` blocked along ``axis`` (scales same rank)."""
     nblocks = scales.shape[axis]
-    if nblocks == 1:                                   # one scale per row: per-axis
-        other = 1 - axis
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(scales.reshape(-1)).astype(np.float32), name + "_scale"))
-        node = helper.make_node("DequantizeLinear", [name + "_q", name + "_scale"], [out], axis=other, name=name + DQ_SUFFIX)
-    else:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(scales).astype(np.float32), name + "_scale"))
-        node = helper.make_node("DequantizeLinear", [name + "_q", name + "_scale"], [out], axis=axis,
-                                block_size=q.shape[axis] // nblocks, name=name + DQ_SUFFIX)
-    return inits, [node]
+    per_axis = nblocks == 1                            # one scale per row: per-axis
+    inits, nodes = _scale(name, scales.reshape(-1) if per_axis else scales)
+    inits.insert(0, _int_tensor(name + "_q", q, bits))
+    attrs = {"axis": 1 - axis} if per_axis else {"axis": axis, "block_size": q.shape[axis] // nblocks}
+    nodes.append(helper.make_node("DequantizeLinear", [name + "_q", name + "_scale"], [out], name=name + DQ_SUFFIX, **attrs))
+    return inits, nodes
 
 
 def _conv(lq: LayerQuant, node: onnx.NodeProto) -> tuple[list, list]:

@@ -52,9 +52,10 @@ def plan_rtn(model: onnx.ModelProto, gran: Granularity, bits: int = 4) -> Int4Pl
 
 def build_plans(model: onnx.ModelProto, grans: list[Granularity], samples: np.ndarray, *, target: float,
                 agreement: Callable[[list[np.ndarray], list[np.ndarray]], float], mixed_search: bool = True,
-                progress: bool = True) -> dict[str, Int4Plan]:
+                progress: bool = True, trace: dict | None = None) -> dict[str, Int4Plan]:
     """One plan per granularity (name -> plan): GPTQ on ``samples`` at 4 and 8 bits, then the
-    4/8 mix meeting ``target`` agreement on the same samples. Raises when no mix meets it."""
+    4/8 mix meeting ``target`` agreement on the same samples. Raises when no mix meets it.
+    ``trace`` (a dict) receives per granularity name the candidates and the ``MixResult`` (for curves)."""
     t0 = time.perf_counter()
     layers, skipped = find_layers(model)
     if not layers:
@@ -75,6 +76,8 @@ def build_plans(model: onnx.ModelProto, grans: list[Granularity], samples: np.nd
             plans[gran.name] = base
             continue
         res = mixed.search(model, base, cands, stat, target, agreement, progress=progress)
+        if trace is not None:
+            trace[gran.name] = {"candidates": cands, "mix": res}
         plan = Int4Plan(gran, {n: cands[b][n] for n, b in res.bits.items()}, skipped, "gptq")
         plan.search = {"target": target, "agreement_on_calibration": round(res.agreement, 4), "met": res.met,
                        "inputs": int(len(stat)), "evaluations": res.evaluations, "curve": res.curve,

@@ -50,6 +50,16 @@ def choose_scales(w: np.ndarray, bits: int, block: int, per_tensor: bool = False
     return best.astype(np.float32)
 
 
+FP16_MIN_NORMAL = 2.0 ** -14
+
+
+def fp16_exact(scales: np.ndarray) -> np.ndarray:
+    """Scales rounded to float16 where float16 holds them as normal numbers, so a format may store
+    them as float16 and still dequantize to exactly the same float32 weights."""
+    s16 = scales.astype(np.float16).astype(np.float32)
+    return np.where((scales >= FP16_MIN_NORMAL) & np.isfinite(s16), s16, scales).astype(np.float32)
+
+
 def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
     """Upper Cholesky factor U of H^-1 (H^-1 = U^T U), per group; damping grows until H is PD."""
     k = h.shape[-1]
@@ -115,7 +125,7 @@ def quantize_matrix(w: np.ndarray, h: np.ndarray | None, bits: int, block: int,
     if h is not None:
         d = np.diagonal(h, axis1=-2, axis2=-1)                       # [G, K]
         col_weight = np.repeat(d, rows // h.shape[0], axis=0)        # [rows, K]
-    scales = choose_scales(w, bits, block, per_tensor, col_weight)
+    scales = fp16_exact(choose_scales(w, bits, block, per_tensor, col_weight))
     full = _expand(scales, k, k // scales.shape[1])
     if h is None:
         qmin, qmax = QRANGE[bits]

@@ -20,8 +20,10 @@ from .layers import Layer, conv_node_attrs
 BATCH = 8
 
 
-def _im2col(x: np.ndarray, layer: Layer, a: dict) -> np.ndarray:
-    """[rows, G, K/G... ] -> returns [rows, G, Cg*kh*kw] for an NCHW input."""
+def _conv_rows(x: np.ndarray, layer: Layer, a: dict, max_rows: int, rng) -> np.ndarray:
+    """At most ``max_rows`` random output positions of a conv, unfolded: [R, G, Cg*kh*kw] (NCHW input).
+    Windows are gathered only at the sampled positions (a full im2col of an early depthwise layer
+    would hold hundreds of MB)."""
     kh, kw = layer.shape[2], layer.shape[3]
     sh, sw = a.get("strides", [1, 1])
     dh, dw = a.get("dilations", [1, 1])
@@ -39,17 +41,23 @@ def _im2col(x: np.ndarray, layer: Layer, a: dict) -> np.ndarray:
         pt, pl, pb, pr = a.get("pads", [0, 0, 0, 0])
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
-    win = win[:, :, ::sh, ::sw, ::dh, ::dw]                       # [N, C, Ho, Wo, kh, kw]
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]                       # [N, C, Ho, Wo, kh, kw], a view
+    ho, wo = win.shape[2], win.shape[3]
+    total = n * ho * wo
+    pos = np.sort(rng.choice(total, max_rows, replace=False)) if total > max_rows else np.arange(total)
+    bi, rem = np.divmod(pos, ho * wo)
+    yi, xi = np.divmod(rem, wo)
+    rows = win[bi, :, yi, xi]                                      # [R, C, kh, kw]
     g = layer.groups
-    cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, g, (c // g) * kh * kw)
-    return cols
+    return rows.reshape(len(pos), g, (c // g) * kh * kw)
 
 
-def _rows(x: np.ndarray, layer: Layer, a: dict | None) -> np.ndarray:
-    """Rows [R, G, K] of the layer input."""
+def _rows(x: np.ndarray, layer: Layer, a: dict | None, max_rows: int, rng) -> np.ndarray:
+    """At most ``max_rows`` random rows [R, G, K] of the layer input."""
     if layer.op == "Conv":
-        return _im2col(x, layer, a)
-    return x.reshape(-1, 1, x.shape[-1])
+        return _conv_rows(x, layer, a, max_rows, rng)
+    r = x.reshape(-1, 1, x.shape[-1])
+    return r[np.sort(rng.choice(len(r), max_rows, replace=False))] if len(r) > max_rows else r
 
 
 def collect(model: onnx.ModelProto, layers: list[Layer], samples: np.ndarray, *, max_rows: int = 2048,
@@ -73,9 +81,7 @@ def collect(model: onnx.ModelProto, layers: list[Layer], samples: np.ndarray, *,
         for i in range(0, len(samples), step):
             outs = dict(zip(wanted, sess.run(wanted, {feed: samples[i:i + step]})))
             for l in layers:
-                r = _rows(outs[l.input].astype(np.float32), l, attrs[l.node])
-                if len(r) > max_rows:
-                    r = r[np.sort(rng.choice(len(r), max_rows, replace=False))]
+                r = _rows(outs[l.input].astype(np.float32), l, attrs[l.node], max_rows, rng)
                 if r.shape[1] == 1:                                  # float32 products, float64 sums
                     h = (r[:, 0].T @ r[:, 0])[None].astype(np.float64)
                 else:

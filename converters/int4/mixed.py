@@ -33,6 +33,7 @@ class MixResult:
     met: bool
     curve: list[dict] = field(default_factory=list)   # {"layers_8bit", "weight_bytes", "agreement"}
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)          # promotion order (empty when all-4 met the target)
     evaluations: int = 0
 
 
@@ -45,8 +46,29 @@ def rel_error(ref: np.ndarray, out: np.ndarray) -> float:
     return float(((out - ref) ** 2).sum() / max((ref ** 2).sum(), 1e-30))
 
 
+def rank(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, LayerQuant]], samples: np.ndarray,
+         progress: bool = True) -> tuple[list[tuple[str, float]], list[str]]:
+    """(sensitivity per layer: relative output error with only that layer at 4 bits, promotion
+    order: layers by sensitivity per byte that 8 bits costs over 4, most deserving first)."""
+    ref = run_reference(model, samples)[0]
+    sens = []
+    with Progress("int4: layer sensitivity", len(cands[4]), progress) as bar:
+        for n in cands[4]:
+            one = Int4Plan(base.granularity, {n: cands[4][n]}, base.skipped, base.method)
+            sens.append((n, rel_error(ref, run_reference(one.apply(model), samples)[0])))
+            bar.update()
+    cost = {n: max(cands[8][n].nbytes - cands[4][n].nbytes, 1) for n in cands[4]}
+    s = dict(sens)
+    return sens, sorted(cands[4], key=lambda n: -s[n] / cost[n])
+
+
+def mix_of(order: list[str], k: int) -> dict[str, int]:
+    """Bits per layer when the first ``k`` layers of ``order`` are kept at 8 bits."""
+    return {n: 8 if i < k else 4 for i, n in enumerate(order)}
+
+
 def search(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, LayerQuant]], samples: np.ndarray,
-           target: float, agreement: Agreement, *, sens_samples: int = 32, progress: bool = True) -> MixResult:
+           target: float, agreement: Agreement, *, sens_samples: int = 16, progress: bool = True) -> MixResult:
     """The mix of 4/8 bits (see module docstring). ``cands[bits][node]`` are the per-layer
     quantizations to choose from; ``agreement(reference_outputs, outputs)`` scores a model."""
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
@@ -68,23 +90,11 @@ def search(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, La
     if res.agreement >= target:
         res.met = True
         return res
-    sub = samples[:sens_samples]
-    ref_sub = run_reference(model, sub)[0]
-    with Progress("int4: layer sensitivity", len(nodes), progress) as bar:
-        for n in nodes:
-            one = Int4Plan(base.granularity, {n: cands[4][n]}, base.skipped, base.method)
-            res.sensitivity.append((n, rel_error(ref_sub, run_reference(one.apply(model), sub)[0])))
-            res.evaluations += 1
-            bar.update()
-    cost = {n: max(cands[8][n].nbytes - cands[4][n].nbytes, 1) for n in nodes}
-    sens = dict(res.sensitivity)
-    order = sorted(nodes, key=lambda n: -sens[n] / cost[n])
+    res.sensitivity, res.order = rank(model, base, cands, samples[:sens_samples], progress)
+    res.evaluations += len(nodes)
+    mix = lambda k: mix_of(res.order, k)      # noqa: E731
 
-    def mix(k: int) -> dict[str, int]:
-        promoted = set(order[:k])
-        return {n: 8 if n in promoted else 4 for n in nodes}
-
-    best_k, best_a = len(nodes), measure(mix(len(nodes)))
+    best_a = measure(mix(len(nodes)))
     if best_a < target:
         res.bits, res.agreement = mix(len(nodes)), best_a
         say(f"int4: even all layers at 8 bits reach only {best_a:.4f} < target {target}")
@@ -98,6 +108,5 @@ def search(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, La
             hi, best_a = mid, a
         else:
             lo = mid
-    best_k = hi
-    res.bits, res.agreement, res.met = mix(best_k), best_a, True
+    res.bits, res.agreement, res.met = mix(hi), best_a, True
     return res

@@ -37,8 +37,8 @@ class LayerQuant:
 
     @property
     def nbytes(self) -> int:
-        """Storage: packed integers + float32 scales (one scale when per-tensor)."""
-        return int(np.ceil(self.q.size * self.bits / 8)) + 4 * (1 if self.per_tensor else self.scales.size)
+        """Storage: packed integers + float16 scales (one scale when per-tensor)."""
+        return int(np.ceil(self.q.size * self.bits / 8)) + 2 * (1 if self.per_tensor else self.scales.size)
 
 
 @dataclass
