@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from edgeinfer.errors import EdgeInferError
 
@@ -47,3 +48,27 @@ def atomic_dir(target: Path, force: bool) -> Iterator[Path]:
     os.rename(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def scrub_local_paths(value: Any, folders: list[Path | None], tmp: Path, target: Path) -> Any:
+    """``value`` (a manifest) with every mention of this machine's folders cut to names.
+
+    Bundles travel to other people's devices: an absolute path (user name, project layout) must not.
+    Each folder in ``folders`` (and the user's home) becomes its last name; the bundle's temp dir
+    becomes the bundle's name."""
+    names: dict[str, str] = {str(Path.home()): "~"}
+    for f, name in [*((f, None) for f in folders), (target, None), (tmp, Path(target).name)]:
+        if f:
+            for form in {str(Path(f).absolute()), str(Path(f).resolve())}:
+                names[form] = name or Path(f).resolve().name
+    pattern = re.compile("|".join(re.escape(f) + r"(?![\w.-])" for f in sorted(names, key=len, reverse=True)))
+
+    def scrub(v: Any) -> Any:
+        if isinstance(v, str):
+            return pattern.sub(lambda m: names[m.group(0)], v)
+        if isinstance(v, dict):
+            return {k: scrub(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [scrub(x) for x in v]
+        return v
+    return scrub(value)

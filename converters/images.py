@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.preprocess import IMAGE_SUFFIXES, PreprocessConfig, preprocess_image
+from edgeinfer.preprocess import IMAGE_SUFFIXES, MAX_PIXELS, ImageTooLarge, PreprocessConfig, preprocess_image
 from edgeinfer.progress import track
 
 
@@ -34,12 +34,15 @@ def list_images(folder: Path) -> list[Path]:
 
 def read_images(paths: list[Path], root: Path | None, cfg: PreprocessConfig, size_hw: tuple[int, int],
                 label: str, progress: bool = True) -> ImageSet:
-    """Preprocess every image; unreadable ones are skipped, counted and warned about once."""
+    """Preprocess every image; unreadable ones (and ones over the pixel limit) are skipped, counted and
+    warned about once."""
     arrays, ok, labels, skipped = [], [], [], []
+    too_large = 0
     for p in track(paths, label, len(paths), progress):
         try:
             arr, _ = preprocess_image(p, cfg, size_hw)
-        except EdgeInferError:
+        except EdgeInferError as exc:
+            too_large += isinstance(exc, ImageTooLarge)
             skipped.append(p)
             continue
         arrays.append(arr)
@@ -47,8 +50,9 @@ def read_images(paths: list[Path], root: Path | None, cfg: PreprocessConfig, siz
         rel = p.relative_to(root) if root else None
         labels.append(rel.parts[0] if rel is not None and len(rel.parts) > 1 else None)
     if skipped:
+        large = f"; {too_large} over the pixel limit of {MAX_PIXELS}" if too_large else ""
         warnings.warn(f"skipped {len(skipped)} unreadable image(s) in {root or 'the image list'} "
-                      f"(first: {skipped[0].name})", stacklevel=2)
+                      f"(first: {skipped[0].name}{large})", stacklevel=2)
     if not arrays:
         raise EdgeInferError(f"none of the {len(paths)} images in {root} could be read")
     return ImageSet(np.stack(arrays).astype(np.float32), ok, labels, skipped)

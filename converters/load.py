@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -39,7 +40,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     _check_external_data(model, path)
     _check_opset(model, path)
     try:
-        if any(_uses_external(t) for t in _all_initializers(model)):
+        if any(_uses_external(t) for t in all_tensors(model)):
             onnx.load_external_data_for_model(model, str(path.parent))
     except (FileNotFoundError, OSError, onnx.checker.ValidationError) as exc:
         detail = getattr(exc, "filename", None) or str(exc).splitlines()[0]
@@ -86,12 +87,25 @@ def _check_opset(model: onnx.ModelProto, path: Path) -> None:
             raise EdgeInferError(f"{path} uses the custom op domain {op.domain!r}, which edgeinfer cannot convert")
 
 
-def _all_initializers(model: onnx.ModelProto):
-    yield from model.graph.initializer
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
+def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto a model holds: initializers and sparse initializers of the main graph, of every
+    subgraph (If/Loop/Scan bodies, at any depth) and of training graphs, and tensor attributes
+    (single, lists, sparse) of nodes in graphs and in model-local functions."""
+    graphs = [model.graph] + [g for ti in model.training_info for g in (ti.initialization, ti.algorithm)]
+    nodes = [n for f in model.functions for n in f.node]
+    while graphs or nodes:
+        if graphs:
+            g = graphs.pop()
+            yield from g.initializer
+            for sp in g.sparse_initializer:
+                yield from (sp.values, sp.indices)
+            nodes.extend(g.node)
+            continue
+        for attr in nodes.pop().attribute:
+            yield from ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+            for sp in ([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []) + list(attr.sparse_tensors):
+                yield from (sp.values, sp.indices)
+            graphs.extend(([attr.g] if attr.HasField("g") else []) + list(attr.graphs))
 
 
 def _uses_external(t: onnx.TensorProto) -> bool:
@@ -101,7 +115,7 @@ def _uses_external(t: onnx.TensorProto) -> bool:
 def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
     """External-data locations must stay inside the model's folder (no ../ or absolute paths)."""
     base = path.parent.resolve()
-    for t in _all_initializers(model):
+    for t in all_tensors(model):
         if not _uses_external(t):
             continue
         location = next((e.value for e in t.external_data if e.key == "location"), "")

@@ -24,7 +24,7 @@ from edgeinfer.errors import EdgeInferError, NotSupportedYet
 from edgeinfer.profiles import Profile, load_profile
 
 from . import images as image_io
-from .bundle_writer import atomic_dir, check_target
+from .bundle_writer import atomic_dir, check_target, scrub_local_paths
 from .calibrate import calibrate
 from .clean import clean_model, infer_shapes
 from .emitters import FILE_SUFFIX, get_emitter
@@ -106,7 +106,7 @@ def _gather_inputs(opts: ConvertOptions, cfg, size_hw, need_calib: bool) -> tupl
                                     "reading held-out images", opts.progress)
         calib, verify = cset.samples, vset.samples
         facts.update(images=len(cset.paths), skipped=len(cset.skipped) + len(vset.skipped), held_out=len(vset.paths),
-                     source=str(opts.calib_dir))
+                     source=Path(opts.calib_dir).resolve().name)   # a folder name: no path of this machine travels
     elif opts.verify_dir:
         vset = image_io.read_images(image_io.list_images(opts.verify_dir), Path(opts.verify_dir), cfg, size_hw,
                                     "reading held-out images", opts.progress)
@@ -368,6 +368,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
             if labels:
                 (tmp / "labels.txt").write_text("\n".join(labels) + "\n")
             manifest["conversion_seconds"] = round(time.perf_counter() - t0, 2)
+            manifest = scrub_local_paths(manifest, [opts.out_dir, Path(opts.model).parent, opts.calib_dir, opts.verify_dir,
+                                                    opts.labels_file and Path(opts.labels_file).parent], tmp, target)
             write_manifest(tmp, manifest)
             bundles.append(target)
             manifests.append(manifest)

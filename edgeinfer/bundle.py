@@ -26,12 +26,20 @@ Manifest (``schema: 1``), the contract between converter and runtime::
     }
 
 Artifacts are listed in the profile's preferred order; the runtime picks the first it can run.
+
+A bundle is untrusted input (it may come from anyone). The reader therefore refuses, in one line
+naming the entry, any path that leaves the bundle folder (absolute, ``..``, a symlink pointing
+out), and ``verified_artifact`` checks size and sha256 before an engine sees a file.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import os
+import re
+import threading
+import warnings
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from .errors import EdgeInferError
@@ -88,7 +96,46 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
     if not manifest["artifacts"]:
         raise EdgeInferError(f"{mpath} lists no artifacts")
     _check_shapes(manifest, mpath)
+    for i, a in enumerate(manifest["artifacts"]):
+        contained(bundle_dir, a["file"], f"artifacts[{i}].file")
+    if manifest.get("labels") is not None:
+        contained(bundle_dir, manifest["labels"], "labels")
     return manifest
+
+
+def contained(bundle_dir: Path, name: object, entry: str) -> Path:
+    """``bundle_dir/name`` resolved, or a one-line refusal when ``name`` could reach outside the bundle.
+
+    Refused: non-strings, absolute paths (POSIX or Windows), any ``..`` part, the bundle folder itself,
+    and paths whose symlinks (at any level, or inside an artifact folder) resolve outside the bundle."""
+    root = Path(bundle_dir).resolve()
+
+    def refuse(why: str) -> EdgeInferError:
+        return EdgeInferError(f"bundle {bundle_dir}: manifest entry {entry} = {name!r} {why}; the bundle is refused "
+                              "(entries must be file names inside the bundle folder)")
+    if not isinstance(name, str) or not name.strip() or "\x00" in name:
+        raise refuse("is not a file name")
+    parts = re.split(r"[\\/]", name)
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
+        raise refuse("is an absolute path")
+    if ".." in parts:
+        raise refuse("climbs out with '..'")
+    target = (root / name).resolve()
+    if target == root or root not in target.parents:
+        raise refuse(f"resolves to {'the bundle folder itself' if target == root else 'a place outside the bundle'} (symlink?)")
+    if target.is_dir():
+        for folder, dirs, files in os.walk(target):
+            for child in dirs + files:
+                p = Path(folder) / child
+                if p.is_symlink() and root not in p.resolve().parents:
+                    raise refuse(f"holds a symlink {p.relative_to(target)} pointing outside the bundle")
+                if p.is_file() and p.stat().st_nlink > 1:
+                    raise refuse(f"holds {p.relative_to(target)}, a hard link to a file outside the bundle's own copy"
+                                 " (copy the bundle with `cp -r`)")
+    elif target.is_file() and target.stat().st_nlink > 1:
+        raise refuse("is a hard link to another file (a file outside the bundle may be read through it; "
+                     "copy the bundle with `cp -r`)")
+    return target
 
 
 def _check_shapes(manifest: dict[str, Any], mpath: Path) -> None:
@@ -113,9 +160,9 @@ def read_labels(bundle_dir: Path, manifest: dict[str, Any]) -> list[str] | None:
     name = manifest.get("labels")
     if not name:
         return None
-    p = Path(bundle_dir) / name
+    p = contained(bundle_dir, name, "labels")
     if not p.is_file():
-        raise EdgeInferError(f"labels file {p} named by the manifest is missing")
+        raise EdgeInferError(f"labels file {Path(bundle_dir) / name} named by the manifest is missing")
     return read_label_lines(p)
 
 
@@ -134,15 +181,61 @@ def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> Path:
     return p
 
 
+_DIGESTS: dict[tuple, str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def _stat_key(path: Path) -> tuple:
+    """What changes whenever a file's content can have changed: inode, size, mtime and ctime (ctime cannot be
+    set back by a user), for the file or every file of a folder artifact."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    stats = [(str(f), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for f in files for st in [f.stat()]]
+    return (str(path), tuple(stats))
+
+
+def cached_sha256(path: Path) -> str:
+    """``sha256_of`` remembered in this process while the file's stat key is unchanged."""
+    key = _stat_key(path)
+    with _DIGESTS_LOCK:
+        hit = _DIGESTS.get(key)
+    if hit is None:
+        hit = sha256_of(path)
+        with _DIGESTS_LOCK:
+            _DIGESTS[key] = hit
+    return hit
+
+
+def artifact_status(bundle_dir: Path, entry: dict[str, Any]) -> str:
+    """"ok" | "missing" | "size mismatch" | "sha256 mismatch" | "no sha256 recorded" for one manifest artifact."""
+    p = contained(bundle_dir, entry["file"], "artifact file")
+    if not p.exists():
+        return "missing"
+    size, digest = entry.get("size"), entry.get("sha256")
+    if not isinstance(digest, str) or not isinstance(size, int) or isinstance(size, bool):
+        return "no sha256 recorded"
+    if size_of(p) != size:
+        return "size mismatch"
+    return "ok" if cached_sha256(p) == digest.lower() else "sha256 mismatch"
+
+
+def verified_artifact(bundle_dir: Path, entry: dict[str, Any]) -> Path:
+    """The artifact's path once its size and sha256 match the manifest; a one-line refusal naming it otherwise.
+
+    An entry that records no sha256 (a hand-made manifest) is opened with a warning: whoever can delete the
+    hash could as well recompute it, so refusing it would protect nothing that a signature would not."""
+    status = artifact_status(bundle_dir, entry)
+    p = contained(bundle_dir, entry["file"], "artifact file")
+    if status == "missing":
+        raise EdgeInferError(f"artifact file {Path(bundle_dir) / entry['file']} named by the manifest is missing")
+    if status == "no sha256 recorded":
+        warnings.warn(f"artifact {entry['file']} of {bundle_dir}: the manifest records no sha256 and size; opened unverified",
+                      stacklevel=2)
+    elif status != "ok":
+        raise EdgeInferError(f"artifact {entry['file']} of {bundle_dir}: {status} against the manifest; the file was "
+                             "altered or damaged: copy the bundle again (or pass --no-verify-hash if you edited it on purpose)")
+    return p
+
+
 def check_integrity(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, str]:
-    """Artifact file -> "ok" | "missing" | "sha256 mismatch" against the manifest."""
-    status = {}
-    for a in manifest["artifacts"]:
-        p = Path(bundle_dir) / a["file"]
-        if not p.exists():
-            status[a["file"]] = "missing"
-        elif a.get("sha256") and sha256_of(p) != a["sha256"]:
-            status[a["file"]] = "sha256 mismatch"
-        else:
-            status[a["file"]] = "ok"
-    return status
+    """Artifact file -> ``artifact_status`` for every artifact of the manifest (``inspect`` reports it)."""
+    return {a["file"]: artifact_status(bundle_dir, a) for a in manifest["artifacts"]}

@@ -201,15 +201,16 @@ def _prune_config(profiles, ratio, flops, criterion, min_channels, no_reconstruc
 @click.option("--threads", type=click.IntRange(min=1))
 @click.option("--delegate", "delegates", multiple=True, help="LiteRT delegate name or library path (repeatable).")
 @click.option("--strict-delegate", is_flag=True, help="Fail instead of falling back to CPU when a delegate is missing.")
+@click.option("--batch", type=click.IntRange(min=1), help="Images decoded and run per engine call (default: the profile's, else 8).")
+@click.option("--no-verify-hash", is_flag=True, help="Skip the artifact size/sha256 check (for bundles edited on purpose).")
 @click.option("--save-vis", type=click.Path(path_type=Path), help="Write images with detections drawn into this folder.")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def run(bundle, images, artifact, top_k, threads, delegates, strict_delegate, save_vis, as_json):
-    """Run BUNDLE on IMAGES and print the predictions."""
+def run(bundle, images, artifact, top_k, threads, delegates, strict_delegate, batch, no_verify_hash, save_vis, as_json):
+    """Run BUNDLE on IMAGES and print the predictions (streamed: memory does not grow with the image count)."""
     from .predictor import Predictor
     pred = Predictor(bundle, artifact=artifact, threads=threads, delegates=list(delegates) or None,
-                     strict_delegate=strict_delegate)
-    results = pred.predict(images, top_k=top_k)
+                     strict_delegate=strict_delegate, verify_hash=not no_verify_hash, batch=batch)
     if save_vis:
         if pred.task != "detect":
             raise EdgeInferError("--save-vis draws detections; this bundle is a classifier")
@@ -217,18 +218,21 @@ def run(bundle, images, artifact, top_k, threads, delegates, strict_delegate, sa
         if save_vis.exists() and not save_vis.is_dir():
             raise EdgeInferError(f"--save-vis {save_vis} is a file; give a folder for the drawn images")
         save_vis.mkdir(parents=True, exist_ok=True)
-        for img, res in zip(images, results):
-            draw_detections(img, res, save_vis / (Path(img).stem + "_det.png"))
-    if as_json:
-        click.echo(json.dumps({"bundle": str(bundle), **pred.describe(),
-                               "results": [dict(image=str(i), **r.to_dict()) for i, r in zip(images, results)]}, indent=2))
-        return
     info = pred.describe()
-    click.echo(f"{info['artifact']} ({info.get('engine', info['format'])})")
-    for img, res in zip(images, results):
+    rows = []
+    if not as_json:
+        click.echo(f"{info['artifact']} ({info.get('engine', info['format'])})")
+    for img, res in pred.iter_predict(images, top_k=top_k):
+        if save_vis:
+            draw_detections(img, res, save_vis / (Path(img).stem + "_det.png"))
+        if as_json:
+            rows.append(dict(image=str(img), **res.to_dict()))
+            continue
         click.echo(f"{img}:")
         for line in res.format_lines() or ["(nothing detected)"]:
             click.echo(f"  {line}")
+    if as_json:
+        click.echo(json.dumps({"bundle": str(bundle), **pred.describe(), "results": rows}, indent=2))
 
 
 @main.group(invoke_without_command=True)
@@ -301,13 +305,14 @@ def _describe(info: dict) -> list[str]:
 @click.option("--artifact", help="Evaluate only this artifact (default: every artifact this host can run).")
 @click.option("--score-threshold", type=float, default=0.001, show_default=True, help="Detection score threshold for mAP.")
 @click.option("--threads", type=click.IntRange(min=1))
+@click.option("--no-verify-hash", is_flag=True, help="Skip the artifact size/sha256 check (for bundles edited on purpose).")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def eval_cmd(bundle, data, artifact, score_threshold, threads, as_json):
+def eval_cmd(bundle, data, artifact, score_threshold, threads, no_verify_hash, as_json):
     """Evaluate BUNDLE on DATA: image folder (classify) or COCO JSON / folder with annotations.json (detect)."""
     from .evaluate import format_report, run_eval
     report = run_eval(bundle, data, artifact=artifact, progress=not as_json, score_threshold=score_threshold,
-                      threads=threads)
+                      threads=threads, verify_hash=not no_verify_hash)
     click.echo(json.dumps(report, indent=2) if as_json else "\n".join(format_report(report)))
 
 

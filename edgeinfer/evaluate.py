@@ -173,7 +173,8 @@ def _add_agreement(rows: list[dict[str, Any]], results: dict[str, list[Any]], th
 
 
 def run_eval(bundle_dir: str | Path, data_path: str | Path, artifact: str | None = None, progress: bool = True,
-             score_threshold: float | None = EVAL_SCORE_THRESHOLD, threads: int | None = None) -> dict[str, Any]:
+             score_threshold: float | None = EVAL_SCORE_THRESHOLD, threads: int | None = None,
+             verify_hash: bool = True) -> dict[str, Any]:
     """Evaluate ``artifact`` (default: every artifact of the bundle) on labelled data.
 
     Returns {"bundle", "task", "data", "images", "artifacts": [{"artifact", "format", "precision",
@@ -199,7 +200,7 @@ def run_eval(bundle_dir: str | Path, data_path: str | Path, artifact: str | None
     all_results: dict[str, list[Any]] = {}
     for name in names:
         try:
-            pred = Predictor(bundle_dir, artifact=name, threads=threads)
+            pred = Predictor(bundle_dir, artifact=name, threads=threads, verify_hash=verify_hash)
         except EdgeInferError as exc:
             if artifact:
                 raise

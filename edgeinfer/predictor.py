@@ -1,28 +1,36 @@
 """``Predictor``: a bundle in, predictions out (preprocess -> engine -> postprocess)."""
 from __future__ import annotations
 
+import itertools
 import platform
+import threading
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
 from .backends import Backend, BackendOptions, backend_class
-from .bundle import read_labels, read_manifest
+from .bundle import contained, read_labels, read_manifest, verified_artifact
 from .errors import EdgeInferError
 from .postprocess import make_postprocessor
 from .preprocess import PreprocessConfig, Transform, load_image, preprocess_pil, to_layout
+from .profiles import installed_runtime
+
+DEFAULT_BATCH = 8   # images per engine call when neither the caller nor the installed profile says
 
 
 def backend_options_for(manifest: dict[str, Any], fmt: str, threads: int | None = None,
                         delegates: Sequence[str] | None = None, strict_delegate: bool = False,
-                        compute_units: str | None = None) -> BackendOptions:
-    """Backend options from the bundle's profile runtime section, overridden by the caller."""
-    runtime = (manifest.get("profile") or {}).get("runtime", {})
+                        compute_units: str | None = None, providers: Sequence[str] | None = None) -> BackendOptions:
+    """Backend options from the caller, else from the installed profile the bundle names.
+
+    The bundle's own copy of its profile is never read here: delegates, providers and threads from a
+    bundle would let a file choose which native code runs (and how many threads it takes)."""
+    runtime = installed_runtime((manifest.get("profile") or {}).get("name"))
     return BackendOptions(
         threads=threads if threads is not None else runtime.get("threads"),
-        providers=list(runtime.get("onnx_providers", [])) if fmt == "onnx" else [],
+        providers=list(providers if providers is not None else runtime.get("onnx_providers", [])) if fmt == "onnx" else [],
         delegates=list(delegates if delegates is not None else runtime.get("tflite_delegates", [])) if fmt == "tflite" else [],
         strict_delegate=strict_delegate,
         compute_units=compute_units or runtime.get("coreml_compute_units", "ALL"),
@@ -35,13 +43,26 @@ class Predictor:
     ``Predictor(bundle_dir, artifact=None, threads=None, delegates=None, strict_delegate=False)``
     picks the named artifact (file name) or the first in manifest order that this host can run.
     ``predict(images)`` takes paths or PIL images and returns one result per image
-    (``Classification`` or ``DetectionResult``).
+    (``Classification`` or ``DetectionResult``); images are decoded ``batch`` at a time, so memory
+    does not grow with their number (``iter_predict`` yields results as they come).
+
+    Each artifact's size and sha256 are checked against the manifest before an engine opens it
+    (``verify_hash=False`` skips that, for bundles edited on purpose). ``delegates`` (TFLite names or
+    library paths) and ``providers`` (ONNX Runtime EP names) come from the caller; otherwise from the
+    device profile installed with edgeinfer under the bundle's profile name, never from the bundle.
+
+    Thread safety: one instance may be shared by threads. Engine calls go through one lock per
+    Predictor (preprocessing and postprocessing run in parallel); ``tools/bench_threads.py`` measured
+    this against an interpreter per thread.
     """
 
     def __init__(self, bundle_dir: str | Path, artifact: str | None = None, threads: int | None = None,
                  delegates: Sequence[str] | None = None, strict_delegate: bool = False,
-                 compute_units: str | None = None):
+                 compute_units: str | None = None, providers: Sequence[str] | None = None,
+                 verify_hash: bool = True, batch: int | None = None):
         self.bundle_dir = Path(bundle_dir)
+        self.verify_hash = verify_hash
+        self._lock = threading.Lock()
         self.manifest = read_manifest(self.bundle_dir)
         self.artifacts: list[dict[str, Any]] = self.manifest["artifacts"]
         self.labels = read_labels(self.bundle_dir, self.manifest)
@@ -50,7 +71,11 @@ class Predictor:
         shape = self.manifest["input"]["shape"]
         self.input_hw = (int(shape[2]), int(shape[3]))
         self._backend_args = dict(threads=threads, delegates=delegates, strict_delegate=strict_delegate,
-                                  compute_units=compute_units)
+                                  compute_units=compute_units, providers=providers)
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise EdgeInferError(f"batch must be a positive integer, not {batch!r}")
+        profile_batch = installed_runtime((self.manifest.get("profile") or {}).get("name")).get("batch")
+        self.batch = batch or profile_batch or DEFAULT_BATCH
         self.artifact, self.backend = self._open(artifact)
         if delegates and self.artifact["format"] != "tflite":
             tfl = [a["file"] for a in self.artifacts if a["format"] == "tflite"]
@@ -75,9 +100,12 @@ class Predictor:
         raise EdgeInferError(f"no artifact of this bundle runs on this host ({platform.system()}): " + " | ".join(reasons))
 
     def _make_backend(self, entry: dict[str, Any]) -> Backend:
-        path = self.bundle_dir / entry["file"]
-        if not path.exists():
-            raise EdgeInferError(f"artifact file {path} named by the manifest is missing")
+        if self.verify_hash:
+            path = verified_artifact(self.bundle_dir, entry)
+        else:
+            path = contained(self.bundle_dir, entry["file"], "artifact file")
+            if not path.exists():
+                raise EdgeInferError(f"artifact file {self.bundle_dir / entry['file']} named by the manifest is missing")
         cls = backend_class(entry["format"])
         return cls(path, backend_options_for(self.manifest, entry["format"], **self._backend_args))
 
@@ -89,7 +117,7 @@ class Predictor:
         """Images -> (float32 NCHW batch, transforms)."""
         arrays, transforms = [], []
         for im in images:
-            pil = im if isinstance(im, Image.Image) else load_image(im, self.preprocess_config.color)
+            pil = im if isinstance(im, Image.Image) else load_image(im, self.preprocess_config.color, self.input_hw)
             arr, t = preprocess_pil(pil, self.preprocess_config, self.input_hw)
             arrays.append(arr)
             transforms.append(t)
@@ -98,8 +126,10 @@ class Predictor:
         return np.stack(arrays), transforms
 
     def run(self, batch_nchw: np.ndarray) -> list[np.ndarray]:
-        """Raw engine outputs for a preprocessed NCHW float32 batch."""
-        return self.backend.run(to_layout(batch_nchw, self.input_layout))
+        """Raw engine outputs for a preprocessed NCHW float32 batch (one engine call at a time per Predictor)."""
+        x = to_layout(batch_nchw, self.input_layout)
+        with self._lock:
+            return self.backend.run(x)
 
     def postprocess(self, outputs: list[np.ndarray], transforms: list[Transform], top_k: int | None = None) -> list[Any]:
         results = []
@@ -111,9 +141,21 @@ class Predictor:
                 results.append(self.postprocessor(per_image, t))
         return results
 
+    def iter_predict(self, images: Iterable[str | Path | Image.Image], top_k: int | None = None,
+                     batch: int | None = None) -> Iterator[tuple[Any, Any]]:
+        """(image, result) pairs, decoding at most ``batch`` (default ``self.batch``) images at a time."""
+        it = iter(images)
+        size = batch or self.batch
+        any_image = False
+        while chunk := list(itertools.islice(it, size)):
+            any_image = True
+            x, transforms = self.preprocess(chunk)
+            yield from zip(chunk, self.postprocess(self.run(x), transforms, top_k))
+        if not any_image:
+            raise EdgeInferError("no images given")
+
     def predict(self, images: Iterable[str | Path | Image.Image], top_k: int | None = None) -> list[Any]:
-        batch, transforms = self.preprocess(images)
-        return self.postprocess(self.run(batch), transforms, top_k)
+        return [r for _, r in self.iter_predict(images, top_k)]
 
     def describe(self) -> dict[str, Any]:
         return {"artifact": self.artifact["file"], "precision": self.artifact.get("precision"),

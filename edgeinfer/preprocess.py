@@ -19,6 +19,8 @@ model input back to original-image pixels.
 """
 from __future__ import annotations
 
+import struct
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -141,26 +143,67 @@ class PreprocessConfig:
         return None
 
 
-def load_image(path: str | Path, color: str = "rgb") -> Image.Image:
-    """Decode an image file into a PIL image in the colour mode the model needs."""
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485   # larger images are refused (decompression bombs)
+REDUCE_ABOVE = 4096 * 4096                          # larger images are reduced while decoding ...
+REDUCE_TO = 4                                       # ... to about this many times the model input
+# edgeinfer refuses images over MAX_PIXELS itself, in one line; Pillow's own warning would only repeat it
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class ImageTooLarge(EdgeInferError):
+    """An image over ``MAX_PIXELS`` (refused before decoding; calibration skips and counts it)."""
+
+
+def load_image(path: str | Path, color: str = "rgb", size_hw: tuple[int, int] | None = None) -> Image.Image:
+    """Decode an image file into a PIL image in the colour mode the model needs.
+
+    Images over ``MAX_PIXELS`` are refused (named, with the limit) before their pixels are decoded.
+    With ``size_hw`` (the model input), images over ``REDUCE_ABOVE`` pixels are reduced early (JPEG
+    while decoding, others right after) to about ``REDUCE_TO`` times the input; the original size is
+    kept in ``info["edgeinfer_original_size"]`` so boxes still map to original pixels.
+    16-bit images are scaled to 8 bits (not clipped)."""
     try:
         with Image.open(path) as im:
-            im.draft(_MODES[color], None) if im.format == "JPEG" else None
-            out = _to_8bit(im).convert(_MODES[color])
+            w0, h0 = im.size
+            if w0 * h0 > MAX_PIXELS:
+                raise ImageTooLarge(f"image {path} has {w0}x{h0} = {w0 * h0} pixels, over the limit of {MAX_PIXELS} "
+                                     "(decompression bomb?); downscale it first")
+            huge = size_hw is not None and w0 * h0 > REDUCE_ABOVE
+            if im.format == "JPEG":
+                im.draft(_MODES[color], (REDUCE_TO * size_hw[1], REDUCE_TO * size_hw[0]) if huge else None)
+            out = _to_8bit(_reduce(im, size_hw) if huge else im).convert(_MODES[color])
             if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # phone photos: pixels as the user sees them
                 out = ImageOps.exif_transpose(out)
+                if im.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):
+                    w0, h0 = h0, w0
+            if out.size != (w0, h0):
+                out.info["edgeinfer_original_size"] = (w0, h0)
             return out
     except FileNotFoundError:
         raise EdgeInferError(f"image not found: {path}") from None
     except IsADirectoryError:
         raise EdgeInferError(f"{path} is a folder, not an image; pass image files") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image {path} is over the pixel limit of {MAX_PIXELS} ({exc}); downscale it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
         raise EdgeInferError(f"cannot read image {path} ({exc.__class__.__name__}: {exc}); "
                              "is it a complete PNG/JPEG/... file?") from None
 
 
 _EXIF_ORIENTATION = 0x0112
 _WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def _reduce(im: Image.Image, size_hw: tuple[int, int]) -> Image.Image:
+    """A huge image box-reduced by an integer factor, keeping at least ``REDUCE_TO`` x the model input."""
+    factor = min(im.size[0] // (REDUCE_TO * size_hw[1]), im.size[1] // (REDUCE_TO * size_hw[0]))
+    if factor < 2:
+        return im
+    if im.mode.startswith("I;16"):
+        return im.convert("I").reduce(factor)   # keeps 16-bit values; _to_8bit scales them afterwards
+    if im.mode not in ("L", "LA", "RGB", "RGBA", "CMYK", "I", "F"):
+        im = im.convert("RGBA" if "transparency" in im.info or im.mode in ("PA", "RGBa") else "RGB")
+    return im.reduce(factor)
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:
@@ -258,9 +301,13 @@ def normalize(pixels: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 def preprocess_pil(im: Image.Image, cfg: PreprocessConfig, size_hw: tuple[int, int]) -> tuple[np.ndarray, Transform]:
     """A decoded PIL image -> (float32 CHW array of ``size_hw``, Transform)."""
+    original = im.info.get("edgeinfer_original_size")
     if im.mode != _MODES[cfg.color]:
         im = im.convert(_MODES[cfg.color])
     out, t = GEOMETRY[cfg.resize_mode](im, cfg, size_hw)
+    if original and tuple(original) != im.size:   # reduced while decoding: map boxes to the original pixels
+        rx, ry = original[0] / im.size[0], original[1] / im.size[1]
+        t = Transform(tuple(original), (t.scale[0] / rx, t.scale[1] / ry), t.pad, (t.offset[0] * rx, t.offset[1] * ry))
     if out.size != (size_hw[1], size_hw[0]) and cfg.resize_mode != "letterbox":
         raise EdgeInferError(
             f"preprocessing produced {out.size[0]}x{out.size[1]} but the model takes {size_hw[1]}x{size_hw[0]}; "
@@ -270,7 +317,7 @@ def preprocess_pil(im: Image.Image, cfg: PreprocessConfig, size_hw: tuple[int, i
 
 def preprocess_image(path: str | Path, cfg: PreprocessConfig, size_hw: tuple[int, int]) -> tuple[np.ndarray, Transform]:
     """An image file -> (float32 CHW array, Transform)."""
-    return preprocess_pil(load_image(path, cfg.color), cfg, size_hw)
+    return preprocess_pil(load_image(path, cfg.color, size_hw), cfg, size_hw)
 
 
 def to_layout(batch_nchw: np.ndarray, layout: str) -> np.ndarray:

@@ -14,6 +14,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from .backends.names import DELEGATE_NAMES, ORT_PROVIDERS
 from .errors import EdgeInferError
 
 FORMATS = ("onnx", "tflite", "coreml")
@@ -54,8 +55,11 @@ SCHEMA: dict[str, dict[str, Check]] = {
     },
     "runtime": {
         "threads": (_pos_int, "a positive integer", False),
-        "onnx_providers": (_str_list, "a list of ONNX Runtime execution provider names", False),
-        "tflite_delegates": (_str_list, "a list of delegate names", False),
+        "onnx_providers": (lambda v: isinstance(v, list) and all(x in ORT_PROVIDERS for x in v),
+                           "a list of ONNX Runtime execution provider names, e.g. [\"CPUExecutionProvider\"]", False),
+        "tflite_delegates": (lambda v: isinstance(v, list) and all(x in DELEGATE_NAMES for x in v),
+                             f"a list of delegate names ({', '.join(sorted(DELEGATE_NAMES))}); never a library path", False),
+        "batch": (_pos_int, "a positive integer (images per engine call in `run`)", False),
         "coreml_compute_units": (_one_of(*COMPUTE_UNITS), f"one of {', '.join(COMPUTE_UNITS)}", False),
         "coreml_target": (_one_of(*COREML_TARGETS), f"one of {', '.join(COREML_TARGETS)}", False),
         "tflite_input_layout": (_one_of("NHWC", "NCHW"), "NHWC or NCHW", False),
@@ -174,6 +178,16 @@ def load_profile(name: str) -> Profile:
         hint = f"did you mean {', '.join(close)}?" if close else "run `edgeinfer profiles` to list them"
         raise EdgeInferError(f"unknown device profile {name!r}; {hint}")
     return load_profile_file(profiles_dir() / f"{name}.toml")
+
+
+def installed_runtime(name: object) -> dict[str, Any]:
+    """The ``[runtime]`` section of the profile named ``name`` installed with this edgeinfer, {} when none is.
+
+    Bundles name their profile; delegates, providers and threads come from the installed file of that
+    name, never from the bundle's own copy (a bundle must not choose which native code runs)."""
+    if not isinstance(name, str) or name not in profile_names():
+        return {}
+    return load_profile_file(profiles_dir() / f"{name}.toml").runtime
 
 
 def all_profiles() -> list[Profile]:

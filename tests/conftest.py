@@ -28,3 +28,12 @@ def digits_bundle(tmp_path_factory) -> Path:
     edgeinfer_cli("convert", DIGITS / "digits.onnx", "--profile", "generic-x86-64", "--formats", "onnx",
                   "--quant", "int8,fp32", "--calib", DIGITS / "calib", "-o", out, "--quiet", check=True)
     return out / "digits-generic-x86-64"
+
+
+@pytest.fixture(scope="session")
+def digits_tflite_bundle(tmp_path_factory) -> Path:
+    """digits.onnx -> raspberry-pi-4 bundle with int8 + fp32 TFLite artifacts (calibrated on samples/digits/calib)."""
+    out = tmp_path_factory.mktemp("tflite-bundles")
+    edgeinfer_cli("convert", DIGITS / "digits.onnx", "--profile", "raspberry-pi-4", "--formats", "tflite",
+                  "--quant", "int8,fp32", "--calib", DIGITS / "calib", "-o", out, "--quiet", check=True)
+    return out / "digits-raspberry-pi-4"

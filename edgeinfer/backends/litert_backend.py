@@ -19,20 +19,11 @@ import numpy as np
 
 from ..errors import EdgeInferError
 from .base import Backend, BackendOptions
+from .names import BUILTIN_DELEGATES, DELEGATE_LIBRARIES, is_library_path
+from .tflite_check import check_tflite
 from .tflite_metadata import read_metadata
 
 ENGINES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
-
-# delegate name -> candidate shared libraries per platform (first found wins)
-DELEGATE_LIBRARIES: dict[str, dict[str, list[str]]] = {
-    "gpu": {"linux": ["libtensorflowlite_gpu_delegate.so"], "darwin": ["libtensorflowlite_gpu_delegate.dylib"],
-            "win32": ["tensorflowlite_gpu_delegate.dll"]},
-    "nnapi": {"linux": ["libtensorflowlite_nnapi_delegate.so", "libnnapi_delegate.so"]},
-    "hexagon": {"linux": ["libhexagon_delegate.so", "libQnnTFLiteDelegate.so"]},
-    "qnn": {"linux": ["libQnnTFLiteDelegate.so"]},
-    "edgetpu": {"linux": ["libedgetpu.so.1"], "darwin": ["libedgetpu.1.dylib"], "win32": ["edgetpu.dll"]},
-}
-BUILTIN_DELEGATES = {"xnnpack"}   # part of the interpreter's default CPU kernels: nothing to load
 
 
 def import_engine():
@@ -48,7 +39,7 @@ def import_engine():
 
 def delegate_candidates(name: str, platform: str = sys.platform) -> list[str]:
     """Library names (or the path itself) to try for a delegate given by name or path."""
-    if "/" in name or "\\" in name or name.endswith((".so", ".dylib", ".dll")) or ".so." in name:
+    if is_library_path(name):
         return [name]
     key = name.lower()
     if key not in DELEGATE_LIBRARIES:
@@ -88,6 +79,7 @@ class LiteRTBackend(Backend):
         super().__init__(path, options)
         if not self.path.is_file():
             raise EdgeInferError(f"TFLite model not found: {self.path}")
+        check_tflite(self.path)   # engines trust the flatbuffer: a malformed file is refused before they see it
         self.engine, interpreter_cls, load_delegate = import_engine()
         self.delegates_loaded: list[str] = []
         delegates = self._load_delegates(load_delegate)
