@@ -288,10 +288,13 @@ def _describe(info: dict) -> list[str]:
     for key, value in info.items():
         if key == "artifacts":
             lines.append("artifacts:")
-            for a in value:
-                v = a.get("verification", {})
-                lines.append(f"  {a['file']:<32} {a['format']:<7} {a['precision']:<5} {a['size'] / 1e6:8.3f} MB  "
-                             + "  ".join(f"{k}={v[k]:.4g}" for k in ("max_abs_error", "cosine", "top1_agreement", "map50_agreement") if k in v))
+            for a in value:   # a hand-edited manifest may hold anything here: print what is there
+                v = a.get("verification") if isinstance(a.get("verification"), dict) else {}
+                size = a.get("size")
+                mb = f"{size / 1e6:8.3f} MB" if isinstance(size, (int, float)) else f"{'?':>8} MB"
+                lines.append(f"  {a['file']:<32} {a['format']:<7} {str(a.get('precision')):<5} {mb}  "
+                             + "  ".join(f"{k}={v[k]:.4g}" if isinstance(v[k], (int, float)) else f"{k}={v[k]!r}"
+                                         for k in ("max_abs_error", "cosine", "top1_agreement", "map50_agreement") if k in v))
         elif isinstance(value, (dict, list)):
             lines.append(f"{key}: {json.dumps(value)}")
         else:
