@@ -21,6 +21,7 @@ import numpy as np
 import edgeinfer
 from edgeinfer.bundle import sha256_of, size_of, write_manifest
 from edgeinfer.errors import EdgeInferError, NotSupportedYet
+from edgeinfer.int8_arith import saturates
 from edgeinfer.profiles import Profile, load_profile
 
 from . import images as image_io
@@ -151,6 +152,8 @@ def _plan(profile: Profile, opts: ConvertOptions) -> list[tuple[str, str]]:
 def _emit_options(fmt: str, profile: Profile, opts: ConvertOptions, keep_float: list[str]) -> dict[str, Any]:
     recipe = profile.data["recipe"]
     o: dict[str, Any] = {"activation_dtype": recipe.get("activation_dtype", "int8"), "nodes_to_exclude": list(keep_float)}
+    if fmt == "onnx":
+        o["int8_pair_safe"] = saturates(profile.int8_kernels)
     if fmt == "tflite":
         o["io_dtype"] = opts.emitter_options.get("tflite_io_dtype") or recipe.get("tflite_io_dtype", "float32")
         o["int8_mode"] = opts.emitter_options.get("int8_mode") or "full"
@@ -387,7 +390,14 @@ def summary_lines(result: ConvertResult) -> list[str]:
             agree = v.get("top1_agreement", v.get("map50_agreement"))
             agree_s = f"agreement {agree:.3f}" if agree is not None else ""
             lines.append(f"  {a['file']:<34} {a['size'] / 1e6:8.3f} MB ({a['size'] / src:5.2f}x)  "
-                         f"max|err| {v['max_abs_error']:.2e}  cos {v['cosine']:.5f}  {agree_s}")
+                         f"max|err| {v['max_abs_error']:.2e}  cos {v['cosine']:.5f}  {agree_s}"
+                         + (f"  [{v['arithmetic']}]" if v.get("arithmetic") else ""))
+            host = v.get("host_check")
+            if host:
+                h_agree = host.get("top1_agreement", host.get("map50_agreement"))
+                lines.append(f"      this host ({host['arithmetic']}): cos {host['cosine']:.5f}"
+                             + (f"  agreement {h_agree:.3f}" if h_agree is not None else "")
+                             + " (saturating kernels: the target computes the figures above)")
             for note in a["notes"]:
                 lines.append(f"      note: {note}")
         for w in m["warnings"]:

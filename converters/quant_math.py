@@ -38,3 +38,29 @@ def quantize_weights_per_channel(w: np.ndarray, axis: int, bits: int = 8) -> tup
     shape = [-1] + [1] * (moved.ndim - 1)
     q = np.clip(np.round(moved / scales.reshape(shape)), -qmax, qmax).astype(np.int8)
     return np.moveaxis(q, 0, axis), scales
+
+
+def pair_sums(w_out_k: np.ndarray) -> np.ndarray:
+    """Largest |w[2j]| + |w[2j+1]| per row of a (outputs, K) weight matrix (K padded to even)."""
+    a = np.abs(w_out_k.astype(np.float64))
+    if a.shape[1] % 2:
+        a = np.pad(a, ((0, 0), (0, 1)))
+    return (a[:, 0::2] + a[:, 1::2]).max(axis=1) if a.shape[1] else np.zeros(len(a))
+
+
+def pair_safe_per_channel(w_out_k: np.ndarray, pair_max: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row int8 weights whose adjacent pairs satisfy |q[2j]| + |q[2j+1]| <= 128.
+
+    Then 255 * (|q1| + |q2|) <= 32640 fits a signed 16-bit lane: x86 u8s8 kernels without VNNI
+    (``VPMADDUBSW``) cannot saturate, whatever the uint8 activations. Each row keeps 8 bits unless
+    two adjacent weights are both large; then its scale is ``pair_max / 127`` (rounding adds at most
+    one step to a pair). ``pair_max`` overrides the per-row pair bound (e.g. the max over several
+    K orderings). Returns (q int8 (outputs, K), scales float32[outputs]).
+    """
+    w = w_out_k.astype(np.float32)
+    absmax = np.abs(w).max(axis=1) if w.shape[1] else np.zeros(len(w), np.float32)
+    pairs = pair_sums(w) if pair_max is None else pair_max
+    scales = np.maximum(absmax / 127.0, pairs / 127.0).astype(np.float32)
+    scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
+    q = np.clip(np.round(w / scales[:, None]), -127, 127).astype(np.int8)
+    return q, scales

@@ -37,8 +37,12 @@ def tensors_range(calib: CalibrationResult) -> TensorsData:
 
 
 def quantize_int8(model: onnx.ModelProto, calib: CalibrationResult, *, per_channel: bool = True,
-                  nodes_to_exclude=(), activation_dtype: str = "int8") -> onnx.ModelProto:
-    """Static QDQ int8: per-channel symmetric int8 weights, activations from the shared ranges."""
+                  nodes_to_exclude=(), activation_dtype: str = "int8", pair_safe: bool = False) -> onnx.ModelProto:
+    """Static QDQ int8: per-channel symmetric int8 weights, activations from the shared ranges.
+
+    ``pair_safe``: weights re-quantized so x86 u8s8 kernels without VNNI cannot saturate
+    (``make_pair_safe``); for targets whose int8 kernels saturate (``edgeinfer.int8_arith``).
+    """
     if calib is None:
         raise EdgeInferError("int8 needs calibration data: pass --calib DIR (or --calib-synthetic to accept random inputs)")
     if activation_dtype not in ACTIVATION_TYPES:
@@ -51,7 +55,10 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationResult, *, per_chann
         # ONNX Runtime's CPU kernels run as fast either way (measured by tools/bench_onnx.py)
         {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": False},
     )
-    return quantizer.quantize_model()
+    qmodel = quantizer.quantize_model()
+    if pair_safe:
+        make_pair_safe(qmodel, model)
+    return qmodel
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -86,3 +93,63 @@ def _drop_unused(model: onnx.ModelProto) -> onnx.ModelProto:
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
     return model
+
+
+def _weight_rows(op_type: str, attrs: dict, w: np.ndarray, axis: int) -> list[np.ndarray] | None:
+    """The weight as (outputs, K) matrices, one per K ordering a GEMM kernel may pack it in;
+    None where the op is not lowered to a u8s8 GEMM (depthwise convolutions run their own exact kernel)."""
+    if op_type == "Conv":
+        group = int(attrs.get("group", 1))
+        if w.ndim != 4 or (w.shape[1] == 1 and group == w.shape[0] and group > 1) or axis != 0:
+            return None
+        m = w.shape[0]
+        return [w.reshape(m, -1), w.transpose(0, 2, 3, 1).reshape(m, -1)]   # (c, kh, kw) and (kh, kw, c)
+    if w.ndim != 2:
+        return None
+    out_axis = 0 if (op_type == "Gemm" and attrs.get("transB", 0)) else 1
+    if axis != out_axis:
+        return None
+    return [w if out_axis == 0 else w.T]
+
+
+def make_pair_safe(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> int:
+    """Re-quantize, in place, the int8 weights of every GEMM-lowered Conv/Gemm/MatMul of the QDQ
+    ``qmodel`` with ``quant_math.pair_safe_per_channel`` from the float weights of ``float_model``
+    (matched by node name). Returns how many weight tensors lost precision (a scale grew)."""
+    from .quant_math import pair_safe_per_channel, pair_sums
+    f_inits = {t.name: t for t in float_model.graph.initializer}
+    f_nodes = {n.name: n for n in float_model.graph.node if n.name}
+    q_inits = {t.name: t for t in qmodel.graph.initializer}
+    producers = {o: n for n in qmodel.graph.node for o in n.output}
+    widened = 0
+    for node in qmodel.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        dq = producers.get(node.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in q_inits:
+            continue
+        wq_t = q_inits[dq.input[0]]
+        if wq_t.data_type != TensorProto.INT8:
+            continue
+        src = f_nodes.get(node.name)
+        if src is None or len(src.input) < 2 or src.input[1] not in f_inits:
+            raise EdgeInferError(f"internal: quantized node {node.name!r} has no float weight to re-quantize")
+        w = numpy_helper.to_array(f_inits[src.input[1]])
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axis = next((helper.get_attribute_value(a) for a in dq.attribute if a.name == "axis"), 1)
+        scale_t = q_inits[dq.input[1]]
+        if int(np.prod(scale_t.dims or [1])) == 1:
+            continue   # per-tensor weights (not produced by this recipe)
+        rows = _weight_rows(node.op_type, attrs, w, axis)
+        if rows is None:
+            continue
+        q_rows, scales = pair_safe_per_channel(rows[0], np.max([pair_sums(r) for r in rows], axis=0))
+        if node.op_type == "Conv":
+            q = q_rows.reshape(w.shape)
+        else:
+            q = q_rows if rows[0] is w else q_rows.T
+        old = numpy_helper.to_array(scale_t)
+        widened += int(np.any(scales > old * (1 + 1e-6)))
+        wq_t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(q), wq_t.name))
+        scale_t.CopyFrom(numpy_helper.from_array(scales.reshape(old.shape), scale_t.name))
+    return widened

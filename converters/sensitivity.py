@@ -153,7 +153,8 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
         raise EdgeInferError("sensitivity search needs evaluation inputs: pass held-out images")
     log = _log if progress else (lambda _m: None)
     calib = calibration or calibrate(model, np.asarray(calib_samples, np.float32), "minmax", progress=progress)
-    quant = quantize or (lambda m, c, excl: quantize_int8(m, c, nodes_to_exclude=tuple(excl)))
+    # pair-safe weights: this host's ORT then computes what exact-integer targets compute, on any CPU
+    quant = quantize or (lambda m, c, excl: quantize_int8(m, c, nodes_to_exclude=tuple(excl), pair_safe=True))
     report = SensitivityReport(float("nan"), float("nan"), float("nan"))
 
     def measure(exclude: Sequence[str]) -> float:

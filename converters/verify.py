@@ -14,7 +14,10 @@ from edgeinfer.backends import BackendOptions, open_backend
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.preprocess import Transform, to_layout
 
+from edgeinfer.int8_arith import host_arithmetic, host_int8_kernels, saturates
+
 from .emitters.api import EmittedArtifact
+from .exact_int import ARITHMETIC as EXACT_ARITHMETIC, run_exact
 from .ort_session import cpu_session
 
 BATCH = 8
@@ -33,11 +36,27 @@ def run_reference(model: onnx.ModelProto, samples: np.ndarray) -> list[np.ndarra
     return [np.concatenate([p[k] for p in parts]).astype(np.float32) for k in range(len(parts[0]))]
 
 
-def run_artifact(artifact: EmittedArtifact, samples: np.ndarray, threads: int | None = None) -> list[np.ndarray]:
+def arithmetic_of(artifact: EmittedArtifact) -> str:
+    """The arithmetic that verifies ``artifact`` faithfully to its target (recorded per figure):
+    ``exact-int`` for a full-8-bit ONNX int8 artifact on a host whose int8 kernels saturate (x86
+    without VNNI), else this host's engine (``host-ort-<kernels>``, ``host-litert-<kernels>``; TFLite's
+    integer kernels are exact on every CPU), or the numpy MIL evaluator for Core ML."""
+    if artifact.format == "coreml":
+        return "mil-eval-numpy"
+    if artifact.format == "onnx" and artifact.precision == "int8" and saturates(host_int8_kernels()) \
+            and not artifact.details.get("pair_safe_weights", False):
+        return EXACT_ARITHMETIC
+    return host_arithmetic("ort" if artifact.format == "onnx" else "litert")
+
+
+def run_artifact(artifact: EmittedArtifact, samples: np.ndarray, threads: int | None = None,
+                 arithmetic: str | None = None) -> list[np.ndarray]:
     """Outputs of an emitted artifact for NCHW float samples, executed the way the device would."""
     if artifact.format == "coreml":
         from .emitters.coreml.verify import run_mlpackage
         return run_mlpackage(artifact.path, samples)
+    if arithmetic == EXACT_ARITHMETIC:
+        return run_exact(onnx.load(str(artifact.path)), samples)
     backend = open_backend(artifact.format, artifact.path, BackendOptions(threads=threads))
     parts = [backend.run(to_layout(samples[i:i + BATCH], artifact.input_layout)) for i in range(0, len(samples), BATCH)]
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
@@ -76,14 +95,27 @@ AGREEMENT: dict[str, Callable[..., dict[str, float]]] = {"classify": classify_ag
 AGREEMENT_KEY = {"classify": "top1_agreement", "detect": "map50_agreement"}
 
 
-def verify_artifact(artifact: EmittedArtifact, samples: np.ndarray, reference: list[np.ndarray], *, task: str,
-                    postprocess: dict, labels, input_hw, synthetic: bool = False) -> dict[str, Any]:
-    outputs = run_artifact(artifact, samples)
+def _figures(artifact: EmittedArtifact, outputs: list[np.ndarray], reference: list[np.ndarray], *, task: str,
+             postprocess: dict, labels, input_hw) -> dict[str, Any]:
     if len(outputs) != len(reference):
         raise EdgeInferError(f"{artifact.path.name} has {len(outputs)} outputs; the source model has {len(reference)}")
-    figures: dict[str, Any] = {"inputs": int(len(samples)), "synthetic_inputs": synthetic}
-    figures.update(numeric_figures(reference[0], outputs[0]))
+    figures = numeric_figures(reference[0], outputs[0])
     figures.update(AGREEMENT[task](reference, outputs, postprocess=postprocess, labels=labels, input_hw=input_hw))
+    return figures
+
+
+def verify_artifact(artifact: EmittedArtifact, samples: np.ndarray, reference: list[np.ndarray], *, task: str,
+                    postprocess: dict, labels, input_hw, synthetic: bool = False) -> dict[str, Any]:
+    """Figures of ``artifact`` against the fp32 ``reference``, computed with ``arithmetic_of(artifact)``.
+    When that is not this host's engine, ``host_check`` adds the figures this host's engine gives."""
+    arithmetic = arithmetic_of(artifact)
+    kw = dict(task=task, postprocess=postprocess, labels=labels, input_hw=input_hw)
+    figures: dict[str, Any] = {"inputs": int(len(samples)), "synthetic_inputs": synthetic, "arithmetic": arithmetic}
+    figures.update(_figures(artifact, run_artifact(artifact, samples, arithmetic=arithmetic), reference, **kw))
+    if arithmetic == EXACT_ARITHMETIC:
+        host = _figures(artifact, run_artifact(artifact, samples), reference, **kw)
+        figures["host_check"] = {"arithmetic": host_arithmetic("ort"), **host,
+                                 "note": "this host's int8 kernels saturate 16-bit pair sums; the target's do not"}
     return figures
 
 

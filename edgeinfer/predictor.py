@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import platform
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -13,6 +14,7 @@ from PIL import Image
 from .backends import Backend, BackendOptions, backend_class
 from .bundle import contained, read_labels, read_manifest, verified_artifact
 from .errors import EdgeInferError
+from .int8_arith import saturation_warning
 from .postprocess import make_postprocessor
 from .preprocess import PreprocessConfig, Transform, load_image, preprocess_pil, to_layout
 from .profiles import installed_runtime
@@ -35,6 +37,15 @@ def backend_options_for(manifest: dict[str, Any], fmt: str, threads: int | None 
         strict_delegate=strict_delegate,
         compute_units=compute_units or runtime.get("coreml_compute_units", "ALL"),
     )
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class Predictor:
@@ -107,7 +118,12 @@ class Predictor:
             if not path.exists():
                 raise EdgeInferError(f"artifact file {self.bundle_dir / entry['file']} named by the manifest is missing")
         cls = backend_class(entry["format"])
-        return cls(path, backend_options_for(self.manifest, entry["format"], **self._backend_args))
+        backend = cls(path, backend_options_for(self.manifest, entry["format"], **self._backend_args))
+        warning = saturation_warning(entry)
+        if warning:
+            backend.warnings.append(warning)
+            _warn_once(warning)
+        return backend
 
     @property
     def input_layout(self) -> str:

@@ -16,6 +16,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from .backends.names import DELEGATE_NAMES, ORT_PROVIDERS
 from .errors import EdgeInferError
+from .int8_arith import KERNELS as INT8_KERNELS
 
 FORMATS = ("onnx", "tflite", "coreml")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
@@ -52,6 +53,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "default": (_list_of(*PRECISIONS), f"a non-empty list of {', '.join(PRECISIONS)}", True),
         "activation_dtype": (_one_of("int8", "uint8"), "int8 or uint8", False),
         "tflite_io_dtype": (_one_of("float32", "int8", "uint8"), "float32, int8 or uint8", False),
+        "int8_kernels": (_one_of(*INT8_KERNELS), f"one of {', '.join(INT8_KERNELS)}", False),
     },
     "runtime": {
         "threads": (_pos_int, "a positive integer", False),
@@ -96,12 +98,23 @@ class Profile:
     @property
     def runtime(self) -> dict[str, Any]: return dict(self.data.get("runtime", {}))
     @property
+    def int8_kernels(self) -> str:
+        """What the device's CPU int8 kernels compute (``edgeinfer.int8_arith.KERNELS``); stated in
+        ``[recipe] int8_kernels``, else derived from ``[cpu]`` (x86 without a VNNI/AMX ISA entry: x86-avx2)."""
+        stated = self.data["recipe"].get("int8_kernels")
+        if stated:
+            return stated
+        isa = " ".join(self.data["cpu"].get("isa", [])).lower()
+        if self.data["cpu"]["arch"] == "x86_64":
+            return "x86-vnni" if ("vnni" in isa or "amx" in isa) else "x86-avx2"
+        return "arm-dotprod" if "dotprod" in isa else "arm-neon"
+    @property
     def accelerators(self) -> list[dict[str, Any]]: return list(self.data.get("accelerators", []))
 
     def to_manifest(self) -> dict[str, Any]:
         """What a bundle records of its profile (the runtime needs only this)."""
         return {"name": self.name, "display_name": self.display_name, "arch": self.data["cpu"]["arch"],
-                "runtime": self.runtime, "accelerators": self.accelerators}
+                "int8_kernels": self.int8_kernels, "runtime": self.runtime, "accelerators": self.accelerators}
 
 
 def profiles_dir() -> Path:

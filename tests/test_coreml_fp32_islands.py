@@ -126,7 +126,9 @@ def test_breakdown_rows(pkgs, tiny, batch):
 def test_digits_fp32_stem_islands_reduce_logit_error(tmp_path):
     """Measured facts (tools/coreml_fp16_error.py digits): all-fp16 logits are off by ~0.025 vs
     ONNX Runtime fp32, mostly from fp16 weight storage spread over the network; the head island
-    barely helps, keeping the first 6 convolutions fp32 brings it under 1e-2."""
+    barely changes it (within a quarter either way: which of the two is smaller is decided by the
+    host's float kernels, so the test does not assert an order), keeping the first 6 convolutions
+    fp32 brings it under 1e-2, well below all-fp16."""
     from converters.clean import clean_model
     from edgeinfer.preprocess import PreprocessConfig, preprocess_image
 
@@ -143,4 +145,5 @@ def test_digits_fp32_stem_islands_reduce_logit_error(tmp_path):
         got = run_mlpackage(art.path, x)[0]
         assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.99
         err[k] = float(np.abs(got - ref).max())
-    assert err["stem:6"] <= 1e-2 and err["stem:6"] < err[""] and err["head"] <= err[""]
+    assert err["stem:6"] <= 1e-2 and err["stem:6"] < 0.6 * err[""]
+    assert abs(err["head"] - err[""]) <= 0.25 * err[""]

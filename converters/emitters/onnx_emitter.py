@@ -21,9 +21,18 @@ def _fp16(req: EmitRequest) -> tuple[onnx.ModelProto, list[str]]:
 
 def _int8(req: EmitRequest) -> tuple[onnx.ModelProto, list[str]]:
     act = req.options.get("activation_dtype", "int8")
+    pair_safe = bool(req.options.get("int8_pair_safe", True))
     model = quantize_onnx.quantize_int8(req.model, req.calibration, per_channel=True,
-                                        nodes_to_exclude=req.options.get("nodes_to_exclude", ()), activation_dtype=act)
+                                        nodes_to_exclude=req.options.get("nodes_to_exclude", ()), activation_dtype=act,
+                                        pair_safe=pair_safe)
     notes = [f"static QDQ: per-channel int8 weights, {act} activations ({req.calibration.method} calibration)"]
+    if pair_safe:
+        notes.append("pair-safe weights (|w[2j]|+|w[2j+1]| <= 128 per output channel): x86 CPUs without VNNI cannot "
+                     "saturate their 16-bit pair sums, so every CPU computes the same; channels with two large adjacent "
+                     "weights get a coarser scale (depthwise convolutions keep full 8 bits)")
+    else:
+        notes.append("full 8-bit weights for exact-accumulating int8 kernels (ARM NEON/dot-product, x86 VNNI); x86 CPUs "
+                     "without VNNI saturate 16-bit pair sums with them, so such hosts verify in exact integer arithmetic")
     if req.options.get("nodes_to_exclude"):
         notes.append(f"kept in float: {', '.join(req.options['nodes_to_exclude'])}")
     return model, notes
@@ -61,5 +70,7 @@ def emit(req: EmitRequest) -> EmittedArtifact:
     for n in model.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
     details = {"op_counts": ops, **(extra[0] if extra else {})}
+    if req.precision == "int8":
+        details["pair_safe_weights"] = bool(req.options.get("int8_pair_safe", True))
     return EmittedArtifact(path=req.out_path, format="onnx", precision=req.precision, input_layout="NCHW",
                            io_dtype="float32", notes=notes, details=details)
