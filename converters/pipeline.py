@@ -36,6 +36,7 @@ from .model_info import (classify_postprocess, input_spec, metadata, output_spec
 from .verify import check_min_agreement, run_reference, verify_artifact
 
 PRECISION_ORDER = ("fp32", "fp16", "int8", "int4")
+SEARCH_INPUTS = 64        # calibration images the keep-float search evaluates on
 SYNTHETIC_COUNT = 32
 
 
@@ -64,7 +65,8 @@ class ConvertOptions:
     progress: bool = True
     emitter_options: dict[str, Any] = field(default_factory=dict)   # e.g. tflite_io_dtype, tflite_layout
     exclude_nodes: list[str] = field(default_factory=list)
-    auto_keep_float: bool = True                # detectors: search int8-sensitive nodes to keep in float
+    auto_keep_float: bool = True                # detectors (and --min-agreement): search int8-sensitive nodes
+    search_seconds: float = 90.0                # time budget of that search
 
 
 @dataclass
@@ -209,7 +211,10 @@ def _resolve_postprocess(source, task: str, labels, spec: dict[str, Any], opts: 
 
 def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[str, Any],
                 opts: ConvertOptions) -> tuple[list[str], dict[str, Any] | None]:
-    """Nodes kept in float in int8 artifacts (user's --keep-float, or the detector search) + manifest entry."""
+    """Nodes kept in float in int8 artifacts (user's --keep-float, or the search) + manifest entry.
+
+    The search runs for detectors (target: mAP@0.5 agreement within 0.01 of fp32) and for any task
+    given ``--min-agreement`` (target: that agreement), on the calibration images."""
     if opts.exclude_nodes:
         names = {n.name for n in model.graph.node}
         unknown = [n for n in opts.exclude_nodes if n not in names]
@@ -217,13 +222,24 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
             raise EdgeInferError(f"--keep-float names node {unknown[0]!r}, which is not in the cleaned graph; "
                                  f"give node names of the model, e.g. {', '.join(sorted(names)[:3])}")
         return list(opts.exclude_nodes), {"kept_float": list(opts.exclude_nodes), "metric": "chosen with --keep-float"}
-    if calib is None or task != "detect" or not opts.auto_keep_float:
+    if calib is None or not opts.auto_keep_float or (task != "detect" and opts.min_agreement is None):
         return [], None
-    from .sensitivity import detector_keep_float
-    _say(opts, "searching int8-sensitive nodes of the detector (kept in float)")
-    rep = detector_keep_float(model, calib, calib.samples[:64], post, progress=opts.progress)
-    return list(rep.excluded), {"kept_float": rep.excluded, "metric": "map50_agreement on calibration images",
-                                "float": rep.float_metric, "naive_int8": rep.naive_metric, "final": rep.final_metric}
+    from .sensitivity import classifier_keep_float, detector_keep_float
+    _say(opts, f"searching int8-sensitive nodes to keep in float (time budget {opts.search_seconds:.0f} s)")
+    samples = calib.samples[:SEARCH_INPUTS]
+    if task == "detect":
+        tolerance = 0.01 if opts.min_agreement is None else max(0.0, 1.0 - opts.min_agreement)
+        rep = detector_keep_float(model, calib, samples, post, tolerance=tolerance, progress=opts.progress,
+                                  time_budget=opts.search_seconds)
+        metric = "map50_agreement on calibration images"
+    else:
+        rep = classifier_keep_float(model, calib, samples, opts.min_agreement, progress=opts.progress,
+                                    time_budget=opts.search_seconds)
+        metric = "top1_agreement on calibration images"
+    entry = {"kept_float": rep.excluded, "metric": metric, "float": rep.float_metric, "naive_int8": rep.naive_metric,
+             "final": rep.final_metric, "evaluations": rep.evaluations, "ranked_by_sqnr_lost": rep.ranking,
+             "out_of_time": rep.out_of_time, "arithmetic": "pair-safe int8 on this host's ORT (= exact-int)"}
+    return list(rep.excluded), entry
 
 
 def _int4_plans(model, calib_samples: np.ndarray | None, plans: dict[str, list[tuple[str, str]]], task: str,

@@ -4,8 +4,10 @@
 
 1. measures ``metric_fn`` on the fp32 model and on the naive int8 model (nothing excluded);
    if the drop is within ``tolerance`` it returns ``[]``;
-2. scans the candidates: each candidate (one node name, or a group of names kept in float
-   together, e.g. a detector head's decode tail) is excluded ALONE and the metric re-measured;
+2. ranks the quantized nodes by the SQNR they lose in ONE instrumented run of the float and naive
+   int8 models (``converters.int8_error``), and scans the head groups plus the worst few: each
+   candidate (one node name, or a group of names kept in float together, e.g. a detector head's
+   decode tail) is excluded ALONE and the metric re-measured;
 3. greedily accumulates the candidates that helped, best first (the smallest among those that
    reach the target alone), keeping each only if it raises the metric, until the drop is within
    ``tolerance`` or ``budget`` nodes are kept in float;
@@ -20,6 +22,7 @@ ranges from ``converters.calibrate.calibrate``, so the result applies to the pip
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -37,6 +40,8 @@ Outputs = list[list[np.ndarray]]
 MetricFn = Callable[[Outputs], float]
 Candidate = str | tuple[str, ...]
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+RANKED_CANDIDATES = 8     # quantized nodes (by SQNR lost) evaluated one by one
+RANKING_INPUTS = 8        # inputs of the instrumented ranking run
 
 
 @dataclass
@@ -50,6 +55,8 @@ class SensitivityReport:
     scan: list[tuple[str, float]] = field(default_factory=list)   # (candidate, metric when kept float alone)
     steps: list[tuple[str, float, bool]] = field(default_factory=list)  # (candidate, metric, accepted)
     evaluations: int = 0
+    ranking: list[tuple[str, float]] = field(default_factory=list)   # (candidate, SQNR lost in dB), worst first
+    out_of_time: bool = False
 
 
 def run_outputs(model: onnx.ModelProto, inputs: np.ndarray, threads: int = 1) -> Outputs:
@@ -138,13 +145,17 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
                        metric_fn: MetricFn, candidates: Iterable[Candidate] | None = None, budget: int = 8,
                        tolerance: float = 0.01, *, calibration: CalibrationResult | None = None,
                        quantize: Callable[[onnx.ModelProto, CalibrationResult, Sequence[str]], onnx.ModelProto] | None = None,
-                       progress: bool = True) -> SensitivityReport:
+                       progress: bool = True, top_k: int | None = RANKED_CANDIDATES,
+                       time_budget: float | None = None) -> SensitivityReport:
     """The full search (see module docstring); ``find_sensitive_nodes`` returns only its names.
 
-    ``candidates`` None: every node the naive int8 model quantizes, head first, plus the
-    ``head_groups``. ``budget`` caps the number of nodes kept in float. ``tolerance`` is the
-    allowed metric drop below fp32 (absolute, in ``metric_fn`` units). ``calibration`` reuses ranges
-    already collected; ``quantize(model, calib, nodes_to_exclude)`` replaces the default recipe.
+    ``candidates`` None: the ``head_groups`` plus the quantized nodes, ranked by the SQNR they lose
+    in one instrumented run (``converters.int8_error``) and cut to the ``top_k`` worst (``top_k``
+    None: every quantized node, head first). ``budget`` caps the number of nodes kept in float.
+    ``tolerance`` is the allowed metric drop below fp32 (absolute, in ``metric_fn`` units).
+    ``calibration`` reuses ranges already collected; ``quantize(model, calib, nodes_to_exclude)``
+    replaces the default recipe. ``time_budget`` (seconds): no new evaluation starts after it; the
+    best set found so far is returned and ``report.out_of_time`` says so.
     """
     from .calibrate import calibrate
     from .quantize_onnx import quantize_int8
@@ -156,6 +167,12 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
     # pair-safe weights: this host's ORT then computes what exact-integer targets compute, on any CPU
     quant = quantize or (lambda m, c, excl: quantize_int8(m, c, nodes_to_exclude=tuple(excl), pair_safe=True))
     report = SensitivityReport(float("nan"), float("nan"), float("nan"))
+
+    t_start = time.perf_counter()
+
+    def out_of_time() -> bool:
+        report.out_of_time = time_budget is not None and time.perf_counter() - t_start > time_budget
+        return report.out_of_time
 
     def measure(exclude: Sequence[str]) -> float:
         report.evaluations += 1
@@ -173,7 +190,14 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
 
     if candidates is None:
         nodes = quantized_nodes(naive)
-        candidates = [*head_groups(model), *reversed(nodes)]
+        if top_k is None:
+            candidates = [*head_groups(model), *reversed(nodes)]
+        else:
+            from .int8_error import node_error_ranking
+            ranking = node_error_ranking(model, naive, eval_inputs[:RANKING_INPUTS], nodes=nodes, progress=progress)
+            report.ranking = [(_label(r.nodes), round(r.lost_db, 2)) for r in ranking[:top_k]]
+            log("  worst int8 nodes (SQNR lost): " + ", ".join(f"{n} {db:.1f} dB" for n, db in report.ranking[:5]))
+            candidates = [*head_groups(model), *(r.nodes for r in ranking[:top_k])]
     cands = [c for c in candidates if _names(c)]
     known = {n.name for n in model.graph.node}
     unknown = sorted({n for c in cands for n in _names(c)} - known)
@@ -182,6 +206,10 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
 
     with Progress("scanning int8 nodes", len(cands), progress) as bar:
         for c in cands:
+            if out_of_time():
+                cands = cands[:len(report.scan)]
+                log(f"  time budget {time_budget:.0f} s reached: scanned {len(cands)} candidates")
+                break
             report.scan.append((_label(c), measure(_names(c))))
             bar.update()
     best = max(report.scan, key=lambda r: r[1], default=None)
@@ -197,6 +225,8 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
         names = [n for n in _names(cands[i]) if n not in excluded]
         if not names or len(excluded) + len(names) > budget:
             continue
+        if out_of_time():
+            break
         m = measure(excluded + names)
         ok = m > current
         report.steps.append((_label(cands[i]), m, ok))
@@ -208,6 +238,8 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
                 break
     if current >= target:  # backward pass: drop nodes the target does not need
         for name in list(excluded)[::-1]:
+            if out_of_time():
+                break
             trial = [n for n in excluded if n != name]
             m = measure(trial)
             if m >= target:
@@ -227,9 +259,29 @@ def find_sensitive_nodes(model: onnx.ModelProto, calib_samples: np.ndarray, eval
                               **kwargs).excluded
 
 
+def top1_agreement(reference: Outputs) -> MetricFn:
+    """Metric factory: fraction of inputs whose first output's argmax equals the reference's."""
+    ref = [int(np.argmax(r[0])) for r in reference]
+
+    def metric(outputs: Outputs) -> float:
+        return float(np.mean([int(np.argmax(o[0])) == r for o, r in zip(outputs, ref)]))
+    return metric
+
+
+def classifier_keep_float(model: onnx.ModelProto, calibration: CalibrationResult, eval_inputs: np.ndarray,
+                          min_agreement: float, budget: int = 8, progress: bool = True,
+                          time_budget: float | None = None) -> SensitivityReport:
+    """The converter's call for a classifier with ``--min-agreement``: nodes of the CLEANED ``model`` to
+    keep in float so int8 top-1 agrees with fp32 on ``eval_inputs`` at least ``min_agreement``."""
+    metric = top1_agreement(run_outputs(model, eval_inputs))
+    return sensitivity_search(model, calibration.samples, eval_inputs, metric, budget=budget,
+                              tolerance=max(0.0, 1.0 - min_agreement), calibration=calibration, progress=progress,
+                              time_budget=time_budget)
+
+
 def detector_keep_float(model: onnx.ModelProto, calibration: CalibrationResult, eval_inputs: np.ndarray,
                         postprocess: dict, tolerance: float = 0.01, budget: int = 8,
-                        progress: bool = True) -> SensitivityReport:
+                        progress: bool = True, time_budget: float | None = None) -> SensitivityReport:
     """The converter's one call for ``--task detect`` int8: nodes of the CLEANED ``model`` to keep in
     float so int8 detections agree with fp32 (``detection_agreement`` mAP@0.5) within ``tolerance``
     on ``eval_inputs`` (preprocessed NCHW, e.g. the verification inputs). Boxes are compared in
@@ -239,4 +291,4 @@ def detector_keep_float(model: onnx.ModelProto, calibration: CalibrationResult, 
     h, w = int(eval_inputs.shape[2]), int(eval_inputs.shape[3])
     metric = detection_agreement(run_outputs(model, eval_inputs), postprocess, Transform((w, h)))
     return sensitivity_search(model, calibration.samples, eval_inputs, metric, budget=budget, tolerance=tolerance,
-                              calibration=calibration, progress=progress)
+                              calibration=calibration, progress=progress, time_budget=time_budget)

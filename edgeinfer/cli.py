@@ -133,8 +133,11 @@ def main() -> None:
 @click.option("--prune-min-channels", type=click.IntRange(min=1))
 @click.option("--no-reconstruct", is_flag=True, help="Skip the least-squares recovery after pruning.")
 @click.option("--keep-float", help="Node names kept in float in int8 artifacts, comma-separated.")
-@click.option("--no-auto-keep-float", is_flag=True, help="Detectors: skip the search for int8-sensitive nodes.")
-@click.option("--min-agreement", type=float, help="Fail if any artifact's agreement with fp32 is below this (0..1).")
+@click.option("--no-auto-keep-float", is_flag=True, help="Skip the search for int8-sensitive nodes (detectors, --min-agreement).")
+@click.option("--search-seconds", type=click.FloatRange(min=1.0), default=90.0, show_default=True,
+              help="Time budget of the int8 keep-float search.")
+@click.option("--min-agreement", type=float, help="Target agreement with fp32 (0..1): int8 keeps the most sensitive "
+              "nodes in float to reach it; fail if an artifact stays below.")
 @click.option("--force", is_flag=True, help="Replace existing bundles.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
@@ -142,7 +145,7 @@ def main() -> None:
 def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, calib_limit, calib_synthetic, verify_dir,
             labels_file, task, preset, mean, std, scale, resize, crop, letterbox, layout, color, tflite_io, int8_mode, coreml_w8a8, coreml_fp32_ops, decoder, anchors,
             score_threshold, iou_threshold, max_detections, nms, prune_ratio, prune_flops, prune_criterion,
-            prune_min_channels, no_reconstruct, keep_float, no_auto_keep_float, min_agreement, force, as_json, quiet):
+            prune_min_channels, no_reconstruct, keep_float, no_auto_keep_float, search_seconds, min_agreement, force, as_json, quiet):
     """Convert MODEL (.onnx) into one verified bundle per --profile under -o OUT."""
     try:
         from converters.pipeline import ConvertOptions, convert as run_convert, summary_lines
@@ -175,7 +178,7 @@ def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, c
         postprocess_overrides={} if post else overrides, prune=prune_cfg, min_agreement=min_agreement, force=force, progress=not quiet,
         emitter_options={"tflite_io_dtype": tflite_io, "tflite_layout": layout, "int8_mode": int8_mode,
                          "coreml_w8a8": coreml_w8a8, "coreml_fp32_ops": coreml_fp32_ops}, exclude_nodes=_csv(keep_float) or [],
-        auto_keep_float=not no_auto_keep_float)
+        auto_keep_float=not no_auto_keep_float, search_seconds=search_seconds)
     result = run_convert(opts)
     if as_json:
         click.echo(json.dumps([dict(m, bundle=str(p)) for p, m in zip(result.bundles, result.manifests)], indent=2))

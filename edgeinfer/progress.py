@@ -32,7 +32,10 @@ class Progress:
         bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
         elapsed = time.perf_counter() - self.start
         end = "\n" if final else "\r"
-        self.stream.write(f"{self.label:<22} [{bar}] {self.done}/{self.total} {elapsed:5.1f}s{end}")
+        eta = ""
+        if not final and 0 < self.done < self.total:
+            eta = f" eta {elapsed / self.done * (self.total - self.done):5.1f}s"
+        self.stream.write(f"{self.label:<22} [{bar}] {self.done}/{self.total} {elapsed:5.1f}s{eta}{end}")
         self.stream.flush()
 
     def __enter__(self) -> "Progress":
