@@ -121,6 +121,21 @@ def head_groups(model: onnx.ModelProto) -> list[tuple[str, ...]]:
     return [g for g in (tail, final) if g]
 
 
+def mixed_range_concats(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
+                        ratio: float = 16.0) -> list[str]:
+    """Concat nodes joining tensors whose calibrated ranges differ more than ``ratio`` times (boxes in
+    pixels next to scores in 0..1): one int8 scale for all of them erases the small ones, while
+    whole-tensor SQNR barely notices."""
+    found = []
+    for n in model.graph.node:
+        if n.op_type != "Concat":
+            continue
+        spans = [max(abs(ranges[i][0]), abs(ranges[i][1])) for i in n.input if i in ranges]
+        if len(spans) >= 2 and min(spans) > 0 and max(spans) / min(spans) > ratio:
+            found.append(n.name)
+    return found
+
+
 def quantized_nodes(qmodel: onnx.ModelProto) -> list[str]:
     """Names of the nodes a QDQ model computes in int8 (an input comes from DequantizeLinear)."""
     dq_out = {o for n in qmodel.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
@@ -197,7 +212,8 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
             ranking = node_error_ranking(model, naive, eval_inputs[:RANKING_INPUTS], nodes=nodes, progress=progress)
             report.ranking = [(_label(r.nodes), round(r.lost_db, 2)) for r in ranking[:top_k]]
             log("  worst int8 nodes (SQNR lost): " + ", ".join(f"{n} {db:.1f} dB" for n, db in report.ranking[:5]))
-            candidates = [*head_groups(model), *(r.nodes for r in ranking[:top_k])]
+            candidates = [*head_groups(model), *mixed_range_concats(model, calib.ranges),
+                          *(r.nodes for r in ranking[:top_k])]
     cands = [c for c in candidates if _names(c)]
     known = {n.name for n in model.graph.node}
     unknown = sorted({n for c in cands for n in _names(c)} - known)
