@@ -18,7 +18,9 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
+
+from .load import real_inputs
 
 DOMAIN = "ai.edgeinfer.exact"
 ARITHMETIC = "exact-int"
@@ -238,8 +240,7 @@ class ExactIntEvaluator:
         self.integer_nodes = sum(1 for n in rewritten.graph.node if n.domain == DOMAIN)
         ops = [_exact_op_class(t) for t in KERNELS] + list(exact_int_ops.FAST_FLOAT_OPS)
         self._ref = ReferenceEvaluator(rewritten, new_ops=ops)
-        self._input = model.graph.input[0].name if not model.graph.initializer else next(
-            i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
+        self._input = real_inputs(model)[0].name
 
     def run(self, samples: np.ndarray, progress=None) -> list[np.ndarray]:
         parts = []
@@ -253,7 +254,3 @@ class ExactIntEvaluator:
 def run_exact(model: onnx.ModelProto, samples: np.ndarray, progress=None) -> list[np.ndarray]:
     """Outputs of the QDQ ``model`` for NCHW float ``samples`` in exact integer arithmetic."""
     return ExactIntEvaluator(model).run(samples, progress)
-
-
-def weights_of(model: onnx.ModelProto, name: str) -> np.ndarray:
-    return numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == name))

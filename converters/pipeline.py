@@ -370,7 +370,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                     continue
                 _say(opts, f"  wrote {name}: {size_of(art.path) / 1e6:.3f} MB in {time.perf_counter() - t_emit:.2f} s; verifying")
                 figures = verify_artifact(art, verify_samples, reference, task=task, postprocess=post, labels=labels,
-                                          input_hw=size_hw, synthetic=bool(facts.get("verify_synthetic")))
+                                          input_hw=size_hw, synthetic=bool(facts.get("verify_synthetic")),
+                                          progress=opts.progress)
                 check_min_agreement(figures, task, opts.min_agreement, name)
                 if precision == "int4":
                     from .int4 import check_floor

@@ -13,6 +13,7 @@ import onnx
 from edgeinfer.backends import BackendOptions, open_backend
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.preprocess import Transform, to_layout
+from edgeinfer.progress import Progress
 
 from edgeinfer.int8_arith import host_arithmetic, host_int8_kernels, saturates
 
@@ -50,13 +51,14 @@ def arithmetic_of(artifact: EmittedArtifact) -> str:
 
 
 def run_artifact(artifact: EmittedArtifact, samples: np.ndarray, threads: int | None = None,
-                 arithmetic: str | None = None) -> list[np.ndarray]:
+                 arithmetic: str | None = None, progress: bool = False) -> list[np.ndarray]:
     """Outputs of an emitted artifact for NCHW float samples, executed the way the device would."""
     if artifact.format == "coreml":
         from .emitters.coreml.verify import run_mlpackage
         return run_mlpackage(artifact.path, samples)
     if arithmetic == EXACT_ARITHMETIC:
-        return run_exact(onnx.load(str(artifact.path)), samples)
+        with Progress("verifying (exact-int)", len(samples), progress) as bar:
+            return run_exact(onnx.load(str(artifact.path)), samples, bar)
     backend = open_backend(artifact.format, artifact.path, BackendOptions(threads=threads))
     parts = [backend.run(to_layout(samples[i:i + BATCH], artifact.input_layout)) for i in range(0, len(samples), BATCH)]
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
@@ -105,13 +107,15 @@ def _figures(artifact: EmittedArtifact, outputs: list[np.ndarray], reference: li
 
 
 def verify_artifact(artifact: EmittedArtifact, samples: np.ndarray, reference: list[np.ndarray], *, task: str,
-                    postprocess: dict, labels, input_hw, synthetic: bool = False) -> dict[str, Any]:
+                    postprocess: dict, labels, input_hw, synthetic: bool = False,
+                    progress: bool = False) -> dict[str, Any]:
     """Figures of ``artifact`` against the fp32 ``reference``, computed with ``arithmetic_of(artifact)``.
     When that is not this host's engine, ``host_check`` adds the figures this host's engine gives."""
     arithmetic = arithmetic_of(artifact)
     kw = dict(task=task, postprocess=postprocess, labels=labels, input_hw=input_hw)
     figures: dict[str, Any] = {"inputs": int(len(samples)), "synthetic_inputs": synthetic, "arithmetic": arithmetic}
-    figures.update(_figures(artifact, run_artifact(artifact, samples, arithmetic=arithmetic), reference, **kw))
+    figures.update(_figures(artifact, run_artifact(artifact, samples, arithmetic=arithmetic, progress=progress),
+                            reference, **kw))
     if arithmetic == EXACT_ARITHMETIC:
         host = _figures(artifact, run_artifact(artifact, samples), reference, **kw)
         figures["host_check"] = {"arithmetic": host_arithmetic("ort"), **host,
