@@ -46,10 +46,27 @@ def optimize_basic(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def clean_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape-inferred, constant-folded model with BatchNormalization folded into convolutions."""
+    """Shape-inferred, constant-folded model with BatchNormalization folded into convolutions,
+    every node named (unique names are how recipes, keep-float lists and reports refer to nodes)."""
     cleaned = infer_shapes(optimize_basic(infer_shapes(model)))
     _drop_unused_initializers(cleaned)
+    name_nodes(cleaned)
     return cleaned
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give unnamed or duplicate-named nodes the unique name ``<op_type>_<index>`` (in place)."""
+    taken = {n.name for n in model.graph.node if n.name}
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            name, k = f"{node.op_type}_{i}", 0
+            while name in taken:
+                k += 1
+                name = f"{node.op_type}_{i}_{k}"
+            node.name = name
+            taken.add(name)
+        seen.add(node.name)
 
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:

@@ -201,3 +201,13 @@ def test_mixed_range_concat_is_a_candidate():
     graph = onnx.helper.make_graph(nodes, "g", [], [])
     ranges = {"boxes": (0.0, 640.0), "scores": (0.0, 1.0), "a": (-3.0, 3.0), "b": (0.0, 6.0)}
     assert mixed_range_concats(onnx.helper.make_model(graph), ranges) == ["cat"]
+
+
+def test_clean_names_every_node_uniquely():
+    from converters.clean import name_nodes
+    nodes = [onnx.helper.make_node("Relu", ["x"], ["a"]), onnx.helper.make_node("Relu", ["a"], ["b"], name="Relu_0"),
+             onnx.helper.make_node("Relu", ["b"], ["c"], name="Relu_0"), onnx.helper.make_node("Relu", ["c"], ["d"])]
+    model = onnx.helper.make_model(onnx.helper.make_graph(nodes, "g", [], []))
+    name_nodes(model)
+    names = [n.name for n in model.graph.node]
+    assert len(set(names)) == 4 and names[1] == "Relu_0" and all(names)
