@@ -372,10 +372,10 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                 figures = verify_artifact(art, verify_samples, reference, task=task, postprocess=post, labels=labels,
                                           input_hw=size_hw, synthetic=bool(facts.get("verify_synthetic")),
                                           progress=opts.progress)
-                check_min_agreement(figures, task, opts.min_agreement, name)
-                if precision == "int4":
+                if precision == "int4":     # the int4 floor: --min-agreement, else the shared default
                     from .int4 import check_floor
                     check_floor(figures, task, opts.min_agreement, name, req.int4)
+                check_min_agreement(figures, task, opts.min_agreement, name)
                 manifest["artifacts"].append({
                     "file": name, "format": fmt, "precision": precision, "sha256": sha256_of(art.path),
                     "size": size_of(art.path), "input_layout": art.input_layout, "io_dtype": art.io_dtype,

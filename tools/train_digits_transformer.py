@@ -5,8 +5,8 @@
 A MatMul-heavy model for the int4 figures (``tools/bench_int4.py``): same data, split and
 preprocessing as ``samples/digits`` (``tools/train_digits.py``: 1437 training images, the 360
 held-out ones in ``samples/digits/heldout`` are never trained on), 32x32 gray input cut into 64
-patches of 4x4, a linear patch embedding + learned positions, 4 pre-norm encoder layers (width 96,
-4 heads, MLP 384 with ReLU), mean pooling, LayerNorm, a linear head. 96 % of its ~450k
+patches of 4x4, a linear patch embedding + learned positions, 4 pre-norm encoder layers (width 64,
+4 heads, MLP 256 with ReLU), mean pooling, LayerNorm, a linear head. 96 % of its ~200k
 parameters sit in MatMul weights. Seeded and single-threaded (deterministic); needs torch==2.13.0.
 The ONNX file carries the edgeinfer preprocessing/labels/task metadata, so
 ``edgeinfer convert build/digits_transformer.onnx --calib samples/digits/calib ...`` needs no options.
@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import train_digits as td  # noqa: E402  (same data, split, preprocessing)
 
-WIDTH, DEPTH, HEADS, MLP, PATCH = 96, 4, 4, 384, 4
-EPOCHS = 60
+WIDTH, DEPTH, HEADS, MLP, PATCH = 64, 4, 4, 256, 4
+EPOCHS = 30
 
 
 def build_model():
@@ -91,7 +91,7 @@ def export(model, path: Path, x_check: np.ndarray) -> None:
                           dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
     m = onnx.load(str(path))
     m.producer_name, m.producer_version = "edgeinfer tools/train_digits_transformer.py", "1"
-    m.doc_string = "Vision transformer (4 layers, width 96) trained on sklearn load_digits (32x32 gray)"
+    m.doc_string = "Vision transformer (4 layers, width 64) trained on sklearn load_digits (32x32 gray)"
     for key, value in (("edgeinfer.preprocess", json.dumps(td.PREPROCESS.to_dict())),
                        ("edgeinfer.labels", json.dumps(td.LABELS)), ("edgeinfer.task", "classify")):
         m.metadata_props.add(key=key, value=value)

@@ -80,7 +80,8 @@ def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
 
 
 def gptq_round(w: np.ndarray, h: np.ndarray, scales_full: np.ndarray, bits: int) -> np.ndarray:
-    """Integers [rows, K] for ``w`` with per-element scales ``scales_full``, GPTQ column order."""
+    """Integers [rows, K] for ``w`` with per-element scales ``scales_full``; columns are rounded in
+    decreasing input energy ("act order") when the layer has one group."""
     qmin, qmax = QRANGE[bits]
     g = h.shape[0]
     rows, k = w.shape
@@ -93,6 +94,10 @@ def gptq_round(w: np.ndarray, h: np.ndarray, scales_full: np.ndarray, bits: int)
         gi, ci = np.nonzero(dead)
         H[gi, ci, ci] = 1.0
         W[gi, :, ci] = 0.0
+    perm = None
+    if g == 1:      # act order: columns with the most input energy first (scales stay fixed per block)
+        perm = np.argsort(-np.diagonal(H[0]), kind="stable")
+        W, S, H = W[:, :, perm], S[:, :, perm], H[:, perm][:, :, perm]
     U = _inverse_cholesky(H)
     Q = np.zeros_like(W)
     for i1 in range(0, k, COLUMN_BLOCK):
@@ -110,6 +115,8 @@ def gptq_round(w: np.ndarray, h: np.ndarray, scales_full: np.ndarray, bits: int)
             E1[:, :, i] = err
         if i2 < k:
             W[:, :, i2:] -= E1 @ U[:, i1:i2, i2:]
+    if perm is not None:
+        Q = Q[:, :, np.argsort(perm)]
     return Q.reshape(rows, k).astype(np.int8)
 
 

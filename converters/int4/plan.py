@@ -52,24 +52,20 @@ class Int4Plan:
     def get(self, node_name: str) -> LayerQuant | None:
         return self.layers.get(node_name)
 
-    def digest(self) -> str:
-        """sha256 over every layer's bits, integers and scales, in node order."""
+    def digest(self, scales: bool = True) -> str:
+        """sha256 over every layer's bits and integers (and scales), in node order."""
         h = hashlib.sha256()
         for name in sorted(self.layers):
             lq = self.layers[name]
             h.update(f"{name}:{lq.bits}:{lq.q.shape}".encode())
             h.update(np.ascontiguousarray(lq.q).tobytes())
-            h.update(np.ascontiguousarray(lq.scales, np.float32).tobytes())
+            if scales:
+                h.update(np.ascontiguousarray(lq.scales, np.float32).tobytes())
         return h.hexdigest()
 
     def int_digest(self) -> str:
-        """sha256 over bits and integers only (formats store scales at different float widths)."""
-        h = hashlib.sha256()
-        for name in sorted(self.layers):
-            lq = self.layers[name]
-            h.update(f"{name}:{lq.bits}:{lq.q.shape}".encode())
-            h.update(np.ascontiguousarray(lq.q).tobytes())
-        return h.hexdigest()
+        """The digest without scales (formats store scales at different float widths)."""
+        return self.digest(scales=False)
 
     def bits_summary(self) -> dict[str, int]:
         out = {"4": 0, "8": 0}
