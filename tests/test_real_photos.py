@@ -1,0 +1,27 @@
+"""The real-photo subset that the dev extra ships: present, deterministic, readable by the runtime."""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeinfer.preprocess import PRESETS, PreprocessConfig, preprocess_image
+from real_photos import labelled, real_photos, write_real_photos
+
+
+def test_tens_of_real_photos_with_imagenet_labels():
+    photos = real_photos()
+    assert len(photos) >= 20
+    assert len({p.name for p in photos}) == len(photos)
+    assert all(min(p.image.size) >= 100 for p in photos)
+    lab = labelled(photos)
+    assert len(lab) >= 6 and all(0 <= c < 1000 for p in lab for c in p.imagenet)
+    # real photos, not flat renders: every one has broad pixel statistics
+    assert all(np.asarray(p.image.convert("L")).std() > 10 for p in photos)
+
+
+def test_written_photos_go_through_the_runtime_preprocessing(tmp_path):
+    paths = write_real_photos(tmp_path, color=True)
+    assert len(paths) >= 10 and all(p.suffix == ".png" for p in paths)
+    cfg = PreprocessConfig.from_dict(PRESETS["imagenet"])
+    arrays = [preprocess_image(p, cfg, (224, 224))[0] for p in paths]
+    assert all(a.shape == (3, 224, 224) and np.isfinite(a).all() for a in arrays)
+    assert len({a.tobytes() for a in arrays}) == len(arrays)
