@@ -17,7 +17,7 @@ onnx,tflite,coreml --calib calib/`` (the CLI, as a user runs it), then each int8
 * ONNX through ``Predictor`` on this host (ORT's CPU kernels: on x86 without VNNI the u8s8 path
   can saturate);
 * ONNX in exact integer arithmetic (``converters.exact_int.run_exact``) when that module exists;
-  otherwise the run says the column is not available;
+  otherwise the run says the column is not available (numpy evaluator: ``--exact-limit`` photos);
 * TFLite through ``Predictor`` (ai-edge-litert's kernels on this host);
 * Core ML (converted with the first profile only: its int8 recipe does not depend on the profile)
   through the numpy MIL evaluator ``converters.emitters.coreml.verify.run_mlpackage``
@@ -169,6 +169,13 @@ def exact_int_runner():
 
 # ---------------------------------------------------------------- metrics
 
+def subset_note(n: int, ref: np.ndarray, labels: np.ndarray) -> str:
+    """For a row measured on the first n photos only: say so, with fp32's top-1 on those n."""
+    if n >= len(ref):
+        return ""
+    return f"first {n} eval photos; fp32 on these: {100.0 * float((ref[:n].argmax(1) == labels[:n]).mean()):.2f} %"
+
+
 def metrics(logits: np.ndarray, ref: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
     n = len(logits)
     ref, labels = ref[:n], labels[:n]
@@ -195,7 +202,7 @@ def convert(model_path: Path, profile: str, calib_dir: Path, work: Path, formats
 
 
 def bench_bundle(model: str, profile: str, bundle: Path, x: np.ndarray, labels: np.ndarray, ref: np.ndarray,
-                 coreml_limit: int | None, host: str, seen: dict[str, list[Row]]) -> list[Row]:
+                 coreml_limit: int | None, exact_limit: int | None, host: str, seen: dict[str, list[Row]]) -> list[Row]:
     """Rows for every int8 artifact; an artifact byte-identical to one of another profile is not re-run."""
     import onnx
     from edgeinfer.bundle import read_manifest
@@ -226,20 +233,22 @@ def bench_bundle(model: str, profile: str, bundle: Path, x: np.ndarray, labels: 
                                 float("nan"), float("nan"), float("nan"), "not available: converters.exact_int absent"))
             else:
                 proto = onnx.load(str(path))
+                xe = x[:exact_limit] if exact_limit else x
                 try:
-                    logits = run_batched(lambda b: run_exact(proto, b)[0], x, f"{model[:12]} exact-int")
+                    with Progress(f"{model[:12]} exact-int", len(xe)) as prog:
+                        logits = run_exact(proto, xe, prog)[0].reshape(len(xe), -1)
                 except Exception as exc:  # a failure is a result: say it, do not fake a figure
                     print(f"bench_accuracy: exact-int evaluation failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                     rows.append(Row(model, profile, "edgeinfer onnx int8, exact-int", "exact-int", 0, float("nan"),
                                     float("nan"), float("nan"), f"failed: {type(exc).__name__}: {str(exc)[:80]}"))
                 else:
-                    rows.append(Row(model, profile, "edgeinfer onnx int8, exact-int", "exact-int", len(x),
-                                    *metrics(logits, ref, labels)))
+                    rows.append(Row(model, profile, "edgeinfer onnx int8, exact-int", "exact-int", len(xe),
+                                    *metrics(logits, ref, labels), subset_note(len(xe), ref, labels)))
         if fmt == "coreml":
             from converters.emitters.coreml.verify import run_mlpackage
             xc = x[:coreml_limit] if coreml_limit else x
             logits = run_batched(lambda b: run_mlpackage(path, b)[0], xc, f"{model[:12]} coreml int8")
-            note = f"first {len(xc)} eval photos" if len(xc) < len(x) else ""
+            note = subset_note(len(xc), ref, labels)
             notes = "; ".join(n for n in [note, *art.get("notes", [])] if n)
             rows.append(Row(model, profile, tag, "coreml-mil-numpy", len(xc), *metrics(logits, ref, labels), notes))
         if art.get("sha256"):
@@ -248,7 +257,7 @@ def bench_bundle(model: str, profile: str, bundle: Path, x: np.ndarray, labels: 
 
 
 def bench_model(model: str, data: Path, profiles: list[str], limit: int | None, coreml_limit: int | None,
-                work: Path, host: str) -> list[Row]:
+                exact_limit: int | None, work: Path, host: str) -> list[Row]:
     import onnx
     from converters.model_info import metadata
     from edgeinfer.preprocess import PreprocessConfig
@@ -274,7 +283,7 @@ def bench_model(model: str, data: Path, profiles: list[str], limit: int | None, 
     for i, profile in enumerate(profiles):
         # Core ML int8 (weights-only, no profile-specific recipe) is emitted once, with the first profile
         bundle = convert(src, profile, data / "calib", work, "onnx,tflite,coreml" if i == 0 else "onnx,tflite")
-        rows += bench_bundle(model, profile, bundle, x, labels, ref, coreml_limit, host, seen)
+        rows += bench_bundle(model, profile, bundle, x, labels, ref, coreml_limit, exact_limit, host, seen)
     return rows
 
 
@@ -299,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="device profile (repeatable; default: both)")
     ap.add_argument("--limit", type=int, help="use only the first N eval photos")
     ap.add_argument("--coreml-limit", type=int, default=100, help="eval photos for the slow Core ML evaluator (0: all)")
+    ap.add_argument("--exact-limit", type=int, default=200, help="eval photos for the exact-int evaluator (0: all)")
     ap.add_argument("--work", type=Path, help="keep bundles and quantized models here (default: a temp folder)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
     a = ap.parse_args(argv)
@@ -310,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     try:
         for model in [m.strip() for m in a.models.split(",") if m.strip()]:
-            rows += bench_model(model, a.data, profiles, a.limit, a.coreml_limit or None, work, host)
+            rows += bench_model(model, a.data, profiles, a.limit, a.coreml_limit or None, a.exact_limit or None, work, host)
     finally:
         if work_ctx:
             work_ctx.cleanup()
