@@ -48,10 +48,13 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "validation failed"
-        raise EdgeInferError(f"{path} fails the ONNX checker: {first}") from None
-    if len(real_inputs(model)) != 1:
-        raise EdgeInferError(f"{path} has {len(real_inputs(model))} inputs; edgeinfer converts single-input models")
+        if "topologically sorted" not in str(exc) or not _sort_nodes(model):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "validation failed"
+            raise EdgeInferError(f"{path} fails the ONNX checker: {first}") from None
+    inputs = real_inputs(model)
+    if len(inputs) != 1:
+        names = ", ".join(f"{i.name!r}" for i in inputs)
+        raise EdgeInferError(f"{path} has {len(inputs)} inputs ({names}); edgeinfer converts models with one image input")
     if model.ir_version > ORT_MAX_IR:
         model.ir_version = ORT_MAX_IR  # newer onnx writers stamp IR versions ONNX Runtime does not read yet
     return model
@@ -106,6 +109,33 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
             for sp in ([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []) + list(attr.sparse_tensors):
                 yield from (sp.values, sp.indices)
             graphs.extend(([attr.g] if attr.HasField("g") else []) + list(attr.graphs))
+
+
+def _sort_nodes(model: onnx.ModelProto) -> bool:
+    """Put the nodes in dependency order (some fp16 converters append their Casts at the end, which
+    ONNX Runtime accepts but the checker does not); False when the graph has a cycle or a missing input."""
+    g = model.graph
+    ready = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    pending, ordered = list(g.node), []
+    while pending:
+        rest = [n for n in pending if not all(i in ready for i in n.input)]
+        done = [n for n in pending if all(i in ready for i in n.input)]
+        if not done:
+            return False
+        for n in done:
+            ready.update(n.output)
+        ordered += done
+        pending = rest
+    copies = [onnx.NodeProto() for _ in ordered]
+    for c, n in zip(copies, ordered):
+        c.CopyFrom(n)
+    del g.node[:]
+    g.node.extend(copies)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError:
+        return False
+    return True
 
 
 def _uses_external(t: onnx.TensorProto) -> bool:

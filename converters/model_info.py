@@ -38,7 +38,7 @@ def metadata(model: onnx.ModelProto) -> dict[str, Any]:
 
 
 def input_spec(model: onnx.ModelProto) -> dict[str, Any]:
-    """Name, NCHW shape (batch may be None) and dtype of the single image input."""
+    """Name, NCHW shape (batch may be None) and dtype of the single image input (after ``intake``)."""
     inp = real_inputs(model)[0]
     tt = inp.type.tensor_type
     if tt.elem_type != onnx.TensorProto.FLOAT:
@@ -47,9 +47,11 @@ def input_spec(model: onnx.ModelProto) -> dict[str, Any]:
     if len(dims) != 4:
         raise EdgeInferError(f"input {inp.name!r} has rank {len(dims)}; edgeinfer converts image models with NCHW [N,C,H,W] input")
     if dims[1] not in (1, 3):
-        raise EdgeInferError(f"input {inp.name!r} has shape {dims}: expected NCHW with 1 or 3 channels (is the model NHWC?)")
+        raise EdgeInferError(f"input {inp.name!r} has shape {dims}: expected an image input [N,C,H,W] or [N,H,W,C] "
+                             "with 1 or 3 channels")
     if dims[2] is None or dims[3] is None:
-        raise EdgeInferError(f"input {inp.name!r} has a dynamic height/width {dims}; re-export the model with a fixed input size")
+        raise EdgeInferError(f"input {inp.name!r} has a dynamic height/width {dims}; pass --input-shape N,C,H,W "
+                             "(or --letterbox N / --resize N)")
     return {"name": inp.name, "shape": dims, "layout": "NCHW", "dtype": "float32"}
 
 
@@ -61,23 +63,42 @@ def output_specs(model: onnx.ModelProto) -> list[dict[str, Any]]:
     return specs
 
 
-def resolve_preprocess(model: onnx.ModelProto, preset: str | None, overrides: dict[str, Any]) -> PreprocessConfig:
-    """Preprocessing from preset, then model metadata, then explicit options (later wins)."""
-    spec = input_spec(model)
+def merged_preprocess(model: onnx.ModelProto | None, preset: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Preprocessing keys from preset, then model metadata, then explicit options (later wins); unvalidated."""
     cfg: dict[str, Any] = {}
     if preset:
         if preset not in PRESETS:
             raise EdgeInferError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
         cfg.update(PRESETS[preset])
-    meta = metadata(model).get("preprocess")
+    meta = metadata(model).get("preprocess") if model is not None else None
     if meta is not None and not isinstance(meta, dict):
         raise EdgeInferError("model metadata 'edgeinfer.preprocess' must be a JSON object; fix or remove it in the model")
     if meta:
         cfg.update(meta)
     cfg.update({k: v for k, v in overrides.items() if v is not None})
-    if not preset and not meta and not any(k in overrides and overrides[k] is not None for k in ("mean", "std", "scale")):
-        raise EdgeInferError("the model carries no preprocessing metadata: pass --preset imagenet|inception|yolo|raw "
-                             "or --mean R,G,B --std R,G,B (and --resize/--crop or --letterbox)")
+    return cfg
+
+
+def resolve_preprocess(model: onnx.ModelProto, preset: str | None, overrides: dict[str, Any],
+                       implied: str | None = None) -> PreprocessConfig:
+    """Preprocessing from preset, then model metadata, then explicit options (later wins).
+
+    ``implied`` is a preset used when none of those says the normalization (YOLO decoders imply
+    "yolo"); a preset's letterbox takes the model's own square size unless --letterbox is given.
+    """
+    spec = input_spec(model)
+    meta = metadata(model).get("preprocess")
+    given = any(k in overrides and overrides[k] is not None for k in ("mean", "std", "scale"))
+    if not preset and not meta and not given:
+        if not implied:
+            raise EdgeInferError("the model carries no preprocessing metadata: pass --preset imagenet|inception|yolo|raw "
+                                 "or --mean R,G,B --std R,G,B (and --resize/--crop or --letterbox)")
+        preset = implied
+    cfg = merged_preprocess(model, preset, overrides)
+    h, w = spec["shape"][2], spec["shape"][3]
+    if preset and not overrides.get("letterbox") and isinstance(cfg.get("letterbox"), dict) and h == w \
+            and not (meta or {}).get("letterbox"):
+        cfg["letterbox"] = dict(cfg["letterbox"], size=h)
     cfg.setdefault("color", "gray" if spec["shape"][1] == 1 else "rgb")
     if "resize" not in cfg and cfg.get("resize_mode", "stretch") == "stretch":
         cfg["resize"] = spec["shape"][2]

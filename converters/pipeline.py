@@ -30,8 +30,10 @@ from .calibrate import calibrate
 from .clean import clean_model, infer_shapes
 from .emitters import FILE_SUFFIX, get_emitter
 from .emitters.api import CalibrationResult, EmitRequest, EmittedArtifact
-from .load import load_model, opset_of
-from .model_info import (classify_postprocess, input_spec, metadata, output_specs, resolve_labels,
+from .intake import Source, open_source
+from .intake.shapes import hw_hint
+from .load import opset_of
+from .model_info import (classify_postprocess, input_spec, merged_preprocess, metadata, output_specs, resolve_labels,
                          resolve_preprocess, resolve_task)
 from .verify import check_min_agreement, run_reference, verify_artifact
 
@@ -67,6 +69,9 @@ class ConvertOptions:
     exclude_nodes: list[str] = field(default_factory=list)
     auto_keep_float: bool = True                # detectors (and --min-agreement): search int8-sensitive nodes
     search_seconds: float = 90.0                # time budget of that search
+    input_shape: list[int] | None = None        # fixes dynamic input dims (the model's own order)
+    trust_pickle: bool = False                  # allow pickled PyTorch checkpoints (runs their code)
+    opset: int | None = None                    # ONNX opset of the export of PyTorch sources
 
 
 @dataclass
@@ -166,9 +171,11 @@ def _emit_options(fmt: str, profile: Profile, opts: ConvertOptions, keep_float: 
     return o
 
 
-def _input_layout(fmt: str, profile: Profile, opts: ConvertOptions) -> str:
+def _input_layout(fmt: str, profile: Profile, opts: ConvertOptions, source_layout: str = "NCHW") -> str:
     if fmt == "tflite":
         return opts.emitter_options.get("tflite_layout") or profile.runtime.get("tflite_input_layout", "NHWC")
+    if fmt == "onnx":
+        return source_layout  # the ONNX artifact takes what the source model took
     return "NCHW"
 
 
@@ -265,6 +272,26 @@ def _int4_for(int4_plans: dict[str, Any], fmt: str):
     return int4_plans.get(FORMAT_GRANULARITY[fmt].name)
 
 
+def _open_source(opts: ConvertOptions) -> Source:
+    """The intake step: the source file (ONNX or PyTorch) as the NCHW float32 graph the converter works on."""
+    def size_hint(model):  # the input size the preprocessing options (or the model's metadata) fix
+        return hw_hint(merged_preprocess(model, opts.preset, opts.preprocess))
+    gray = opts.preprocess.get("color") == "gray"
+    return open_source(opts.model, input_shape=opts.input_shape, size_hint=size_hint, channels=1 if gray else 3,
+                       trust_pickle=opts.trust_pickle, opset=opts.opset)
+
+
+def _implied_preset(model, task: str, opts: ConvertOptions) -> str | None:
+    """YOLO decoders imply YOLO preprocessing when nothing else says it."""
+    if task != "detect" or opts.preset or any(opts.preprocess.get(k) is not None for k in ("mean", "std", "scale")):
+        return None
+    meta = metadata(model)
+    if meta.get("preprocess"):
+        return None
+    post = opts.postprocess or meta.get("postprocess") or {}
+    return "yolo" if isinstance(post, dict) and str(post.get("decoder", "")).startswith("yolo") else None
+
+
 def convert(opts: ConvertOptions) -> ConvertResult:
     t0 = time.perf_counter()
     os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' per-pass bars; the pipeline reports its own steps
@@ -278,11 +305,12 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         check_target(t, opts.force)
 
     _say(opts, f"loading {opts.model}")
-    source = load_model(opts.model)
-    source = infer_shapes(source)
-    spec = input_spec(source)
+    src = _open_source(opts)
+    source = infer_shapes(src.model)
+    spec = dict(input_spec(source), model_layout=src.layout, declared_shape=src.facts["declared_input_shape"])
     task = resolve_task(source, opts.task)
-    cfg = resolve_preprocess(source, opts.preset, opts.preprocess)
+    implied = _implied_preset(source, task, opts)
+    cfg = resolve_preprocess(source, opts.preset, opts.preprocess, implied=implied)
     labels = resolve_labels(source, opts.labels_file)
     post = _resolve_postprocess(source, task, labels, spec, opts)
     size_hw = (spec["shape"][2], spec["shape"][3])
@@ -310,7 +338,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                           synthetic=bool(facts.get("synthetic")), progress=opts.progress)
     keep_float, mixed = _keep_float(model, calib, task, post, opts)
     int4_plans = _int4_plans(model, calib_samples, plans, task, post, labels, size_hw, opts)
-    reference = run_reference(source, verify_samples)
+    reference = run_reference(src.reference, verify_samples, layout=src.layout)
 
     source_path = Path(opts.model)
     base_manifest = {
@@ -318,7 +346,9 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         "edgeinfer_version": edgeinfer.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "source": {"file": source_path.name, "sha256": sha256_of(source_path), "size": size_of(source_path),
-                   "opset": opset_of(source)},
+                   "opset": opset_of(source), **{k: v for k, v in src.facts.items() if k != "declared_input_shape"}},
+        "notes": src.notes + ([f"preprocessing implied by the {post.get('decoder')} decoder: the {implied} preset "
+                               "(RGB scaled to 0..1, letterbox); pass --preset/--mean/--std to change it"] if implied else []),
         "task": task,
         "input": spec,
         "outputs": output_specs(source),
@@ -347,7 +377,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                 name = f"{stem}-{precision}{FILE_SUFFIX[fmt]}"
                 _say(opts, f"[{profile.name}] emitting {fmt} {precision}")
                 req = EmitRequest(model=model, precision=precision, out_path=tmp / name, calibration=calib,
-                                  input_layout=_input_layout(fmt, profile, opts),
+                                  input_layout=_input_layout(fmt, profile, opts, src.layout),
                                   options=_emit_options(fmt, profile, opts, keep_float),
                                   preprocess=cfg.to_dict(), labels=labels, task=task, profile=profile.data,
                                   int4=_int4_for(int4_plans, fmt) if precision == "int4" else None)
@@ -401,6 +431,7 @@ def summary_lines(result: ConvertResult) -> list[str]:
     lines = []
     for path, m in zip(result.bundles, result.manifests):
         lines.append(f"bundle {path}  ({m['profile']['display_name']}, {m['task']})")
+        lines.extend(f"  note: {note}" for note in m.get("notes", []))
         src = m["source"]["size"]
         for a in m["artifacts"]:
             v = a["verification"]

@@ -27,13 +27,15 @@ BATCH = 8
 DEFAULT_AGREEMENT_FLOOR = 0.9
 
 
-def run_reference(model: onnx.ModelProto, samples: np.ndarray) -> list[np.ndarray]:
-    """fp32 outputs of the source model under ONNX Runtime (the ground truth of verification)."""
+def run_reference(model: onnx.ModelProto, samples: np.ndarray, layout: str = "NCHW") -> list[np.ndarray]:
+    """Outputs of the source model as given under ONNX Runtime (the ground truth of verification):
+    NCHW float32 ``samples`` are fed in the model's own ``layout`` and input dtype (fp16 sources)."""
     sess = cpu_session(model)
-    name = sess.get_inputs()[0].name
-    fixed = sess.get_inputs()[0].shape[0]
+    inp = sess.get_inputs()[0]
+    fixed = inp.shape[0]
     step = 1 if fixed == 1 else BATCH
-    parts = [sess.run(None, {name: samples[i:i + step]}) for i in range(0, len(samples), step)]
+    feed = to_layout(samples, layout).astype(np.float16 if inp.type == "tensor(float16)" else np.float32, copy=False)
+    parts = [sess.run(None, {inp.name: feed[i:i + step]}) for i in range(0, len(feed), step)]
     return [np.concatenate([p[k] for p in parts]).astype(np.float32) for k in range(len(parts[0]))]
 
 

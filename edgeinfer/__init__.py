@@ -10,7 +10,10 @@ def __getattr__(name):  # lazy: keeps `import edgeinfer` light
     if name == "Predictor":
         from .predictor import Predictor
         return Predictor
+    if name == "convert":  # the converter wing (edgeinfer[convert]), imported only when asked for
+        from converters.api import convert
+        return convert
     raise AttributeError(name)
 
 
-__all__ = ["Predictor", "EdgeInferError", "NotSupportedYet", "__version__"]
+__all__ = ["Predictor", "convert", "EdgeInferError", "NotSupportedYet", "__version__"]

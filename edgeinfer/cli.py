@@ -121,8 +121,12 @@ def main() -> None:
 @click.option("--int8-mode", type=click.Choice(["full", "dynamic"]), help="TFLite int8: full integer (default) or dynamic-range.")
 @click.option("--coreml-w8a8", is_flag=True, help="Core ML int8: also quantize activations (W8A8, iOS17+ profiles).")
 @click.option("--coreml-fp32-ops", help="Core ML: op groups kept in fp32 (head, pool, stem, stem:N), comma-separated.")
+@click.option("--input-shape", help="Fix dynamic input dims, in the model's order: N,C,H,W (or N,H,W,C).")
+@click.option("--trust-pickle", is_flag=True, help="Allow pickled PyTorch checkpoints (loading one runs its code).")
+@click.option("--opset", type=click.IntRange(17, 22), help="ONNX opset of the export of PyTorch models.")
 @click.option("--decoder", type=click.Choice(["yolov5", "yolov8", "ssd"]), help="Detection decoder.")
-@click.option("--anchors", type=click.Path(path_type=Path), help="Anchors config (JSON) for ssd / yolov5.")
+@click.option("--anchors", type=click.Path(path_type=Path),
+              help="Anchors: JSON file (ssd / yolov5) or an SSD preset name, e.g. blazeface-front-128.")
 @click.option("--score-threshold", type=float)
 @click.option("--iou-threshold", type=float)
 @click.option("--max-detections", type=click.IntRange(min=1))
@@ -143,10 +147,10 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @user_errors
 def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, calib_limit, calib_synthetic, verify_dir,
-            labels_file, task, preset, mean, std, scale, resize, crop, letterbox, layout, color, tflite_io, int8_mode, coreml_w8a8, coreml_fp32_ops, decoder, anchors,
+            labels_file, task, preset, mean, std, scale, resize, crop, letterbox, layout, color, tflite_io, int8_mode, coreml_w8a8, coreml_fp32_ops, input_shape, trust_pickle, opset, decoder, anchors,
             score_threshold, iou_threshold, max_detections, nms, prune_ratio, prune_flops, prune_criterion,
             prune_min_channels, no_reconstruct, keep_float, no_auto_keep_float, search_seconds, min_agreement, force, as_json, quiet):
-    """Convert MODEL (.onnx) into one verified bundle per --profile under -o OUT."""
+    """Convert MODEL (.onnx, .pt2 torch.export program, TorchScript) into one verified bundle per --profile under -o OUT."""
     try:
         from converters.pipeline import ConvertOptions, convert as run_convert, summary_lines
     except ModuleNotFoundError as exc:
@@ -178,13 +182,19 @@ def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, c
         postprocess_overrides={} if post else overrides, prune=prune_cfg, min_agreement=min_agreement, force=force, progress=not quiet,
         emitter_options={"tflite_io_dtype": tflite_io, "tflite_layout": layout, "int8_mode": int8_mode,
                          "coreml_w8a8": coreml_w8a8, "coreml_fp32_ops": coreml_fp32_ops}, exclude_nodes=_csv(keep_float) or [],
-        auto_keep_float=not no_auto_keep_float, search_seconds=search_seconds)
+        auto_keep_float=not no_auto_keep_float, search_seconds=search_seconds,
+        input_shape=_input_shape(input_shape), trust_pickle=trust_pickle, opset=opset)
     result = run_convert(opts)
     if as_json:
         click.echo(json.dumps([dict(m, bundle=str(p)) for p, m in zip(result.bundles, result.manifests)], indent=2))
     else:
         for line in summary_lines(result):
             click.echo(line)
+
+
+def _input_shape(text):
+    from converters.intake.shapes import parse_input_shape
+    return parse_input_shape(text)
 
 
 def _prune_config(profiles, ratio, flops, criterion, min_channels, no_reconstruct):

@@ -59,12 +59,15 @@ RECIPES: dict[str, Callable[[EmitRequest], tuple]] = {
 
 
 def emit(req: EmitRequest) -> EmittedArtifact:
-    if req.input_layout != "NCHW":
-        raise NotSupportedYet("the ONNX artifact takes NCHW input; NHWC ONNX input is not supported yet")
+    if req.input_layout not in ("NCHW", "NHWC"):
+        raise NotSupportedYet(f"ONNX input layout {req.input_layout!r} is not NCHW or NHWC")
     recipe = RECIPES.get(req.precision)
     if recipe is None:
         raise EdgeInferError(f"ONNX precision {req.precision!r} is not one of {', '.join(RECIPES)}")
     model, notes, *extra = recipe(req)
+    if req.input_layout == "NHWC":  # an NHWC source: the artifact takes NHWC, like the source did
+        from ..intake.layout import nhwc_input
+        model = nhwc_input(model)
     onnx.save(model, str(req.out_path))
     ops: dict[str, int] = {}
     for n in model.graph.node:
@@ -72,5 +75,5 @@ def emit(req: EmitRequest) -> EmittedArtifact:
     details = {"op_counts": ops, **(extra[0] if extra else {})}
     if req.precision == "int8":
         details["pair_safe_weights"] = bool(req.options.get("int8_pair_safe", True))
-    return EmittedArtifact(path=req.out_path, format="onnx", precision=req.precision, input_layout="NCHW",
+    return EmittedArtifact(path=req.out_path, format="onnx", precision=req.precision, input_layout=req.input_layout,
                            io_dtype="float32", notes=notes, details=details)

@@ -7,7 +7,8 @@ leading batch axis of 1. Keys read from ``config`` (the manifest's postprocess d
 ``postprocess`` for the full schema):
 
 yolov8  anchor-free, one output [1, 4+C(+extra), N] or [1, N, 4+C(+extra)] (auto-detected; force
-        with ``layout``: "channels_first" | "channels_last"); boxes cx, cy, w, h in input pixels;
+        with ``layout``: "channels_first" | "channels_last"), or split boxes [1, N, 4] + scores [1, N, C]
+        (either orientation); boxes cx, cy, w, h in input pixels;
         class scores already sigmoid'ed unless ``apply_sigmoid``. ``num_classes`` limits the class
         columns (pose/segmentation heads carry extra columns after them).
 yolov5  exported form [1, N, 5+C]: cx, cy, w, h (pixels), objectness, class scores; score =
@@ -15,8 +16,8 @@ yolov5  exported form [1, N, 5+C]: cx, cy, w, h (pixels), objectness, class scor
         [1, A, H, W, 5+C], logits): needs ``anchors`` = {"strides": [8, 16, 32], "sizes":
         [[w0, h0, w1, h1, ...] per level]} in input pixels; decoded as YOLOv5 v6:
         xy = (2*sig - 0.5 + grid) * stride, wh = (2*sig)^2 * anchor.
-ssd     MediaPipe-style SSD (BlazeFace family): two outputs, boxes [1, A, V] (V >= 4) and scores
-        [1, A, C]; ``anchors`` = MediaPipe SsdAnchorsCalculator options (see ``ssd_anchors``);
+ssd     MediaPipe-style SSD (BlazeFace family): boxes [1, A, V] (V >= 4) and scores [1, A, C], each
+        possibly split over several outputs per feature-map level (concatenated in output order); ``anchors`` = MediaPipe SsdAnchorsCalculator options (see ``ssd_anchors``);
         ``box_coding`` = {"x_scale", "y_scale", "w_scale", "h_scale" (default 1.0), "box_order":
         "xywh" | "yxhw", "exponential": false, "num_keypoints": 0, "keypoint_offset": 4,
         "values_per_keypoint": 2, "score_clipping": null, "background_class": false}; scores are
@@ -102,10 +103,29 @@ def _class_block(x: np.ndarray, first: int, config: dict[str, Any]) -> tuple[np.
     return x[:4], x[first:end]
 
 
+def _yolov8_joined(outputs: list[np.ndarray], config: dict[str, Any]) -> np.ndarray:
+    """The [4+C, N] head; split exports (boxes [1, N, 4] or [1, 4, N] + scores [1, N, C] or
+    [1, C, N]) are joined in that order."""
+    if len(outputs) == 1:
+        x = _squeeze_batch(outputs[0], 2, "yolov8 decoder")
+        return x if _channels_first(x, 4, config) else x.T  # a view
+    if len(outputs) != 2:
+        raise EdgeInferError(f"yolov8 decoder takes one head output or boxes + scores, got {len(outputs)} outputs")
+    a, b = (_squeeze_batch(o, 2, "yolov8 decoder") for o in outputs)
+    if 4 not in a.shape and 4 in b.shape:
+        a, b = b, a
+    box = a if a.shape[0] == 4 and a.shape[1] != 4 else a.T
+    if 4 not in box.shape or box.shape[0] != 4:
+        raise EdgeInferError(f"yolov8 split outputs {list(a.shape)} and {list(b.shape)}: none is the [N, 4] boxes tensor")
+    n = box.shape[1]
+    cls = b if b.shape[1] == n and b.shape[0] != n else b.T
+    if cls.shape[1] != n:
+        raise EdgeInferError(f"yolov8 split outputs: boxes for {n} candidates but scores of shape {list(b.shape)}")
+    return np.concatenate([box, cls], axis=0)
+
+
 def decode_yolov8(outputs: list[np.ndarray], config: dict[str, Any]) -> Decoded:
-    x = _squeeze_batch(outputs[0], 2, "yolov8 decoder")
-    if not _channels_first(x, 4, config):
-        x = x.T  # a view: [4+C, N]
+    x = _yolov8_joined(outputs, config)
     box, cls = _class_block(x, 4, config)
     thr = float(config.get("score_threshold", 0.25))
     sig = bool(config.get("apply_sigmoid", False))
@@ -266,14 +286,23 @@ def _ssd_anchors_cached(key: str) -> np.ndarray:
     return np.concatenate(out).astype(np.float32)
 
 
-def _ssd_split(outputs: list[np.ndarray], n_anchors: int) -> tuple[np.ndarray, np.ndarray]:
+def _ssd_split(outputs: list[np.ndarray], n_anchors: int, box_width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes [A, V], scores [A, C]) from the outputs: one tensor of each, or each kind split over
+    several tensors (per feature-map level, in anchor order). Outputs are grouped by their column
+    count; the group ``box_width`` wide (4 + keypoint values) holds the boxes."""
     arrs = [_squeeze_batch(o, 2, "ssd decoder") for o in outputs]
-    arrs = [a for a in arrs if a.shape[0] == n_anchors]
-    if len(arrs) != 2:
-        raise EdgeInferError(f"ssd decoder needs two outputs with {n_anchors} rows (boxes, scores), got shapes "
-                             f"{[list(np.shape(o)) for o in outputs]}; check the anchors config")
-    a, b = arrs
-    return (a, b) if a.shape[1] >= b.shape[1] and a.shape[1] >= 4 else (b, a)
+    groups: dict[int, list[np.ndarray]] = {}
+    for a in arrs:
+        groups.setdefault(a.shape[1], []).append(a)
+    full = {cols: np.concatenate(g) if len(g) > 1 else g[0] for cols, g in groups.items()}
+    full = {cols: a for cols, a in full.items() if a.shape[0] == n_anchors}
+    if len(full) != 2:
+        raise EdgeInferError(f"ssd decoder needs box and score outputs with {n_anchors} rows in all, got shapes "
+                             f"{[list(np.shape(o)) for o in outputs]}; check the anchors config (--anchors)")
+    (ca, a), (cb, b) = full.items()
+    if box_width in (ca, cb):
+        return (a, b) if ca == box_width else (b, a)
+    return (a, b) if ca >= cb and ca >= 4 else (b, a)
 
 
 def decode_ssd(outputs: list[np.ndarray], config: dict[str, Any], with_keypoints: bool = False):
@@ -281,7 +310,9 @@ def decode_ssd(outputs: list[np.ndarray], config: dict[str, Any], with_keypoints
     anchors = ssd_anchors(config.get("anchors") or {})
     c = {**SSD_CODING_DEFAULTS, **(config.get("box_coding") or {})}
     opts = {**SSD_ANCHOR_DEFAULTS, **config["anchors"]}
-    raw_boxes, raw_scores = _ssd_split(outputs, len(anchors))
+    nk = int(c["num_keypoints"])
+    width = int(c["keypoint_offset"]) + nk * int(c["values_per_keypoint"]) if nk else 4
+    raw_boxes, raw_scores = _ssd_split(outputs, len(anchors), width)
     if c["background_class"]:
         raw_scores = raw_scores[:, 1:]
     thr = float(config.get("score_threshold", 0.5))
@@ -290,7 +321,6 @@ def decode_ssd(outputs: list[np.ndarray], config: dict[str, Any], with_keypoints
     if c["score_clipping"]:
         best = best.clip(-c["score_clipping"], c["score_clipping"])
     keep = prefilter(best, _logit(thr) if sig else thr, config.get("top_k", 1000))
-    nk = int(c["num_keypoints"])
     if keep.size == 0:
         b, s, i = _empty()
         return (b, s, i, np.zeros((0, 2 * nk), np.float32)) if with_keypoints else (b, s, i)

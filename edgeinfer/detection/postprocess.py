@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgeInferError
+from .anchors import anchor_preset, is_preset_name
 from .decoders import DECODERS, SSD_ANCHOR_DEFAULTS, SSD_CODING_DEFAULTS, decode_ssd, get_decoder
 from .nms import METHODS, select
 
@@ -105,7 +106,7 @@ def _validate_anchors(cfg: dict[str, Any]) -> None:
         raise _fail("anchors", "must be a JSON object")
     if dec == "ssd":
         if not anchors:
-            raise _fail("anchors", "the ssd decoder needs SSD anchor options; pass --anchors FILE")
+            raise _fail("anchors", "the ssd decoder needs SSD anchor options; pass --anchors FILE or a preset name (e.g. blazeface-front-128)")
         bad = sorted(set(anchors) - set(SSD_ANCHOR_DEFAULTS))
         if bad:
             raise _fail("anchors", f"unknown SSD anchor option {bad[0]!r}")
@@ -224,6 +225,7 @@ class DetectPostprocessor:
 def load_anchors_file(path: str | Path, decoder: str) -> dict[str, Any]:
     """Read an anchors JSON file -> {"anchors": ..., "box_coding": ...} config entries.
 
+    ``path`` may also name a preset of ``anchors.ANCHOR_PRESETS`` (e.g. blazeface-front-128).
     ssd: MediaPipe SsdAnchorsCalculator options, optionally mixed with box-coding keys
     (x_scale, ..., num_keypoints), or {"anchors": {...}, "box_coding": {...}}.
     yolov5: {"strides": [8, 16, 32], "sizes": [[w, h, ...], ...]} (or "anchors" for "sizes"), or a
@@ -232,6 +234,10 @@ def load_anchors_file(path: str | Path, decoder: str) -> dict[str, Any]:
     p = Path(path)
     if decoder not in ("ssd", "yolov5"):
         raise EdgeInferError(f"the {decoder} decoder is anchor-free and takes no anchors file; drop --anchors")
+    if not p.exists() and (is_preset_name(str(path)) or decoder == "ssd" and not p.suffix):
+        if decoder != "ssd":
+            raise EdgeInferError(f"--anchors {path}: named presets are MediaPipe SSD anchor sets; use --decoder ssd")
+        return anchor_preset(str(path))
     try:
         data = json.loads(p.read_text())
     except FileNotFoundError:
