@@ -41,20 +41,28 @@ def quantize_weights_per_channel(w: np.ndarray, axis: int, bits: int = 8) -> tup
 
 
 def pair_sums(w_out_k: np.ndarray) -> np.ndarray:
-    """Largest |w[2j]| + |w[2j+1]| per row of a (outputs, K) weight matrix (K padded to even)."""
-    a = np.abs(w_out_k.astype(np.float64))
+    """Per row of a (outputs, K) weight matrix (K padded to even), the largest magnitude a pair
+    w[2j], w[2j+1] can reach against non-negative inputs: |w[2j]| + |w[2j+1]| when the two share a
+    sign, the larger of the two when they do not (opposite signs partly cancel)."""
+    a = w_out_k.astype(np.float64)
     if a.shape[1] % 2:
         a = np.pad(a, ((0, 0), (0, 1)))
-    return (a[:, 0::2] + a[:, 1::2]).max(axis=1) if a.shape[1] else np.zeros(len(a))
+    if not a.shape[1]:
+        return np.zeros(len(a))
+    x, y = a[:, 0::2], a[:, 1::2]
+    same_sign = x * y >= 0
+    reach = np.where(same_sign, np.abs(x) + np.abs(y), np.maximum(np.abs(x), np.abs(y)))
+    return reach.max(axis=1)
 
 
 def pair_safe_per_channel(w_out_k: np.ndarray, pair_max: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-row int8 weights whose adjacent pairs satisfy |q[2j]| + |q[2j+1]| <= 128.
+    """Symmetric per-row int8 weights whose same-sign adjacent pairs satisfy |q[2j]| + |q[2j+1]| <= 128.
 
-    Then 255 * (|q1| + |q2|) <= 32640 fits a signed 16-bit lane: x86 u8s8 kernels without VNNI
-    (``VPMADDUBSW``) cannot saturate, whatever the uint8 activations. Each row keeps 8 bits unless
-    two adjacent weights are both large; then its scale is ``pair_max / 127`` (rounding adds at most
-    one step to a pair). ``pair_max`` overrides the per-row pair bound (e.g. the max over several
+    Then any pair a1*q1 + a2*q2 with uint8 a1, a2 lies in [-32640, 32640] and fits a signed 16-bit
+    lane (a pair of opposite signs is bounded by 255 * 127): x86 u8s8 kernels without VNNI
+    (``VPMADDUBSW``) cannot saturate, whatever the inputs. Each row keeps 8 bits unless two adjacent
+    same-sign weights are both large; then its scale is ``pair_max / 127`` (rounding adds at most one
+    step to a pair, and never flips a sign). ``pair_max`` overrides the per-row pair bound (e.g. the max over several
     K orderings). Returns (q int8 (outputs, K), scales float32[outputs]).
     """
     w = w_out_k.astype(np.float32)
