@@ -1,12 +1,12 @@
 # Two entry points that work on a fresh machine (they bootstrap .venv themselves):
 #   make demo   convert the bundled samples (digits classifier, shapes detector) for device profiles and run them
-#   make test   install the dev extras and run the whole test suite
+#   make test   install the dev extras and run the whole test suite, then `make device-test` (arm64 under QEMU)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= demo-out
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo test test-fast device-test venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ demo: $(VENV)/.installed-all
 test: $(VENV)/.installed-dev
 	bash tools/setup_tflite214_venv.sh
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests
+	$(MAKE) --no-print-directory device-test
+
+# the runtime on an emulated arm64 (Cortex-A72 / A76 under qemu-user) vs this host; cached in ~/.cache/edgeinfer-device
+device-test: $(VENV)/.installed-dev
+	$(BIN)/python tools/device_test.py
 
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q tests

@@ -80,16 +80,11 @@ class LiteRTBackend(Backend):
         if not self.path.is_file():
             raise EdgeInferError(f"TFLite model not found: {self.path}")
         check_tflite(self.path)   # engines trust the flatbuffer: a malformed file is refused before they see it
-        self.engine, interpreter_cls, load_delegate = import_engine()
+        self.engine, self._interpreter_cls, load_delegate = import_engine()
         self.delegates_loaded: list[str] = []
-        delegates = self._load_delegates(load_delegate)
-        try:
-            self.interp = interpreter_cls(model_path=str(self.path), num_threads=self.options.threads,
-                                          experimental_delegates=delegates or None)
-            self.interp.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise EdgeInferError(f"{self.engine} cannot load {self.path.name}: {str(exc).splitlines()[0]}; "
-                                 "re-convert with this edgeinfer version or update the interpreter") from None
+        self._delegates = self._load_delegates(load_delegate)
+        self._resizable = True
+        self._open_interpreter()
         inp = self.interp.get_input_details()[0]
         self._input = inp
         self.input_name = inp["name"]
@@ -98,6 +93,16 @@ class LiteRTBackend(Backend):
         self.output_names = [d["name"] for d in self.interp.get_output_details()]
         layout = read_metadata(self.path).get("edgeinfer_layout", b"").decode() or guess_layout(self.input_shape)
         self.input_layout = layout
+
+    def _open_interpreter(self) -> None:
+        try:
+            self.interp = self._interpreter_cls(model_path=str(self.path), num_threads=self.options.threads,
+                                                experimental_delegates=self._delegates or None)
+            self.interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise EdgeInferError(f"{self.engine} cannot load {self.path.name}: {str(exc).splitlines()[0]}; "
+                                 "re-convert with this edgeinfer version or update the interpreter") from None
+        self._input = self.interp.get_input_details()[0]
 
     def _load_delegates(self, load_delegate) -> list:
         loaded = []
@@ -149,19 +154,19 @@ class LiteRTBackend(Backend):
         return [self._dequantize(self.interp.get_tensor(d["index"]).copy(), d) for d in self.interp.get_output_details()]
 
     def _resize(self, n: int) -> bool:
-        """Resize the input batch to ``n`` and re-allocate; False (and the file's batch restored) on failure."""
+        """Resize the input batch to ``n`` and re-allocate; False on failure, with a fresh interpreter at the
+        file's batch (after a failed allocation tflite-runtime 2.14 crashes in ``invoke``) and no more tries."""
         shape = list(self.input_shape)
         shape[0] = n
         try:
             self.interp.resize_tensor_input(self._input["index"], shape, strict=False)
             self.interp.allocate_tensors()
-            ok = True
         except (ValueError, RuntimeError):
-            ok = False
-            if n != self._file_batch:
-                self._resize(self._file_batch)
+            self._resizable = False
+            self._open_interpreter()
+            return False
         self._input = self.interp.get_input_details()[0]
-        return ok
+        return True
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """float32 batch in ``input_layout`` -> float32 outputs in ``output_names`` order."""
@@ -174,13 +179,14 @@ class LiteRTBackend(Backend):
         current = int(self._input["shape"][0])
         if n == current:
             return self._invoke(batch)
-        if n != self._file_batch and self._resize(n):
+        if n != self._file_batch and self._resizable and self._resize(n):
             try:
                 outs = self._invoke(batch)
                 if all(o.shape[:1] == (n,) for o in outs):
                     return outs
             except (ValueError, RuntimeError):
-                pass
+                self._resizable = False
+                self._open_interpreter()
         if int(self._input["shape"][0]) != self._file_batch:
             self._resize(self._file_batch)
         step = self._file_batch
