@@ -332,5 +332,30 @@ def eval_cmd(bundle, data, artifact, score_threshold, threads, no_verify_hash, a
     click.echo(json.dumps(report, indent=2) if as_json else "\n".join(format_report(report)))
 
 
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--artifact", help="Benchmark only this artifact (default: every artifact this host can run).")
+@click.option("--threads", type=click.IntRange(min=1), help="Engine threads (default: the profile's).")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per artifact.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
+@click.option("--image", type=click.Path(path_type=Path), help="Image to run (default: a synthetic 640x480 photo).")
+@click.option("--no-ops", is_flag=True, help="Skip the per-op profile (ONNX Runtime profiler).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--plot", type=click.Path(path_type=Path), help="Write a bar chart of the p50 stages to this PNG.")
+@user_errors
+def bench(bundle, artifact, threads, runs, warmup, image, no_ops, as_json, plot):
+    """Time BUNDLE on this device: load, p50/p90/p99 per stage, peak RSS, slowest ops."""
+    from .bench import bench_bundle, format_report, plot as plot_png
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise EdgeInferError(f"--plot writes a PNG; give a file name ending in .png, not {plot.name!r}")
+    if plot is not None and plot.parent and not plot.parent.is_dir():
+        raise EdgeInferError(f"--plot {plot}: folder {plot.parent} does not exist")
+    rep = bench_bundle(bundle, artifact=artifact, threads=threads, runs=runs, warmup=warmup, image=image,
+                       profile_ops=not no_ops, progress=not as_json)
+    if plot is not None:
+        rep["plot"] = str(plot_png(rep, plot))
+    click.echo(json.dumps(rep, indent=2) if as_json else "\n".join(format_report(rep)))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name="edgeinfer")
