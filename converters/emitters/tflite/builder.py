@@ -9,6 +9,8 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
+from .op_versions import derive
+
 NP_TO_TFL = {
     np.dtype(np.float32): fb.TensorType.FLOAT32,
     np.dtype(np.float16): fb.TensorType.FLOAT16,
@@ -72,7 +74,9 @@ class ModelBuilder:
         self.buffers: list[fb.BufferT] = [fb.BufferT()]  # buffer 0: the empty sentinel
         self.operators: list[fb.OperatorT] = []
         self._opcodes: dict[int, int] = {}      # builtin code -> index in opcode list
-        self._opcode_versions: list[list[int]] = []  # [code, version]
+        self._opcode_versions: list[list[int]] = []  # [code, version]: set from signatures by finish()
+        self._op_names: list[str] = []
+        self.requirements: dict = {}                 # op -> op_versions.Requirement, after finish()
         self._names: set[str] = set()
         self.op_counts: dict[str, int] = {}
 
@@ -121,14 +125,15 @@ class ModelBuilder:
     def quant(self, idx: int) -> fb.QuantizationParametersT | None:
         return self.tensors[idx].quantization
 
-    def add_op(self, op: str, inputs, outputs, options=None, version: int = 1) -> int:
-        """Append operator ``op`` (a ``BuiltinOperator`` name); ``-1`` in inputs = optional absent."""
+    def add_op(self, op: str, inputs, outputs, options=None) -> int:
+        """Append operator ``op`` (a ``BuiltinOperator`` name); ``-1`` in inputs = optional absent.
+        Its version is derived from its signature when the model is finished (``op_versions``)."""
         code = getattr(fb.BuiltinOperator, op)
         if code not in self._opcodes:
             self._opcodes[code] = len(self._opcode_versions)
-            self._opcode_versions.append([code, version])
+            self._opcode_versions.append([code, 1])
         idx = self._opcodes[code]
-        self._opcode_versions[idx][1] = max(self._opcode_versions[idx][1], version)
+        self._op_names.append(op)
         o = fb.OperatorT()
         o.opcodeIndex = idx
         o.inputs = [int(i) for i in inputs]
@@ -140,13 +145,19 @@ class ModelBuilder:
         self.op_counts[op] = self.op_counts.get(op, 0) + 1
         return len(self.operators) - 1
 
+    _code_names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+
     def opcode_versions(self) -> dict[str, int]:
-        names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
-        return {names[c]: v for c, v in self._opcode_versions}
+        return {self._code_names[c]: v for c, v in self._opcode_versions}
 
     def finish(self, inputs: list[int], outputs: list[int], description: str = "",
                metadata: dict[str, bytes] | None = None) -> bytes:
-        """Serialize to .tflite bytes (file identifier TFL3, schema version 3)."""
+        """Serialize to .tflite bytes (file identifier TFL3, schema version 3), op versions from signatures."""
+        self.requirements = derive(list(zip(self._op_names, self.operators)), self.tensors)
+        for entry in self._opcode_versions:
+            name = self._code_names.get(entry[0])
+            if name in self.requirements:
+                entry[1] = self.requirements[name].version
         codes = []
         for code, version in self._opcode_versions:
             c = fb.OperatorCodeT()

@@ -23,7 +23,6 @@ from converters.quant_math import qparams_from_range
 from edgeinfer.errors import EdgeInferError
 
 from .builder import ModelBuilder, quant_params
-from .versions import version
 
 NHWC = (0, 2, 3, 1)
 FLOAT32, INT8, INT32, UINT8 = fb.TensorType.FLOAT32, fb.TensorType.INT8, fb.TensorType.INT32, fb.TensorType.UINT8
@@ -103,9 +102,6 @@ class Converter:
         n = self.node
         where = f"node {n.name or n.output[0]!r} ({n.op_type})" if n is not None else "graph"
         return EdgeInferError(f"TFLite emitter: {where}: {what}")
-
-    def version(self, op: str, *features: str) -> int:
-        return version(op, self.quantized, *features)
 
     def is_const(self, name: str) -> bool:
         return name in self.consts
@@ -200,7 +196,7 @@ class Converter:
             return self.b.add_const(hint, arr)
         half = self.b.add_const(hint + "_fp16", arr.astype(np.float16))
         out = self.b.add_tensor(hint, arr.shape, FLOAT32)
-        self.b.add_op("DEQUANTIZE", [half], [out], version=self.version("DEQUANTIZE", "fp16"))
+        self.b.add_op("DEQUANTIZE", [half], [out])
         return out
 
     # ---------- layout ----------
@@ -221,7 +217,7 @@ class Converter:
         if moved == sorted(moved):
             self.reshape(value.tensor, new_shape, out=out)
         else:
-            self.b.add_op("TRANSPOSE", [value.tensor, self.int_const(q, "perm")], [out], None, self.version("TRANSPOSE"))
+            self.b.add_op("TRANSPOSE", [value.tensor, self.int_const(q, "perm")], [out], None)
         self._layout_cache[key] = out
         return out
 
@@ -243,7 +239,7 @@ class Converter:
         if self.pinned_batch and len(src) > 1 and len(new_shape) > 1 and src[0] == new_shape[0] == 1:
             new_shape[0] = -1
         self.b.add_op("RESHAPE", [tensor, self.int_const(list(new_shape), "shape")], [out],
-                      self._reshape_options(new_shape), self.version("RESHAPE"))
+                      self._reshape_options(new_shape))
         return out
 
     def requantize(self, tensor: int, q: tuple[float, int]) -> int:
@@ -252,7 +248,7 @@ class Converter:
         if cur is None or (abs(cur[0] - q[0]) <= 1e-12 * max(cur[0], 1e-30) and cur[1] == q[1]):
             return tensor
         out = self.b.add_tensor(self.b.tensors[tensor].name + "_rq", self.b.shape(tensor), INT8, quant_params(*q))
-        self.b.add_op("QUANTIZE", [tensor], [out], None, self.version("QUANTIZE", "requantize"))
+        self.b.add_op("QUANTIZE", [tensor], [out], None)
         return out
 
     # ---------- activations fused into the producer ----------
@@ -291,7 +287,7 @@ class Converter:
             elif self.b.ttype(self.values[name].tensor) == INT8:
                 v = saved[name] = self.values[name]
                 f = self.b.add_tensor(self.b.tensors[v.tensor].name + "_f", list(v.stored_shape), FLOAT32)
-                self.b.add_op("DEQUANTIZE", [v.tensor], [f], None, version("DEQUANTIZE", True))
+                self.b.add_op("DEQUANTIZE", [v.tensor], [f], None)
                 self.float_twins[name] = self.values[name] = Value(f, v.shape, v.perm)
         mode, self.mode = self.mode, "fp32"
         try:
@@ -309,5 +305,5 @@ class Converter:
                 continue                       # read only by float islands / the graph output: stays float
             s, z = self.qparams(name)
             q = self.b.add_tensor(name + "_q", list(v.stored_shape), INT8, quant_params(s, z))
-            self.b.add_op("QUANTIZE", [v.tensor], [q], None, version("QUANTIZE", True))
+            self.b.add_op("QUANTIZE", [v.tensor], [q], None)
             self.values[name] = Value(q, v.shape, v.perm)

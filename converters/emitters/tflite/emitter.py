@@ -19,6 +19,7 @@ from edgeinfer.errors import EdgeInferError
 from ..api import EmitRequest, EmittedArtifact
 from .builder import quant_params
 from .context import FLOAT32, NHWC, UINT8, Converter, Value, identity
+from .op_versions import check_runtimes, runs_in
 from .ops import HANDLERS
 from .prepare import constants_from_nodes, fold_batchnorm, pin_batch, plan_fusion, plan_gap_heads, static_shapes
 
@@ -109,6 +110,7 @@ def build(request: EmitRequest) -> tuple[bytes, Converter, str]:
     outputs = [_graph_output(ctx, vi.name) for vi in model.graph.output]
     desc = f"edgeinfer {mode} input_layout={layout}"
     data = ctx.b.finish(inputs, outputs, desc, {LAYOUT_METADATA: layout.encode()})
+    check_runtimes(ctx.b.requirements, request.options.get("tflite_runtimes"))
     return data, ctx, io_dtype
 
 
@@ -127,7 +129,7 @@ def _graph_input(ctx: Converter, vi, layout: str) -> int:
                          None if ctx.io_dtype == "float32" else quant_params(s, z + 128))
     v = ctx.new_value(vi.name + "_int8", shape, perm, q=(s, z))
     ctx.values[vi.name] = v
-    ctx.b.add_op("QUANTIZE", [t], [v.tensor], None, ctx.version("QUANTIZE"))
+    ctx.b.add_op("QUANTIZE", [t], [v.tensor], None)
     return t
 
 
@@ -147,11 +149,11 @@ def _graph_output(ctx: Converter, name: str) -> int:
         return t
     if ctx.io_dtype == "float32":
         out = ctx.b.add_tensor(name, shape, FLOAT32)
-        ctx.b.add_op("DEQUANTIZE", [t], [out], None, ctx.version("DEQUANTIZE"))
+        ctx.b.add_op("DEQUANTIZE", [t], [out], None)
         return out
     s, z = ctx.qof(t)
     out = ctx.b.add_tensor(name, shape, UINT8, quant_params(s, z + 128))
-    ctx.b.add_op("QUANTIZE", [t], [out], None, ctx.version("QUANTIZE"))
+    ctx.b.add_op("QUANTIZE", [t], [out], None)
     return out
 
 
@@ -189,5 +191,6 @@ def emit(request: EmitRequest) -> EmittedArtifact:
         path=out, format="tflite", precision=request.precision, input_layout=request.input_layout.upper(),
         io_dtype=io_dtype, notes=notes,
         details={"op_counts": dict(ctx.b.op_counts), "op_versions": ctx.b.opcode_versions(),
+                 "runs_in": runs_in(ctx.b.requirements),
                  "mode": ctx.mode, "int4_ops": sorted(ctx.int4_ops), "float_nodes": list(ctx.float_nodes), "seconds": round(elapsed, 3), **extra},
     )

@@ -35,8 +35,8 @@ def planned(ctx: Converter, node, layout) -> tuple[np.ndarray, np.ndarray, int] 
 
 
 def weights(ctx: Converter, w: np.ndarray, bias: np.ndarray | None, axis: int | None, x_tensor: int,
-            hint: str, op: str, pre: tuple[np.ndarray, np.ndarray, int] | None = None) -> tuple[int, int, list[str]]:
-    """(filter tensor, bias tensor or -1, version features) for a conv / fully-connected op.
+            hint: str, op: str, pre: tuple[np.ndarray, np.ndarray, int] | None = None) -> tuple[int, int]:
+    """(filter tensor, bias tensor or -1) for a conv / fully-connected op.
 
     ``w`` is already in the TFLite layout, ``axis`` its output-channel axis (None = per-tensor).
     ``pre``: the int4 plan's (integers in the same layout, per-channel scales, bits), stored as given.
@@ -44,12 +44,12 @@ def weights(ctx: Converter, w: np.ndarray, bias: np.ndarray | None, axis: int | 
     w = np.asarray(w, np.float32)
     if ctx.mode in ("fp32", "fp16"):
         b = ctx.float_weight(bias, hint + "_bias") if bias is not None else -1
-        return ctx.float_weight(w, hint + "_weights"), b, []
+        return ctx.float_weight(w, hint + "_weights"), b
     if ctx.mode == "dynamic":
         q, s = _quantize(w, axis, 8)
         wt = ctx.b.add_const(hint + "_weights", q, quant_params(s, np.zeros_like(s, np.int64), axis or 0))
         b = ctx.b.add_const(hint + "_bias", np.asarray(bias, np.float32)) if bias is not None else -1
-        return wt, b, ["hybrid"]
+        return wt, b
     if pre is not None:
         q, s, bits = pre
         s = s[:1] if axis is None else s
@@ -67,4 +67,4 @@ def weights(ctx: Converter, w: np.ndarray, bias: np.ndarray | None, axis: int | 
         bq = np.round(np.asarray(bias, np.float64) / (bscale if bscale.size > 1 else bscale[0]))
         bq = np.clip(bq, -(2 ** 31) + 1, 2 ** 31 - 1).astype(np.int32)
         b = ctx.b.add_const(hint + "_bias", bq, quant_params(bscale, np.zeros_like(bscale, np.int64), 0))
-    return wt, b, (["int4"] if use4 else [])
+    return wt, b

@@ -41,7 +41,7 @@ def fused_kind(ctx: Converter, node) -> str | None:
 def _unary(ctx: Converter, node, op: str, q=None, options=None) -> None:
     x = ctx.get(node.input[0])
     out = ctx.new_value(node.output[0], ctx.shape(node.output[0]), x.perm, q=q)
-    ctx.b.add_op(op, [x.tensor], [out.tensor], options, ctx.version(op))
+    ctx.b.add_op(op, [x.tensor], [out.tensor], options)
 
 
 def relu(ctx: Converter, index: int, node) -> None:
@@ -65,7 +65,7 @@ def clip(ctx: Converter, index: int, node) -> None:
         last = op == "MINIMUM" or math.isinf(hi)
         c = ctx.activation_const(np.array([bound], np.float32), f"{node.output[0]}_{op.lower()}", q=q)
         nxt = ctx.new_value(node.output[0], x.shape, x.perm, q=q).tensor if last else ctx.scratch(node.output[0] + "_lo", ctx.b.shape(cur), cur)
-        ctx.b.add_op(op, [cur, c], [nxt], None, ctx.version(op))
+        ctx.b.add_op(op, [cur, c], [nxt], None)
         cur = nxt
 
 
@@ -94,7 +94,7 @@ def hard_sigmoid(ctx: Converter, index: int, node) -> None:
                                           None if q_out is None else quant_params(*q_out))
         o = fb.MulOptionsT() if op == "MUL" else fb.AddOptionsT()
         o.fusedActivationFunction = act
-        ctx.b.add_op(op, [src, c], [out_tensor], o, ctx.version(op))
+        ctx.b.add_op(op, [src, c], [out_tensor], o)
         return out_tensor
 
     q1 = q2 = None
@@ -126,7 +126,7 @@ def softmax(ctx: Converter, index: int, node) -> None:
     out = ctx.new_value(node.output[0], ctx.shape(node.output[0]), perm, q=SIGMOID_Q if ctx.quantized else None)
     o = fb.SoftmaxOptionsT()
     o.beta = 1.0
-    ctx.b.add_op("SOFTMAX", [xin], [out.tensor], o, ctx.version("SOFTMAX"))
+    ctx.b.add_op("SOFTMAX", [xin], [out.tensor], o)
 
 
 HANDLERS = {

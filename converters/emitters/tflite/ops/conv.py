@@ -34,10 +34,8 @@ def conv(ctx: Converter, index: int, node) -> None:
         o.depthMultiplier, o.fusedActivationFunction = cout // cin, act
         dw_layout = lambda a: a.reshape(cout, kh, kw).transpose(1, 2, 0)[None]   # noqa: E731 [1, kh, kw, cout]
         pre = None if pre is None else (np.ascontiguousarray(dw_layout(pre[0])), pre[1], pre[2])
-        wt, bt, feats = weights(ctx, dw_layout(w), bias, 3, xin, hint, "DEPTHWISE_CONV_2D", pre=pre)
-        if (dh, dw) != (1, 1):
-            feats.append("dilation")
-        ctx.b.add_op("DEPTHWISE_CONV_2D", [xin, wt, bt], [out.tensor], o, ctx.version("DEPTHWISE_CONV_2D", *feats))
+        wt, bt = weights(ctx, dw_layout(w), bias, 3, xin, hint, "DEPTHWISE_CONV_2D", pre=pre)
+        ctx.b.add_op("DEPTHWISE_CONV_2D", [xin, wt, bt], [out.tensor], o)
     else:
         _grouped(ctx, xin, w, bias, group, out.tensor, padding, (sh, sw, dh, dw), act, hint, pre)
 
@@ -47,8 +45,8 @@ def _conv2d(ctx: Converter, xin: int, w, bias, out: int, padding, sh, sw, dh, dw
     o.padding, o.strideH, o.strideW, o.dilationHFactor, o.dilationWFactor = padding, sh, sw, dh, dw
     o.fusedActivationFunction = act
     pre = None if pre is None else (np.ascontiguousarray(pre[0].transpose(0, 2, 3, 1)), pre[1], pre[2])
-    wt, bt, feats = weights(ctx, w.transpose(0, 2, 3, 1), bias, 0, xin, hint, "CONV_2D", pre=pre)   # OHWI
-    ctx.b.add_op("CONV_2D", [xin, wt, bt], [out], o, ctx.version("CONV_2D", *feats))
+    wt, bt = weights(ctx, w.transpose(0, 2, 3, 1), bias, 0, xin, hint, "CONV_2D", pre=pre)   # OHWI
+    ctx.b.add_op("CONV_2D", [xin, wt, bt], [out], o)
 
 
 def _grouped(ctx: Converter, xin: int, w, bias, group: int, out: int, padding, geo, act, hint, pre=None) -> None:
@@ -58,7 +56,7 @@ def _grouped(ctx: Converter, xin: int, w, bias, group: int, out: int, padding, g
     pieces_in = [ctx.scratch(f"{hint}_g{g}_in", [n, h, wd, cg], xin) for g in range(group)]
     so = fb.SplitOptionsT()
     so.numSplits = group
-    ctx.b.add_op("SPLIT", [ctx.int_const([3], "axis"), xin], pieces_in, so, ctx.version("SPLIT"))
+    ctx.b.add_op("SPLIT", [ctx.int_const([3], "axis"), xin], pieces_in, so)
     oshape = ctx.b.shape(out)
     pieces_out = []
     for g in range(group):
@@ -69,7 +67,7 @@ def _grouped(ctx: Converter, xin: int, w, bias, group: int, out: int, padding, g
         pieces_out.append(po)
     co = fb.ConcatenationOptionsT()
     co.axis = 3
-    ctx.b.add_op("CONCATENATION", pieces_out, [out], co, ctx.version("CONCATENATION"))
+    ctx.b.add_op("CONCATENATION", pieces_out, [out], co)
 
 
 HANDLERS = {"Conv": conv}

@@ -16,10 +16,8 @@ def _fully_connected(ctx: Converter, index: int, node, x_tensor: int, w_nk: np.n
     # per-tensor weights in the integer modes: per-channel FULLY_CONNECTED is newer than tflite-runtime 2.14
     axis = 0 if ctx.mode in ("fp32", "fp16") else None
     pre = planned(ctx, node, lambda q: q)                                   # int4 plan integers, [N, K]
-    wt, bt, feats = weights(ctx, w_nk, bias, axis, x_tensor, node.name or node.output[0], "FULLY_CONNECTED", pre=pre)
-    if keep_dims:
-        feats.append("keep_num_dims")
-    ctx.b.add_op("FULLY_CONNECTED", [x_tensor, wt, bt], [out.tensor], o, ctx.version("FULLY_CONNECTED", *feats))
+    wt, bt = weights(ctx, w_nk, bias, axis, x_tensor, node.name or node.output[0], "FULLY_CONNECTED", pre=pre)
+    ctx.b.add_op("FULLY_CONNECTED", [x_tensor, wt, bt], [out.tensor], o)
 
 
 def gemm(ctx: Converter, index: int, node) -> None:
@@ -50,8 +48,7 @@ def matmul(ctx: Converter, index: int, node) -> None:
         return
     y = ctx.get(node.input[1])
     out = ctx.new_value(node.output[0], ctx.shape(node.output[0]))
-    ctx.b.add_op("BATCH_MATMUL", [ctx.onnx_order(x), ctx.onnx_order(y)], [out.tensor], fb.BatchMatMulOptionsT(),
-                 ctx.version("BATCH_MATMUL"))
+    ctx.b.add_op("BATCH_MATMUL", [ctx.onnx_order(x), ctx.onnx_order(y)], [out.tensor], fb.BatchMatMulOptionsT())
 
 
 HANDLERS = {"Gemm": gemm, "MatMul": matmul}

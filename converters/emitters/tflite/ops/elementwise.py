@@ -56,7 +56,7 @@ def binary(ctx: Converter, index: int, node, op: str) -> None:
     out = ctx.new_value(out_name, ctx.shape(node.output[0]), perm)
     o = OPTIONS[op]()
     o.fusedActivationFunction = act
-    ctx.b.add_op(op, [ta, tb], [out.tensor], o, ctx.version(op))
+    ctx.b.add_op(op, [ta, tb], [out.tensor], o)
 
 
 def add(ctx, index, node):
@@ -98,7 +98,7 @@ def concat(ctx: Converter, index: int, node) -> None:
             ins.append(ctx.requantize(t, q) if q is not None else t)
     o = fb.ConcatenationOptionsT()
     o.axis = perm.index(axis)
-    ctx.b.add_op("CONCATENATION", ins, [out.tensor], o, ctx.version("CONCATENATION"))
+    ctx.b.add_op("CONCATENATION", ins, [out.tensor], o)
 
 
 HANDLERS = {"Add": add, "Sub": sub, "Mul": mul, "Div": div, "Concat": concat}

@@ -33,7 +33,7 @@ def _pool(ctx: Converter, index: int, node, op: str) -> None:
     o = fb.Pool2DOptionsT()
     o.padding, (o.strideH, o.strideW), (o.filterHeight, o.filterWidth) = padding, geo["strides"], kernel
     o.fusedActivationFunction = act
-    ctx.b.add_op(op, [xin], [out.tensor], o, ctx.version(op))
+    ctx.b.add_op(op, [xin], [out.tensor], o)
 
 
 def max_pool(ctx: Converter, index: int, node) -> None:

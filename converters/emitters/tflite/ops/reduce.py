@@ -20,7 +20,7 @@ def _mean(ctx: Converter, node, x: Value, axes: list[int], keepdims: bool, out_n
     out = ctx.new_value(out_name, ctx.shape(out_name), perm, qname=qname)
     o = fb.ReducerOptionsT()
     o.keepDims = bool(keepdims)
-    ctx.b.add_op("MEAN", [x.tensor, ctx.int_const(stored_axes, "axes")], [out.tensor], o, ctx.version("MEAN"))
+    ctx.b.add_op("MEAN", [x.tensor, ctx.int_const(stored_axes, "axes")], [out.tensor], o)
 
 
 def global_average_pool(ctx: Converter, index: int, node) -> None:

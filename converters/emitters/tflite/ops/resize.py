@@ -94,7 +94,7 @@ def resize(ctx: Converter, index: int, node) -> None:
     o = fb.ResizeNearestNeighborOptionsT() if mode == "nearest" else fb.ResizeBilinearOptionsT()
     o.alignCorners, o.halfPixelCenters = chosen
     size = ctx.int_const(list(out_shape[2:]), "size")
-    ctx.b.add_op(op, [xin, size], [out.tensor], o, ctx.version(op, *(["half_pixel"] if chosen[1] else [])))
+    ctx.b.add_op(op, [xin, size], [out.tensor], o)
 
 
 HANDLERS = {"Resize": resize}

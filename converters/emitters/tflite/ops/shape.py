@@ -93,7 +93,7 @@ def slice_(ctx: Converter, index: int, node) -> None:
     o = fb.StridedSliceOptionsT()
     o.endMask = end_mask
     ins = [x.tensor, ctx.int_const(begin, "begin"), ctx.int_const(end, "end"), ctx.int_const(stride, "strides")]
-    ctx.b.add_op("STRIDED_SLICE", ins, [out.tensor], o, ctx.version("STRIDED_SLICE"))
+    ctx.b.add_op("STRIDED_SLICE", ins, [out.tensor], o)
 
 
 def split(ctx: Converter, index: int, node) -> None:
@@ -109,12 +109,11 @@ def split(ctx: Converter, index: int, node) -> None:
     if len(set(sizes)) == 1:
         o = fb.SplitOptionsT()
         o.numSplits = len(sizes)
-        ctx.b.add_op("SPLIT", [ctx.int_const([pos], "axis"), x.tensor], outs, o, ctx.version("SPLIT"))
+        ctx.b.add_op("SPLIT", [ctx.int_const([pos], "axis"), x.tensor], outs, o)
     else:
         o = fb.SplitVOptionsT()
         o.numSplits = len(sizes)
-        ctx.b.add_op("SPLIT_V", [x.tensor, ctx.int_const(sizes, "size_splits"), ctx.int_const([pos], "axis")], outs, o,
-                     ctx.version("SPLIT_V"))
+        ctx.b.add_op("SPLIT_V", [x.tensor, ctx.int_const(sizes, "size_splits"), ctx.int_const([pos], "axis")], outs, o)
 
 
 def gather(ctx: Converter, index: int, node) -> None:
@@ -140,7 +139,7 @@ def gather(ctx: Converter, index: int, node) -> None:
     out = ctx.new_value(node.output[0], ctx.shape(node.output[0]), perm, q=ctx.qof(src.tensor))
     o = fb.GatherOptionsT()
     o.axis = src.perm.index(axis)
-    ctx.b.add_op("GATHER", [src.tensor, ctx.int_const(idx, "indices")], [out.tensor], o, ctx.version("GATHER"))
+    ctx.b.add_op("GATHER", [src.tensor, ctx.int_const(idx, "indices")], [out.tensor], o)
 
 
 def pad(ctx: Converter, index: int, node) -> None:
@@ -168,14 +167,14 @@ def pad(ctx: Converter, index: int, node) -> None:
     if mode == "reflect":
         o = fb.MirrorPadOptionsT()
         o.mode = fb.MirrorPadMode.REFLECT
-        ctx.b.add_op("MIRROR_PAD", [x.tensor, paddings], [out.tensor], o, ctx.version("MIRROR_PAD"))
+        ctx.b.add_op("MIRROR_PAD", [x.tensor, paddings], [out.tensor], o)
     elif mode != "constant":
         raise ctx.error(f"Pad mode {mode!r} is not supported; supported: constant, reflect")
     elif value == 0.0:
-        ctx.b.add_op("PAD", [x.tensor, paddings], [out.tensor], None, ctx.version("PAD"))
+        ctx.b.add_op("PAD", [x.tensor, paddings], [out.tensor], None)
     else:
         cval = ctx.activation_const(np.array([value], np.float32), node.output[0] + "_value", q=ctx.qof(x.tensor))
-        ctx.b.add_op("PADV2", [x.tensor, paddings, cval], [out.tensor], None, ctx.version("PADV2"))
+        ctx.b.add_op("PADV2", [x.tensor, paddings, cval], [out.tensor], None)
 
 
 HANDLERS = {

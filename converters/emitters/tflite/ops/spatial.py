@@ -67,7 +67,7 @@ def pad_nhwc(ctx: Converter, x: int, geo: dict, kernel, value: float | None = 0.
     out = ctx.scratch(ctx.b.tensors[x].name + "_pad", [n, h + t + btm, w + l + r, c], x)
     paddings = ctx.int_const([[0, 0], [t, btm], [l, r], [0, 0]], "paddings")
     if value == 0.0:
-        ctx.b.add_op("PAD", [x, paddings], [out], None, ctx.version("PAD"))
+        ctx.b.add_op("PAD", [x, paddings], [out], None)
         return out, fb.Padding.VALID
     if ctx.quantized:
         q = ctx.qof(x)
@@ -75,5 +75,5 @@ def pad_nhwc(ctx: Converter, x: int, geo: dict, kernel, value: float | None = 0.
         cval = ctx.b.add_const("pad_value", np.array([fill], np.int8), ctx.b.quant(x))
     else:
         cval = ctx.b.add_const("pad_value", np.array([-np.inf if value is None else value], np.float32))
-    ctx.b.add_op("PADV2", [x, paddings, cval], [out], None, ctx.version("PADV2"))
+    ctx.b.add_op("PADV2", [x, paddings, cval], [out], None)
     return out, fb.Padding.VALID
