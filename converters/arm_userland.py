@@ -191,6 +191,22 @@ def target_env(name: str, requirements: list[str], log=None) -> Path:
     return _publish(tmp, dest)
 
 
+def runtime_requirements(metadata_lines: list[str], extra: str | None) -> list[str]:
+    """``Requires-Dist`` entries of edgeinfer's metadata that apply to ``edgeinfer[extra]`` on aarch64
+    CPython 3.11 Linux (what pip resolves there), without edgeinfer itself."""
+    from packaging.requirements import Requirement
+    env = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux",
+           "platform_machine": "aarch64", "platform_system": "Linux", "os_name": "posix",
+           "implementation_name": "cpython", "extra": extra or ""}
+    reqs = []
+    for line in metadata_lines:
+        if line.startswith("Requires-Dist:"):
+            req = Requirement(line.split(":", 1)[1].strip())
+            if req.name != "edgeinfer" and (req.marker is None or req.marker.evaluate(env)):
+                reqs.append(f"{req.name}{req.specifier}")
+    return reqs
+
+
 def installed_distributions(env: Path) -> dict[str, str]:
     """{normalized distribution name: version} of a --target folder."""
     out = {}

@@ -72,6 +72,7 @@ class ConvertOptions:
     input_shape: list[int] | None = None        # fixes dynamic input dims (the model's own order)
     trust_pickle: bool = False                  # allow pickled PyTorch checkpoints (runs their code)
     opset: int | None = None                    # ONNX opset of the export of PyTorch sources
+    verify_on: str = "host"                     # "emulated": also verify arm64 artifacts on the emulated core
 
 
 @dataclass
@@ -315,6 +316,9 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     post = _resolve_postprocess(source, task, labels, spec, opts)
     size_hw = (spec["shape"][2], spec["shape"][3])
 
+    if opts.verify_on == "emulated":
+        from .verify_emulated import check_available
+        check_available([dict(p.data, name=p.name) for p in profiles])
     plans = {p.name: _plan(p, opts) for p in profiles}
     need_calib = any(prec in ("int8", "int4") for plan in plans.values() for _, prec in plan)
     # activation ranges: int8, and int4 TFLite (int8 activations); int4 ONNX / Core ML are weight-only
@@ -406,11 +410,20 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                     from .int4 import check_floor
                     check_floor(figures, task, opts.min_agreement, name, req.int4)
                 check_min_agreement(figures, task, opts.min_agreement, name)
+                emulated = None
+                if opts.verify_on == "emulated":
+                    from .verify_emulated import verify_emulated
+                    _say(opts, f"  verifying {name} again on the emulated arm64 core")
+                    emulated = verify_emulated(art, verify_samples, reference, profile=dict(profile.data, name=profile.name),
+                                               task=task, postprocess=post, labels=labels, input_hw=size_hw,
+                                               synthetic=bool(facts.get("verify_synthetic")))
+                    if emulated is not None:
+                        check_min_agreement(emulated, task, opts.min_agreement, f"{name} ({emulated['arithmetic']})")
                 manifest["artifacts"].append({
                     "file": name, "format": fmt, "precision": precision, "sha256": sha256_of(art.path),
                     "size": size_of(art.path), "input_layout": art.input_layout, "io_dtype": art.io_dtype,
                     "verification": figures, "op_coverage": _op_coverage(profile, art), "notes": art.notes,
-                    "details": art.details,
+                    "details": art.details, **({"verification_emulated": emulated} if emulated else {}),
                 })
                 done[key] = (tmp / name, manifest["artifacts"][-1], profile.name)
             if not manifest["artifacts"]:
@@ -446,6 +459,11 @@ def summary_lines(result: ConvertResult) -> list[str]:
                 lines.append(f"      this host ({host['arithmetic']}): cos {host['cosine']:.5f}"
                              + (f"  agreement {h_agree:.3f}" if h_agree is not None else "")
                              + " (saturating kernels: the target computes the figures above)")
+            e = a.get("verification_emulated")
+            if e:
+                agree = e.get("top1_agreement", e.get("map50_agreement"))
+                lines.append(f"      on {e['arithmetic']}: max|err| {e['max_abs_error']:.2e}  cos {e['cosine']:.5f}  "
+                             f"agreement {agree:.3f}  max|arm - host| {e['max_abs_diff_vs_host']:.2e}")
             for note in a["notes"]:
                 lines.append(f"      note: {note}")
         for w in m["warnings"]:

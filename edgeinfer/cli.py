@@ -142,6 +142,8 @@ def main() -> None:
               help="Time budget of the int8 keep-float search.")
 @click.option("--min-agreement", type=float, help="Target agreement with fp32 (0..1): int8 keeps the most sensitive "
               "nodes in float to reach it; fail if an artifact stays below.")
+@click.option("--verify-on", type=click.Choice(["host", "emulated"]), default="host", show_default=True,
+              help="emulated: also verify arm64 profiles' TFLite/ONNX artifacts on the profile's core under QEMU.")
 @click.option("--force", is_flag=True, help="Replace existing bundles.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
@@ -149,7 +151,7 @@ def main() -> None:
 def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, calib_limit, calib_synthetic, verify_dir,
             labels_file, task, preset, mean, std, scale, resize, crop, letterbox, layout, color, tflite_io, int8_mode, coreml_w8a8, coreml_fp32_ops, input_shape, trust_pickle, opset, decoder, anchors,
             score_threshold, iou_threshold, max_detections, nms, prune_ratio, prune_flops, prune_criterion,
-            prune_min_channels, no_reconstruct, keep_float, no_auto_keep_float, search_seconds, min_agreement, force, as_json, quiet):
+            prune_min_channels, no_reconstruct, keep_float, no_auto_keep_float, search_seconds, min_agreement, verify_on, force, as_json, quiet):
     """Convert MODEL (.onnx, .pt2 torch.export program, TorchScript) into one verified bundle per --profile under -o OUT."""
     try:
         from converters.pipeline import ConvertOptions, convert as run_convert, summary_lines
@@ -183,7 +185,7 @@ def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, c
         emitter_options={"tflite_io_dtype": tflite_io, "tflite_layout": layout, "int8_mode": int8_mode,
                          "coreml_w8a8": coreml_w8a8, "coreml_fp32_ops": coreml_fp32_ops}, exclude_nodes=_csv(keep_float) or [],
         auto_keep_float=not no_auto_keep_float, search_seconds=search_seconds,
-        input_shape=_input_shape(input_shape), trust_pickle=trust_pickle, opset=opset)
+        input_shape=_input_shape(input_shape), trust_pickle=trust_pickle, opset=opset, verify_on=verify_on)
     result = run_convert(opts)
     if as_json:
         click.echo(json.dumps([dict(m, bundle=str(p)) for p, m in zip(result.bundles, result.manifests)], indent=2))

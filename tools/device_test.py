@@ -12,9 +12,13 @@
 3. Runs every artifact on this host (reference) and, per emulated core (Cortex-A72 = Pi 4,
    Cortex-A76 = Pi 5 / phone big cores), in each install; checks TFLite int8 bit-exact, float
    within 1e-4 (relative to the output's magnitude when above 1), same top-1 / detections; ONNX
-   int8 agreement is reported (ORT's int8 kernels differ per ISA by design).
+   int8 agreement is reported (ORT's int8 kernels differ per ISA by design). tflite-runtime 2.14 is
+   compared with the same 2.14 on x86 (``.venv-tflite214``, made by ``make test``; bit-exact int8), or
+   with ai-edge-litert within 4 int8 output steps when that venv is missing.
 4. tflite-runtime 2.14 under emulation: every op model x precision the emitter writes
-   (``tools/check_tflite_runtime214.py``'s set) loads and agrees with ai-edge-litert on x86.
+   (``tools/check_tflite_runtime214.py``'s set) loads and agrees with ai-edge-litert on x86
+   (on ``--ops-cpus``, Cortex-A72 by default).
+   ``edgeinfer convert --verify-on emulated`` for raspberry-pi-5 records Cortex-A76 figures.
 5. The runtime's own tests that make sense on a device (preprocessing, decoders, NMS, metrics)
    under pytest on the emulated Cortex-A72.
 6. Device figures emulation measures honestly: install sizes, import-time share, peak RSS.
@@ -53,6 +57,7 @@ DEVICE_TESTS = ["tests/test_preprocess.py", "tests/test_detection_decoders.py", 
 DEVICE_TESTS_SKIP = "not matches_reference and not select_pipeline"
 TEST_TOOLS = ["pytest>=7", "hypothesis>=6"]
 FLOAT_TOL = 1e-4
+X86_214 = ROOT / ".venv-tflite214" / "bin" / "python"
 T0 = time.perf_counter()
 
 
@@ -73,22 +78,9 @@ def build_wheel(dest: Path) -> Path:
 def wheel_requirements(wheel: Path, extra: str | None) -> list[str]:
     """The wheel's own Requires-Dist for ``extra`` on aarch64 CPython 3.11 Linux (what pip resolves)."""
     import zipfile
-
-    from packaging.requirements import Requirement
     with zipfile.ZipFile(wheel) as z:
         meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
-        lines = z.read(meta).decode().splitlines()
-    env = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux",
-           "platform_machine": "aarch64", "platform_system": "Linux", "os_name": "posix",
-           "implementation_name": "cpython", "extra": extra or ""}
-    reqs = []
-    for line in lines:
-        if line.startswith("Requires-Dist:"):
-            req = Requirement(line.split(":", 1)[1].strip())
-            if req.marker is None or req.marker.evaluate(env):
-                if req.name != "edgeinfer":
-                    reqs.append(str(Requirement(f"{req.name}{req.specifier}")))
-    return reqs
+        return arm.runtime_requirements(z.read(meta).decode().splitlines(), extra)
 
 
 def installs(wheel: Path, run_dir: Path) -> dict[str, dict]:
@@ -147,12 +139,13 @@ def convert_samples(out: Path) -> list[dict]:
     return bundles
 
 
-def run_resumable(cpu: str | None, paths: list, args: list, state_file: Path, describe=lambda key: "") -> None:
+def run_resumable(cpu: str | None, paths: list, args: list, state_file: Path, describe=lambda key: "",
+                  python: str = sys.executable) -> None:
     """Run a device_worker mode until it finishes; an engine crash is recorded against the item it was
     running (``start KEY`` on stderr) and the worker resumes after it, so one crash costs one item."""
     for _ in range(100):
         if cpu is None:
-            r = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
+            r = subprocess.run([python, *map(str, args)], capture_output=True, text=True,
                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
         else:
             r = arm.run_python(cpu, paths, args, timeout=1200)
@@ -181,12 +174,13 @@ def _tflite_ops(bundles: list[dict]):
     return describe
 
 
-def run_outputs(bundles: list[dict], out: Path, formats, cpu: str | None, inst: dict | None) -> dict:
+def run_outputs(bundles: list[dict], out: Path, formats, cpu: str | None, inst: dict | None,
+                python: str = sys.executable) -> dict:
     job = out / "job.json"
     out.mkdir(parents=True, exist_ok=True)
     job.write_text(json.dumps({"bundles": bundles, "out": str(out), "formats": list(formats), "threads": 1}))
     run_resumable(cpu, inst["paths"] if inst else [], [ROOT / "tools" / "device_worker.py", "outputs", job],
-                  out / "report.json", _tflite_ops(bundles))
+                  out / "report.json", _tflite_ops(bundles), python)
     return json.loads((out / "report.json").read_text())
 
 
@@ -248,6 +242,31 @@ def _same_prediction(x: dict, y: dict) -> bool:
 def _top1_agreement(a: list, b: list) -> float:
     same = [_same_prediction(x, y) for x, y in zip(a, b)]
     return sum(same) / max(len(same), 1)
+
+
+def verify_on_emulated(out: Path) -> tuple[list, int]:
+    """`edgeinfer convert --verify-on emulated` for raspberry-pi-5: figures from the emulated Cortex-A76
+    are in the manifest, and the TFLite int8 file gives the host's outputs bit for bit."""
+    t = time.perf_counter()
+    digits = ROOT / "samples" / "digits"
+    cmd = [sys.executable, "-m", "edgeinfer.cli", "convert", digits / "digits.onnx", "--profile", "raspberry-pi-5",
+           "--formats", "tflite,onnx", "--quant", "int8", "--calib", digits / "calib", "-o", out, "--quiet",
+           "--verify-on", "emulated", "--force"]
+    r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    if r.returncode != 0:
+        return [("convert --verify-on emulated", "FAIL", r.stderr.strip()[-300:], "")], 1
+    manifest = json.loads((out / "digits-raspberry-pi-5" / "manifest.json").read_text())
+    rows, fails = [], 0
+    for a in manifest["artifacts"]:
+        v, e = a["verification"], a.get("verification_emulated") or {}
+        ok = e.get("arithmetic") == "emulated-cortex-a76" and (a["format"] != "tflite" or e.get("max_abs_diff_vs_host") == 0)
+        fails += not ok
+        rows.append((a["file"], "ok" if ok else "FAIL",
+                     f"top-1 agreement {v['top1_agreement']:.3f}, cos {v['cosine']:.5f}",
+                     f"{e.get('arithmetic')}: top-1 agreement {e.get('top1_agreement', float('nan')):.3f}, "
+                     f"cos {e.get('cosine', float('nan')):.5f}, max|arm - host| {e.get('max_abs_diff_vs_host', float('nan')):.3g}"))
+    log(f"convert --verify-on emulated: {time.perf_counter() - t:.0f} s")
+    return rows, fails
 
 
 # ---------- op coverage in tflite-runtime 2.14 ----------
@@ -326,6 +345,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--no-pytest", action="store_true", help="skip the runtime tests under emulation")
     ap.add_argument("--no-figures", action="store_true", help="skip install sizes / RSS / import share")
+    ap.add_argument("--ops-cpus", default="cortex-a72",
+                    help="cores that run the tflite-runtime 2.14 op models (comma-separated)")
     ap.add_argument("--keep", type=Path, help="work in this folder and keep it (bundles, outputs)")
     args = ap.parse_args(argv)
     cpus = [c.strip() for c in args.cpus.split(",") if c.strip()]
@@ -361,18 +382,23 @@ def _run(cpus, args) -> int:
         bundles = convert_samples(tmp / "bundles")
         ref_dir = tmp / "ref"
         ref = run_outputs(bundles, ref_dir, ("tflite", "onnx"), None, None)
-        log(f"x86 reference: {len(ref)} artifacts")
+        refs = {"tflite": (ref_dir, ref, True), "onnx": (ref_dir, ref, True), "tflite214": (ref_dir, ref, False)}
+        if X86_214.exists():      # the same tflite-runtime 2.14 on x86 (make test's venv): int8 must be bit-exact too
+            d214 = tmp / "ref-tflite214"
+            refs["tflite214"] = (d214, run_outputs(bundles, d214, ("tflite",), None, None, str(X86_214)), True)
+        log(f"x86 reference: {len(ref)} artifacts (tflite-runtime 2.14 on x86: {X86_214.exists()})")
         from check_tflite_runtime214 import emit_op_models
         (tmp / "ops").mkdir(exist_ok=True)
         expected, not_emitted = emit_op_models(tmp / "ops")
         tasks = {}
         with ThreadPoolExecutor(max_workers=max(1, min(4, (os.cpu_count() or 2)))) as pool:
             for cpu in cpus:
-                for env, formats, exact in (("tflite", ("tflite",), True), ("onnx", ("onnx",), True),
-                                            ("tflite214", ("tflite",), False)):
-                    tasks[("samples", cpu, env)] = pool.submit(_samples_on, bundles, ref_dir, ref, tmp, cpu, env,
-                                                               insts[env], formats, exact)
-                tasks[("ops", cpu)] = pool.submit(op_models_214, cpu, insts["tflite214"], tmp / "ops", expected)
+                for env, formats in (("tflite", ("tflite",)), ("onnx", ("onnx",)), ("tflite214", ("tflite",))):
+                    tasks[("samples", cpu, env)] = pool.submit(_samples_on, bundles, *refs[env][:2], tmp, cpu, env,
+                                                               insts[env], formats, refs[env][2])
+                if cpu in args.ops_cpus.split(","):
+                    tasks[("ops", cpu)] = pool.submit(op_models_214, cpu, insts["tflite214"], tmp / "ops", expected)
+            tasks[("verify",)] = pool.submit(verify_on_emulated, tmp / "verify")
             if not args.no_pytest:
                 tasks[("pytest",)] = pool.submit(device_pytest, cpus[0], insts["tflite"])
             if not args.no_figures:
@@ -396,6 +422,11 @@ def _run(cpus, args) -> int:
               "op models x precisions ok")
         for r in figures["tflite214_ops"]["not_ok"]:
             print("  ", *r)
+        vrows, f = tasks[("verify",)].result()
+        failures += f
+        figures["verify_on_emulated"] = vrows
+        print("\nedgeinfer convert --verify-on emulated (digits, raspberry-pi-5):")
+        print_table(vrows, ("artifact", "verdict", "host figures", "emulated figures"))
         if not args.no_pytest:
             ok, tail = tasks[("pytest",)].result()
             failures += not ok
