@@ -140,3 +140,34 @@ def test_int4_without_calibration_images_is_refused(tmp_path):
         convert(ConvertOptions(model=DIGITS / "digits.onnx", profiles=["generic-x86-64"], out_dir=tmp_path,
                                quant=["int4"], formats=["onnx"], progress=False))
     assert not any(Path(tmp_path).iterdir())
+
+
+def test_onnx_storage_of_mixed_dense_layers_reads_back_exactly():
+    """MatMul [K, N] and Gemm weights at 4 bits (MatMulNBits) and 8 bits (DequantizeLinear): the
+    stored integers read back as the plan's and the artifact computes the plan's network."""
+    from model_zoo import build_mlp
+
+    from converters.emitters.onnx_int4 import read_integers, store_plan
+    from converters.int4 import quantize_layer
+    from converters.int4.layers import weight_of
+    for use_gemm in (False, True):
+        model = clean_model(build_mlp(hidden=64, layers=3, in_features=32, use_gemm=use_gemm, seed=4))
+        layers, _ = find_layers(model)
+        plan = Int4Plan(BLOCK32, {l.node: quantize_layer(l, weight_of(model, l), None, 8 if i % 2 else 4, BLOCK32)
+                                  for i, l in enumerate(layers)})
+        stored, counts = store_plan(model, plan)
+        assert counts["matmul_nbits"] >= 1 and counts["dense_dq"] >= 1
+        assert plan.compare(read_integers(stored))["same_as_plan"]
+        x = np.random.default_rng(5).standard_normal((4, 32)).astype(np.float32)
+        np.testing.assert_allclose(ort_run(stored, {"input": x})[0], ort_run(plan.apply(model), {"input": x})[0],
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_compare_allows_layers_kept_in_float():
+    model = clean_model(tiny_cnn(seed=3, size=16))
+    plan = plan_rtn(model, PER_CHANNEL)
+    first = next(iter(plan.layers))
+    stored = {n: (lq.bits, lq.q) for n, lq in plan.layers.items() if n != first}
+    assert not plan.compare(stored)["same_as_plan"]
+    check = plan.compare(stored, {first})
+    assert check["same_as_plan"] and check["kept_float"] == [first]

@@ -105,10 +105,11 @@ def plan_for(plan: Int4Plan | None, model: onnx.ModelProto, fmt: str) -> Int4Pla
     return plan
 
 
-def artifact_details(plan: Int4Plan, stored: dict[str, tuple[int, np.ndarray]]) -> dict:
+def artifact_details(plan: Int4Plan, stored: dict[str, tuple[int, np.ndarray]], kept_float=()) -> dict:
     """Manifest details of an int4 artifact: the plan, and the check that ``stored`` (the integers
-    read back from the written artifact) are the plan's; a mismatch is an emitter bug and raises."""
-    check = plan.compare(stored)
+    read back from the written artifact) are the plan's (``kept_float``: planned layers the emitter
+    was asked to keep in float); a mismatch raises."""
+    check = plan.compare(stored, set(kept_float))
     if not check["same_as_plan"]:
         raise EdgeInferError(f"int4: the artifact does not store the plan's integers (differ: {check['differ']}, "
                              f"missing: {check['missing']}); give the emitter the cleaned graph the plan was made "

@@ -85,14 +85,18 @@ class Int4Plan:
                 t.CopyFrom(numpy_helper.from_array(by_weight[t.name].weight(), t.name))
         return out
 
-    def compare(self, stored: dict[str, tuple[int, np.ndarray]]) -> dict[str, Any]:
-        """Check an artifact's integers (node -> (bits, q [rows, K])) against the plan."""
-        missing = sorted(set(self.layers) - set(stored))
+    def compare(self, stored: dict[str, tuple[int, np.ndarray]], kept_float: set[str] = frozenset()) -> dict[str, Any]:
+        """Check an artifact's integers (node -> (bits, q [rows, K])) against the plan; layers in
+        ``kept_float`` may be absent (the artifact computes them in float on request)."""
+        missing = sorted(set(self.layers) - set(stored) - set(kept_float))
         differ = sorted(n for n, (bits, q) in stored.items() if n in self.layers and
                         (bits != self.layers[n].bits or q.shape != self.layers[n].q.shape
                          or not np.array_equal(q, self.layers[n].q)))
-        return {"same_as_plan": not missing and not differ, "layers_checked": len(stored), "missing": missing[:5],
-                "differ": differ[:5], "plan_int_digest": self.int_digest()}
+        out = {"same_as_plan": not missing and not differ, "layers_checked": len(stored), "missing": missing[:5],
+               "differ": differ[:5], "plan_int_digest": self.int_digest()}
+        if kept_float & set(self.layers):
+            out["kept_float"] = sorted(kept_float & set(self.layers))
+        return out
 
     def to_manifest(self) -> dict[str, Any]:
         return {

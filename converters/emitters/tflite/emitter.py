@@ -171,7 +171,7 @@ def emit(request: EmitRequest) -> EmittedArtifact:
         from ...int4 import artifact_details
         from .stored_weights import read_integers
         try:
-            extra = artifact_details(ctx.int4_plan, read_integers(out))
+            extra = artifact_details(ctx.int4_plan, read_integers(out), ctx.float_nodes)
         except Exception:
             out.unlink(missing_ok=True)
             raise
