@@ -43,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgeinfer.int8_arith import host_arithmetic  # noqa: E402
 from edgeinfer.progress import Progress, track  # noqa: E402
 
 MODELS = ("mobilenet_v2", "efficientnet_lite0")
@@ -85,19 +86,6 @@ def calib_paths(calib_dir: Path) -> list[Path]:
     from converters.pipeline import ConvertOptions
     fraction = ConvertOptions.__dataclass_fields__["verify_fraction"].default
     return split_holdout(list_images(calib_dir), fraction)[0]
-
-
-def host_arithmetic() -> str:
-    """Which int8 kernels ORT picks here: VNNI (no u8s8 saturation) or plain AVX2 / other."""
-    flags = ""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        pass
-    if platform.machine() in ("x86_64", "AMD64"):
-        isa = "vnni" if ("avx512_vnni" in flags or "avx_vnni" in flags) else ("avx2" if "avx2" in flags else "sse")
-        return f"host-x86-{isa}"
-    return f"host-{platform.machine()}"
 
 
 # ---------------------------------------------------------------- engines
@@ -221,7 +209,7 @@ def bench_bundle(model: str, profile: str, bundle: Path, x: np.ndarray, labels: 
         first = len(rows)
         if fmt in ("onnx", "tflite"):
             pred = Predictor(bundle, artifact=art["file"])
-            engine = host if fmt == "onnx" else host.replace("host-", "host-litert-")
+            engine = host if fmt == "onnx" else host_arithmetic("litert")
             logits = run_batched(lambda b: pred.run(b)[0], x, f"{model[:12]} {fmt} int8")
             rows.append(Row(model, profile, tag, engine, len(x), *metrics(logits, ref, labels), "; ".join(art.get("notes", []))))
         if fmt == "onnx":
@@ -250,7 +238,7 @@ def bench_bundle(model: str, profile: str, bundle: Path, x: np.ndarray, labels: 
             logits = run_batched(lambda b: run_mlpackage(path, b)[0], xc, f"{model[:12]} coreml int8")
             note = subset_note(len(xc), ref, labels)
             notes = "; ".join(n for n in [note, *art.get("notes", [])] if n)
-            rows.append(Row(model, profile, tag, "coreml-mil-numpy", len(xc), *metrics(logits, ref, labels), notes))
+            rows.append(Row(model, profile, tag, "mil-eval-numpy", len(xc), *metrics(logits, ref, labels), notes))
         if art.get("sha256"):
             seen[art["sha256"]] = rows[first:]
     return rows
@@ -271,7 +259,7 @@ def bench_model(model: str, data: Path, profiles: list[str], limit: int | None, 
     x = preprocess(eval_paths, cfg, f"{model[:12]} eval photos")
     cal = preprocess(calib_paths(data / "calib"), cfg, f"{model[:12]} calib photos")
     ref = ort_logits(src, x, f"{model[:12]} fp32")
-    rows = [Row(model, "-", "fp32 (source ONNX)", host.replace("host-", "host-ort-fp32-"), len(x), *metrics(ref, ref, labels))]
+    rows = [Row(model, "-", "fp32 (source ONNX)", "host-ort-fp32", len(x), *metrics(ref, ref, labels))]
     from onnxruntime.quantization.shape_inference import quant_pre_process
     pre = work / f"{model}-ort-pre.onnx"
     quant_pre_process(str(src), str(pre))  # ORT's recommended step before quantize_static
@@ -313,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
     a = ap.parse_args(argv)
     profiles = a.profiles or list(PROFILES)
-    host = host_arithmetic()
+    host = host_arithmetic("ort")
     work_ctx = tempfile.TemporaryDirectory(prefix="bench-accuracy-") if a.work is None else None
     work = Path(work_ctx.name) if work_ctx else a.work
     work.mkdir(parents=True, exist_ok=True)
@@ -324,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if work_ctx:
             work_ctx.cleanup()
-    print(f"\nhost: {platform.machine()} {host}; data: {a.data} (see its README.md)\n")
+    print(f"\nhost: {platform.machine()}, int8 kernels {host}; data: {a.data} (see its README.md)\n")
     print(table(rows))
     if a.json:
         a.json.write_text(json.dumps([r.__dict__ for r in rows], indent=1))
