@@ -129,7 +129,8 @@ ORT_VARIANTS = {
 }
 
 
-def ort_quantized(model_path: Path, calib: np.ndarray, out: Path, variant: dict) -> Path:
+def ort_quantized(model_path: Path, calib: np.ndarray, out: Path, variant: dict, cache: Path) -> Path:
+    """quantize_static with ``variant``; the activation ranges are computed once (``cache``) and shared."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     import onnx
     kw = dict(variant)
@@ -137,7 +138,8 @@ def ort_quantized(model_path: Path, calib: np.ndarray, out: Path, variant: dict)
         kw["activation_type"] = getattr(QuantType, kw["activation_type"])
     name = onnx.load(str(model_path), load_external_data=False).graph.input[0].name
     quantize_static(str(model_path), str(out), _Reader(name, calib), quant_format=QuantFormat.QDQ,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, **kw)
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                    calibration_cache_path=str(cache), **kw)
     return out
 
 
@@ -264,7 +266,7 @@ def bench_model(model: str, data: Path, profiles: list[str], limit: int | None, 
     pre = work / f"{model}-ort-pre.onnx"
     quant_pre_process(str(src), str(pre))  # ORT's recommended step before quantize_static
     for variant, kw in ORT_VARIANTS.items():
-        q = ort_quantized(pre, cal, work / f"{model}-{len(rows)}.onnx", kw)
+        q = ort_quantized(pre, cal, work / f"{model}-{len(rows)}.onnx", kw, work / f"{model}-ort-ranges.json")
         logits = ort_logits(q, x, f"{model[:12]} {variant.split(' (')[0][:24]}")
         rows.append(Row(model, "-", variant, host, len(x), *metrics(logits, ref, labels)))
     seen: dict[str, list[Row]] = {}
@@ -308,14 +310,16 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     try:
         for model in [m.strip() for m in a.models.split(",") if m.strip()]:
-            rows += bench_model(model, a.data, profiles, a.limit, a.coreml_limit or None, a.exact_limit or None, work, host)
+            new = bench_model(model, a.data, profiles, a.limit, a.coreml_limit or None, a.exact_limit or None, work, host)
+            rows += new
+            print(f"\n{table(new)}\n", flush=True)  # each model's rows as soon as they are measured
+            if a.json:
+                a.json.write_text(json.dumps([r.__dict__ for r in rows], indent=1))
     finally:
         if work_ctx:
             work_ctx.cleanup()
     print(f"\nhost: {platform.machine()}, int8 kernels {host}; data: {a.data} (see its README.md)\n")
     print(table(rows))
-    if a.json:
-        a.json.write_text(json.dumps([r.__dict__ for r in rows], indent=1))
     return 0
 
 
