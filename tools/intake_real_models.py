@@ -303,6 +303,8 @@ class TFLiteReplay(nn.Module):
         (_, h, w, _), (_, oh, ow, _) = self._shape(i_in), self._shape(i_out)
         s = max(1, round(h / oh))
         ph, pw = max((oh - 1) * s + k - h, 0), max((ow - 1) * s + k - w, 0)
+        if ph == pw == 0:
+            return x, s
         return nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)), s
 
     def forward(self, x):
