@@ -218,6 +218,7 @@ def test_nhwc_blazeface_with_a_named_preset_end_to_end(models, tmp_path):
                          "--no-auto-keep-float", "-o", tmp_path, "--quiet", "--json", check=True)
     m = json.loads(proc.stdout)[0]
     assert m["postprocess"]["anchors"]["strides"] == [8, 16, 16, 16] and m["postprocess"]["nms"] == "weighted"
+    assert m["postprocess"]["score_threshold"] == 0.5  # the preset's min_score_thresh
     assert m["postprocess"]["box_coding"]["num_keypoints"] == 6
     assert m["input"]["model_layout"] == "NHWC"
     for a in m["artifacts"]:

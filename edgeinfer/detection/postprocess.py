@@ -280,6 +280,8 @@ def build_detect_postprocess(decoder: str, anchors_file: str | Path | None = Non
     if decoder not in DECODERS:
         raise _fail("decoder", f"{decoder!r} is not one of {', '.join(DECODERS)}; pass --decoder")
     if anchors_file is not None:
-        cfg.update({k: v for k, v in load_anchors_file(anchors_file, decoder).items() if v is not None})
+        for k, v in load_anchors_file(anchors_file, decoder).items():
+            if v is not None and given.get(k) is None:  # a preset's score threshold yields to --score-threshold
+                cfg[k] = v
     out = validate_config(cfg)
     return {k: v for k, v in out.items() if v is not None or k == "top_k"}
