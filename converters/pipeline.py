@@ -38,7 +38,7 @@ from .model_info import (classify_postprocess, input_spec, merged_preprocess, me
 from .verify import check_min_agreement, run_reference, verify_artifact
 
 PRECISION_ORDER = ("fp32", "fp16", "int8", "int4")
-SEARCH_INPUTS = 64        # calibration images the keep-float search evaluates on
+SEARCH_INPUTS = 32        # calibration images the keep-float search evaluates on
 SYNTHETIC_COUNT = 32
 
 

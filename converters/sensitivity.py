@@ -161,7 +161,7 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
                        tolerance: float = 0.01, *, calibration: CalibrationResult | None = None,
                        quantize: Callable[[onnx.ModelProto, CalibrationResult, Sequence[str]], onnx.ModelProto] | None = None,
                        progress: bool = True, top_k: int | None = RANKED_CANDIDATES,
-                       time_budget: float | None = None) -> SensitivityReport:
+                       time_budget: float | None = None, float_outputs: Outputs | None = None) -> SensitivityReport:
     """The full search (see module docstring); ``find_sensitive_nodes`` returns only its names.
 
     ``candidates`` None: the ``head_groups`` plus the quantized nodes, ranked by the SQNR they lose
@@ -170,7 +170,8 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
     ``tolerance`` is the allowed metric drop below fp32 (absolute, in ``metric_fn`` units).
     ``calibration`` reuses ranges already collected; ``quantize(model, calib, nodes_to_exclude)``
     replaces the default recipe. ``time_budget`` (seconds): no new evaluation starts after it; the
-    best set found so far is returned and ``report.out_of_time`` says so.
+    best set found so far is returned and ``report.out_of_time`` says so. ``float_outputs``: the
+    float model's outputs on ``eval_inputs`` when the caller already has them.
     """
     from .calibrate import calibrate
     from .quantize_onnx import quantize_int8
@@ -193,7 +194,7 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
         report.evaluations += 1
         return float(metric_fn(run_outputs(quant(model, calib, list(exclude)), eval_inputs)))
 
-    report.float_metric = float(metric_fn(run_outputs(model, eval_inputs)))
+    report.float_metric = float(metric_fn(float_outputs if float_outputs is not None else run_outputs(model, eval_inputs)))
     naive = quant(model, calib, [])
     report.naive_metric = report.final_metric = float(metric_fn(run_outputs(naive, eval_inputs)))
     report.evaluations += 1
@@ -289,10 +290,10 @@ def classifier_keep_float(model: onnx.ModelProto, calibration: CalibrationResult
                           time_budget: float | None = None) -> SensitivityReport:
     """The converter's call for a classifier with ``--min-agreement``: nodes of the CLEANED ``model`` to
     keep in float so int8 top-1 agrees with fp32 on ``eval_inputs`` at least ``min_agreement``."""
-    metric = top1_agreement(run_outputs(model, eval_inputs))
-    return sensitivity_search(model, calibration.samples, eval_inputs, metric, budget=budget,
+    reference = run_outputs(model, eval_inputs)
+    return sensitivity_search(model, calibration.samples, eval_inputs, top1_agreement(reference), budget=budget,
                               tolerance=max(0.0, 1.0 - min_agreement), calibration=calibration, progress=progress,
-                              time_budget=time_budget)
+                              time_budget=time_budget, float_outputs=reference)
 
 
 def detector_keep_float(model: onnx.ModelProto, calibration: CalibrationResult, eval_inputs: np.ndarray,
@@ -305,6 +306,8 @@ def detector_keep_float(model: onnx.ModelProto, calibration: CalibrationResult, 
     from edgeinfer.preprocess import Transform
 
     h, w = int(eval_inputs.shape[2]), int(eval_inputs.shape[3])
-    metric = detection_agreement(run_outputs(model, eval_inputs), postprocess, Transform((w, h)))
+    reference = run_outputs(model, eval_inputs)
+    metric = detection_agreement(reference, postprocess, Transform((w, h)))
     return sensitivity_search(model, calibration.samples, eval_inputs, metric, budget=budget, tolerance=tolerance,
-                              calibration=calibration, progress=progress, time_budget=time_budget)
+                              calibration=calibration, progress=progress, time_budget=time_budget,
+                              float_outputs=reference)
