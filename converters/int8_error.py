@@ -71,6 +71,7 @@ def tensor_sqnr(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, inputs
                 x1 = np.ascontiguousarray(x[None], np.float32)
                 f_out = dict(zip(f_names, f_sess.run(None, {f_in: x1})))
                 q_out = dict(zip(q_names, q_sess.run(None, {q_in: x1})))
+                f_out[f_in + postfix] = x1.reshape(-1)   # the graph input: its own quantization counts too
                 for name, fv in f_out.items():
                     if not name.endswith(postfix):
                         continue

@@ -41,7 +41,13 @@ MetricFn = Callable[[Outputs], float]
 Candidate = str | tuple[str, ...]
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 RANKED_CANDIDATES = 8     # quantized nodes (by SQNR lost) evaluated one by one
-RANKING_INPUTS = 8        # inputs of the instrumented ranking run
+RANKING_PIXELS = 8 * 224 * 224   # the instrumented ranking run sees about this many input pixels
+
+
+def ranking_inputs(inputs: np.ndarray) -> int:
+    """How many inputs the ranking run uses: 8 at 224 x 224, fewer for larger inputs (2 at 640), at least 2."""
+    pixels = int(np.prod(inputs.shape[2:])) if inputs.ndim >= 3 else 1
+    return int(max(2, min(8, RANKING_PIXELS // max(pixels, 1))))
 
 
 @dataclass
@@ -169,8 +175,9 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
     None: every quantized node, head first). ``budget`` caps the number of nodes kept in float.
     ``tolerance`` is the allowed metric drop below fp32 (absolute, in ``metric_fn`` units).
     ``calibration`` reuses ranges already collected; ``quantize(model, calib, nodes_to_exclude)``
-    replaces the default recipe. ``time_budget`` (seconds): no new evaluation starts after it; the
-    best set found so far is returned and ``report.out_of_time`` says so. ``float_outputs``: the
+    replaces the default recipe. ``time_budget`` (seconds, from the start of the search): after it no
+    ranked candidate is scanned (the head groups and mixed-range concats always are), the greedy pass
+    stops once it has kept something, and ``report.out_of_time`` says so. ``float_outputs``: the
     float model's outputs on ``eval_inputs`` when the caller already has them.
     """
     from .calibrate import calibrate
@@ -204,17 +211,19 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
     if report.naive_metric >= target:
         return report
 
+    always: list[Candidate] = []     # evaluated even past the time budget: the known int8 failure points
     if candidates is None:
         nodes = quantized_nodes(naive)
+        always = [*head_groups(model), *mixed_range_concats(model, calib.ranges)]
         if top_k is None:
             candidates = [*head_groups(model), *reversed(nodes)]
         else:
             from .int8_error import node_error_ranking
-            ranking = node_error_ranking(model, naive, eval_inputs[:RANKING_INPUTS], nodes=nodes, progress=progress)
+            ranking = node_error_ranking(model, naive, eval_inputs[:ranking_inputs(eval_inputs)], nodes=nodes,
+                                         progress=progress)
             report.ranking = [(_label(r.nodes), round(r.lost_db, 2)) for r in ranking[:top_k]]
             log("  worst int8 nodes (SQNR lost): " + ", ".join(f"{n} {db:.1f} dB" for n, db in report.ranking[:5]))
-            candidates = [*head_groups(model), *mixed_range_concats(model, calib.ranges),
-                          *(r.nodes for r in ranking[:top_k])]
+            candidates = [*always, *(r.nodes for r in ranking[:top_k])]
     cands = [c for c in candidates if _names(c)]
     known = {n.name for n in model.graph.node}
     unknown = sorted({n for c in cands for n in _names(c)} - known)
@@ -223,7 +232,7 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
 
     with Progress("scanning int8 nodes", len(cands), progress) as bar:
         for c in cands:
-            if out_of_time():
+            if c not in always and out_of_time():
                 cands = cands[:len(report.scan)]
                 log(f"  time budget {time_budget:.0f} s reached: scanned {len(cands)} candidates")
                 break
@@ -242,7 +251,7 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
         names = [n for n in _names(cands[i]) if n not in excluded]
         if not names or len(excluded) + len(names) > budget:
             continue
-        if out_of_time():
+        if excluded and out_of_time():   # past the budget, still take the first step that helps
             break
         m = measure(excluded + names)
         ok = m > current
