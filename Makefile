@@ -33,6 +33,7 @@ demo: $(VENV)/.installed-all
 
 test: $(VENV)/.installed-dev
 	bash tools/setup_tflite214_venv.sh
+	bash tools/setup_verifier_venvs.sh
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests
 	$(MAKE) --no-print-directory device-test
 

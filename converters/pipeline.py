@@ -384,7 +384,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                                   input_layout=_input_layout(fmt, profile, opts, src.layout),
                                   options=_emit_options(fmt, profile, opts, keep_float),
                                   preprocess=cfg.to_dict(), labels=labels, task=task, profile=profile.data,
-                                  int4=_int4_for(int4_plans, fmt) if precision == "int4" else None)
+                                  int4=_int4_for(int4_plans, fmt) if precision == "int4" else None,
+                                  postprocess=post)
                 key = _request_key(fmt, req)
                 if key in done:
                     _copy_artifact(done[key][0], req.out_path)

@@ -147,11 +147,14 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Replace existing bundles.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--package", "package_targets", help="Also package each bundle for apps: android, ios, ort-mobile or all "
+              "(comma-separated), into OUT/<bundle>-package/.")
 @user_errors
 def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, calib_limit, calib_synthetic, verify_dir,
             labels_file, task, preset, mean, std, scale, resize, crop, letterbox, layout, color, tflite_io, int8_mode, coreml_w8a8, coreml_fp32_ops, input_shape, trust_pickle, opset, decoder, anchors,
             score_threshold, iou_threshold, max_detections, nms, prune_ratio, prune_flops, prune_criterion,
-            prune_min_channels, no_reconstruct, keep_float, no_auto_keep_float, search_seconds, min_agreement, verify_on, force, as_json, quiet):
+            prune_min_channels, no_reconstruct, keep_float, no_auto_keep_float, search_seconds, min_agreement, verify_on, force, as_json, quiet,
+            package_targets):
     """Convert MODEL (.onnx, .pt2 torch.export program, TorchScript) into one verified bundle per --profile under -o OUT."""
     try:
         from converters.pipeline import ConvertOptions, convert as run_convert, summary_lines
@@ -186,12 +189,46 @@ def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, c
                          "coreml_w8a8": coreml_w8a8, "coreml_fp32_ops": coreml_fp32_ops}, exclude_nodes=_csv(keep_float) or [],
         auto_keep_float=not no_auto_keep_float, search_seconds=search_seconds,
         input_shape=_input_shape(input_shape), trust_pickle=trust_pickle, opset=opset, verify_on=verify_on)
+    pack = None
+    if package_targets:
+        from converters.package.convert_hook import PackageAfterConvert
+        pack = PackageAfterConvert(model, _csv(package_targets) or [], profiles, _csv(formats), out_dir, force, not quiet)
     result = run_convert(opts)
     if as_json:
         click.echo(json.dumps([dict(m, bundle=str(p)) for p, m in zip(result.bundles, result.manifests)], indent=2))
     else:
         for line in summary_lines(result):
             click.echo(line)
+    if pack is not None:
+        for line in pack.run(result.bundles):
+            click.echo(line, err=as_json)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--target", "targets", required=True, help="android, ios, ort-mobile or all (comma-separated or repeated).",
+              multiple=True)
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder; one subfolder per target.")
+@click.option("--name", help="Base name of the packaged files (default: the source model's name).")
+@click.option("--zip", "as_zip", is_flag=True, help="Also write OUT/<name>-<target>.zip per target.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print each package.json on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@user_errors
+def package(bundle, targets, out_dir, name, as_zip, force, as_json, quiet):
+    """Package BUNDLE for apps: Android (LiteRT / MediaPipe), iOS (Core ML + Vision), ONNX Runtime Mobile."""
+    try:
+        from converters.package import PackageOptions, package_bundle, summary_lines as package_lines
+    except ModuleNotFoundError as exc:
+        raise EdgeInferError(f"packaging needs {exc.name}; install it with: pip install 'edgeinfer[convert]'") from None
+    names = [t for v in targets for t in (_csv(v) or [])]
+    result = package_bundle(PackageOptions(bundle=bundle, targets=names, out_dir=out_dir, name=name, zip=as_zip,
+                                           force=force, progress=not quiet))
+    if as_json:
+        click.echo(json.dumps(result.packages, indent=2))
+        return
+    for line in package_lines(result):
+        click.echo(line)
 
 
 def _input_shape(text):

@@ -37,3 +37,42 @@ def digits_tflite_bundle(tmp_path_factory) -> Path:
     edgeinfer_cli("convert", DIGITS / "digits.onnx", "--profile", "raspberry-pi-4", "--formats", "tflite",
                   "--quant", "int8,fp32", "--calib", DIGITS / "calib", "-o", out, "--quiet", check=True)
     return out / "digits-raspberry-pi-4"
+
+
+# ---------------------------------------------------------------- app packages (tests/test_package*.py)
+SAMPLE_DET = ROOT / "samples" / "detector"
+
+
+@pytest.fixture(scope="session")
+def package_bundles(tmp_path_factory) -> dict[str, Path]:
+    """The digits (fp32+int8) and detector (fp32) samples as onnx+tflite+coreml bundles."""
+    out = tmp_path_factory.mktemp("pkg-bundles")
+    edgeinfer_cli("convert", DIGITS / "digits.onnx", "--profile", "generic-x86-64", "--formats", "onnx,tflite,coreml",
+                  "--quant", "fp32,int8", "--calib", DIGITS / "calib", "-o", out, "--quiet", check=True)
+    edgeinfer_cli("convert", SAMPLE_DET / "shapes_det.onnx", "--profile", "generic-x86-64", "--formats", "onnx,tflite,coreml",
+                  "--quant", "fp32", "-o", out, "--quiet", check=True)
+    return {"digits": out / "digits-generic-x86-64", "det": out / "shapes_det-generic-x86-64"}
+
+
+@pytest.fixture(scope="session")
+def app_packages(package_bundles, tmp_path_factory) -> dict[str, Path]:
+    """`edgeinfer package --target all --zip` of each of ``package_bundles``."""
+    out = tmp_path_factory.mktemp("packages")
+    for key, b in package_bundles.items():
+        edgeinfer_cli("package", b, "--target", "all", "-o", out / key, "--zip", "--quiet", check=True)
+    return {k: out / k for k in package_bundles}
+
+
+def square_detector_images(n: int = 4) -> list[Path]:
+    """Detector val images that are already 128x128 (letterbox = identity, no app-side resize)."""
+    import json
+    ann = json.loads((SAMPLE_DET / "val" / "annotations.json").read_text())
+    return [SAMPLE_DET / "val" / i["file_name"] for i in ann["images"] if (i["width"], i["height"]) == (128, 128)][:n]
+
+
+def iou(a, b) -> float:
+    """IoU of two xyxy boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)

@@ -31,3 +31,21 @@ def test_backend_module_imports_only_runtime_deps():
     assert top <= {"__future__", "json", "platform", "pathlib", "numpy", "edgeinfer"}
     every = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not every & {"onnx", "converters", "flatbuffers"}
+
+
+def test_bgr_batch_becomes_an_rgb_image():
+    """Core ML takes a PIL image as RGB and reorders it to a BGR input itself: the backend must hand
+    it the photo's RGB pixels, not the BGR-ordered tensor's channels."""
+    import numpy as np
+
+    from edgeinfer.backends.coreml_backend import CoreMLBackend
+
+    pre = {"color": "bgr", "scale": 1 / 255, "mean": [0.0], "std": [1.0]}
+    b = object.__new__(CoreMLBackend)
+    b._pre, b._gray = pre, False
+    x = np.zeros((1, 3, 2, 2), np.float32)
+    x[0, 0], x[0, 1], x[0, 2] = 10 / 255, 20 / 255, 30 / 255     # B, G, R planes
+    img = next(b._images(x))
+    assert img.mode == "RGB" and img.getpixel((0, 0)) == (30, 20, 10)
+    b._pre = dict(pre, color="rgb")
+    assert next(b._images(x)).getpixel((0, 0)) == (10, 20, 30)

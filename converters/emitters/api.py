@@ -47,6 +47,7 @@ class EmitRequest:
     task: str = "classify"
     profile: dict[str, Any] = field(default_factory=dict)   # the device profile (as a dict)
     int4: Any = None                  # converters.int4.Int4Plan for "int4" (None: the emitter rounds to nearest)
+    postprocess: dict[str, Any] = field(default_factory=dict)  # the bundle's postprocessing config
 
 
 @dataclass

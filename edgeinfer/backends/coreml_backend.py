@@ -71,10 +71,16 @@ class CoreMLBackend(Backend):
         self.output_names = [o.name for o in desc.output if not o.type.HasField("stringType") and not o.type.HasField("int64Type")]
 
     def _images(self, x: np.ndarray):
+        """PIL images for the image input. Core ML reads a PIL image as RGB and reorders it to the
+        input's colour layout itself, so a BGR-ordered batch is turned back into RGB first."""
         from PIL import Image
 
+        bgr = self._pre.get("color") == "bgr"
         for p in pixels_from_normalized(x, self._pre).astype(np.uint8):
-            yield Image.fromarray(p[0], "L") if self._gray else Image.fromarray(np.transpose(p, (1, 2, 0)), "RGB")
+            if self._gray:
+                yield Image.fromarray(p[0], "L")
+            else:
+                yield Image.fromarray(np.ascontiguousarray(np.transpose(p[::-1] if bgr else p, (1, 2, 0))), "RGB")
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         x = np.asarray(batch, np.float32)

@@ -118,7 +118,7 @@ def _metadata(mlmodel, request: EmitRequest, built, img: ImageSpec | None, targe
             o.name, "class scores by label" if o.type.HasField("dictionaryType") else f"model output {o.name}")
     ud = mlmodel.user_defined_metadata
     ud[META_PREPROCESS] = json.dumps(request.preprocess or {})
-    ud[META_POSTPROCESS] = json.dumps(request.options.get("postprocess") or {})
+    ud[META_POSTPROCESS] = json.dumps(request.postprocess or request.options.get("postprocess") or {})
     ud[META_TASK] = request.task
     if request.labels:
         ud["edgeinfer.labels"] = json.dumps([str(s) for s in request.labels])

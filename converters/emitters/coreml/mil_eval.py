@@ -466,13 +466,16 @@ def _dtype_table():
 class MilProgram:
     """The ``main`` function of a saved ML Program, executable with numpy."""
 
-    def __init__(self, package: str | Path):
+    def __init__(self, package: str | Path, spec=None):
+        """``spec``: one ML Program stage of a pipeline package (its weights are in ``package``)."""
         import coremltools as ct
         from coremltools.libmilstoragepython import _BlobStorageReader
 
         self.path = Path(package)
-        self.model = ct.models.MLModel(str(self.path), skip_model_load=True)
-        self.spec = self.model.get_spec()
+        if spec is None:
+            self.model = ct.models.MLModel(str(self.path), skip_model_load=True)
+            spec = self.model.get_spec()
+        self.spec = spec
         if not self.spec.HasField("mlProgram"):
             raise EdgeInferError(f"{self.path} is not an ML Program (mlprogram) package")
         fn = self.spec.mlProgram.functions["main"]
