@@ -16,14 +16,15 @@ from pathlib import Path
 
 from edgeinfer.bundle import check_integrity, read_manifest
 from edgeinfer.errors import EdgeInferError
+from edgeinfer.progress import Progress
 
 from ..bundle_writer import atomic_dir, check_target
 from .common import Bundle, write_package_json
 
-TARGETS = {
-    "android": "converters.package.android:build",
-    "ios": "converters.package.ios:build",
-    "ort-mobile": "converters.package.ort_mobile:build",
+TARGETS = {   # target -> module with ``check(bundle)`` (refuse early) and ``build(bundle, folder, name)``
+    "android": "converters.package.android",
+    "ios": "converters.package.ios",
+    "ort-mobile": "converters.package.ort_mobile",
 }
 ALL = "all"
 
@@ -72,27 +73,28 @@ def open_bundle(path: Path) -> Bundle:
 
 
 def package_bundle(opts: PackageOptions) -> PackageResult:
-    from edgeinfer.registry import import_target
+    import importlib
 
     t0 = time.perf_counter()
     targets = expand_targets(opts.targets)
     bundle = open_bundle(opts.bundle)
     name = opts.name or bundle.default_name
-    builders = {t: import_target(TARGETS[t]) for t in targets}
+    modules = {t: importlib.import_module(TARGETS[t]) for t in targets}
     for t in targets:                     # refuse before writing anything
-        getattr(builders[t], "check", lambda b: None)(bundle)
+        modules[t].check(bundle)
     check_target(Path(opts.out_dir), opts.force)
     result = PackageResult(Path(opts.out_dir))
+    bar = Progress("packaging", len(targets), opts.progress)
     with atomic_dir(Path(opts.out_dir), opts.force) as tmp:
         for t in targets:
             folder = tmp / t
             folder.mkdir()
-            if opts.progress:
-                print(f"packaging {t}", flush=True, file=__import__("sys").stderr)
-            pkg = builders[t](bundle, folder, name)
+            pkg = modules[t].build(bundle, folder, name)
             result.packages[t] = write_package_json(folder, t, name, bundle, pkg)
             if opts.zip:
                 shutil.make_archive(str(tmp / f"{name}-{t}"), "zip", root_dir=folder)
+            bar.update()
+    bar.__exit__(None, None, None)    # the final line only on success: errors stay one line
     result.folders = {t: Path(opts.out_dir) / t for t in targets}
     result.seconds = round(time.perf_counter() - t0, 3)
     return result

@@ -83,10 +83,11 @@ def _head_program(bundle: Bundle, raw_name: str, raw_shape: list[int], n_classes
         conf = mb.identity(x=conf, name="raw_confidence")
         return conf, coords
 
-    renamed = prog.functions["main"]
-    renamed.inputs  # noqa: B018 (the input is renamed below through the converter's inputs=)
-    return ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target,
-                      compute_precision=ct.precision.FLOAT32, inputs=[ct.TensorType(name=raw_name, shape=raw_shape)]), n
+    head = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target,
+                      compute_precision=ct.precision.FLOAT32)
+    spec = head.get_spec()
+    ct.utils.rename_feature(spec, spec.description.input[0].name, raw_name)   # fed by the model's output
+    return ct.models.MLModel(spec, weights_dir=head.weights_dir, skip_model_load=True), n
 
 
 def _nms_model(n: int, labels: list[str], post: dict):
