@@ -15,6 +15,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT, edgeinfer_cli, iou, square_detector_images
 
@@ -70,7 +71,9 @@ def check_classifier(bundle: Path, package: Path, images: list[Path], tmp: Path,
             assert cats[0][0] == ref.labels[0], (platform, model, img)
             top1 += 1
             worst = max(worst, max(abs(s - scores[label]) for label, s in cats))
-        assert worst <= 1e-3, (platform, model, worst)
+        # int8: this model's input scale (2/255 for mean = std = 0.5) puts every 8-bit pixel on a rounding
+        # tie, so the last float bit of each app's normalization picks the input step (measured 1.5e-3)
+        assert worst <= (1e-3 if "int8" not in model else 2.5e-3), (platform, model, worst)
         figures[model] = {"images": len(images), "top1_same": top1, "max_score_diff": worst}
         if platform == "tflite-support":
             assert got["packed_files"] == ["labels.txt"]
@@ -98,7 +101,10 @@ def test_detector_on_platform(package_bundles, app_packages, platform):
         ref = pred.predict([img])[0].detections
         assert len(dets) == len(ref), (platform, img)
         for (label, score, x, y, w, h), d in zip(sorted(dets, key=lambda t: -t[1]), ref):
-            assert label == d.label and abs(score - d.score) <= 1e-3 and iou((x, y, x + w, y + h), d.box) >= 0.9
+            # the platforms report integer pixel rectangles: compare with the runtime's box on that grid
+            grid = [float(np.floor(v)) for v in d.box]
+            assert label == d.label and abs(score - d.score) <= 1e-3 and iou((x, y, x + w, y + h), grid) >= 0.9
+            assert max(abs(a - b) for a, b in zip((x, y, x + w, y + h), d.box)) <= 1.5
             n += 1
     assert n > 0
 
