@@ -188,12 +188,14 @@ def _run_rgb(path: Path, x_nchw: np.ndarray, bundle: Bundle) -> np.ndarray:
     color = bundle.preprocess.color
     x = np.repeat(x_nchw, 3, axis=1) if color == "gray" else (x_nchw[:, ::-1] if color == "bgr" else x_nchw)
     it = Interpreter(model_path=str(path))
-    inp = it.get_input_details()[0]
-    it.resize_tensor_input(inp["index"], [len(x)] + list(inp["shape"][1:]))
     it.allocate_tensors()
-    it.set_tensor(inp["index"], np.ascontiguousarray(x.transpose(0, 2, 3, 1), np.float32))
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    outs = []
+    for sample in x:   # one at a time: the file's batch is 1
+        it.set_tensor(inp["index"], np.ascontiguousarray(sample.transpose(1, 2, 0)[None], np.float32))
+        it.invoke()
+        outs.append(it.get_tensor(out["index"]).copy())
+    return np.concatenate(outs, axis=0)
 
 
 def build(bundle: Bundle, folder: Path, name: str) -> TargetPackage:

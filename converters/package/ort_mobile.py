@@ -84,12 +84,15 @@ def convert(fixed_dir: Path, out_dir: Path, platform: str) -> None:
                                    target_platform=platform, enable_type_reduction=True)
 
 
-def compare(ort_path: Path, onnx_path: Path, x: np.ndarray) -> float:
-    """Max |difference| of all outputs of the .ort and the ONNX artifact on ``x`` (one sample at a time)."""
+def compare(ort_path: Path, onnx_path: Path, x: np.ndarray, platform: str) -> float:
+    """Max |difference| of all outputs of the .ort and the ONNX artifact on ``x`` (one sample at a time),
+    both sessions with the option the conversion used (``session.qdqisint8allowed`` is 1 for arm: int8
+    QDQ fused to s8s8 kernels, which saturate on x86 hosts without VNNI)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.add_session_config_entry("session.qdqisint8allowed", "1" if platform == "arm" else "0")
     a = ort.InferenceSession(str(ort_path), so, providers=["CPUExecutionProvider"])
     b = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     name_a, name_b = a.get_inputs()[0].name, b.get_inputs()[0].name
@@ -128,8 +131,10 @@ def build(bundle: Bundle, folder: Path, name: str) -> TargetPackage:
             models.append(src.name)
             report = usability_report(fixed_dir / f"{stem}.onnx")
             reports[src.name] = report
-            pkg.checks[src.name] = {"max_abs_diff_vs_onnx_artifact": compare(folder / src.name, bundle.path / art["file"], x),
-                                    "inputs": int(len(x)), "ep_usability": summarize(report)}
+            pkg.checks[src.name] = {"max_abs_diff_vs_onnx_artifact": compare(folder / src.name, bundle.path / art["file"], x, platform),
+                                    "inputs": int(len(x)), "ep_usability": summarize(report),
+                                    "compared_with": {"session.qdqisint8allowed": "1" if platform == "arm" else "0",
+                                                      "host": "this machine's onnxruntime CPU kernels"}}
         configs = list(ort_dir.glob("*.config"))
         if len(configs) != 1:
             raise EdgeInferError(f"onnxruntime wrote {len(configs)} operator configs, expected one")

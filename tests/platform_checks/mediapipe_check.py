@@ -1,7 +1,7 @@
 """MediaPipe Tasks (the platform's own code) runs a packaged .tflite: ImageClassifier or ObjectDetector.
 
 Request: {"task": "classify"|"detect", "model": PATH, "images": [PATH, ...], "score_threshold": F}
-Answer: {"results": [...]} per image: classify -> [[label, score], ...] best first (all classes);
+Answer: {"results": [...]} per image: classify -> [[class index, label, score], ...] best first (all classes);
 detect -> [[label, score, x, y, w, h], ...] in image pixels.
 """
 import json
@@ -25,7 +25,7 @@ def main(req):
         with vision.ImageClassifier.create_from_options(vision.ImageClassifierOptions(base_options=base)) as clf:
             for p in req["images"]:
                 cats = clf.classify(rgb(p)).classifications[0].categories
-                out.append([[c.category_name, float(c.score)] for c in cats])
+                out.append([[c.index, c.category_name, float(c.score)] for c in cats])
     else:
         opts = vision.ObjectDetectorOptions(base_options=base, score_threshold=req.get("score_threshold", 0.0))
         with vision.ObjectDetector.create_from_options(opts) as det:

@@ -27,7 +27,7 @@ def main(req):
             base_options=base, classification_options=processor.ClassificationOptions(max_results=1000)))
         for p in req["images"]:
             cats = clf.classify(tensor_image(p)).classifications[0].categories
-            res.append([[c.category_name, float(c.score)] for c in cats])
+            res.append([[c.index, c.category_name, float(c.score)] for c in cats])
     else:
         det = vision.ObjectDetector.create_from_options(vision.ObjectDetectorOptions(
             base_options=base, detection_options=processor.DetectionOptions(score_threshold=req.get("score_threshold", 0.0))))
