@@ -125,8 +125,8 @@ def test_android_detector_matches_runtime(package_bundles, app_packages):
 
 def test_bundle_coreml_records_postprocess(package_bundles):
     """The emitter writes the bundle's postprocess config (it used to be always {})."""
-    from converters.package.common import without_torch
-    with without_torch():
+    from converters.package.common import lean_imports
+    with lean_imports():
         import coremltools as ct
     for key, name in (("digits", "digits-fp32.mlpackage"), ("det", "shapes_det-fp32.mlpackage")):
         manifest = json.loads((package_bundles[key] / "manifest.json").read_text())
@@ -135,8 +135,8 @@ def test_bundle_coreml_records_postprocess(package_bundles):
 
 
 def test_ios_classifier_preview_type_and_descriptions(app_packages):
-    from converters.package.common import without_torch
-    with without_torch():
+    from converters.package.common import lean_imports
+    with lean_imports():
         import coremltools as ct
     m = ct.models.MLModel(str(app_packages["digits"] / "ios" / "digits-fp32.mlpackage"), skip_model_load=True)
     assert m.user_defined_metadata["com.apple.coreml.model.preview.type"] == "imageClassifier"
@@ -148,10 +148,10 @@ def test_ios_classifier_preview_type_and_descriptions(app_packages):
 def test_ios_detector_pipeline_matches_runtime(package_bundles, app_packages):
     """Pipeline(ML Program, head ML Program, NonMaximumSuppression): MIL evaluator + the NMS stage's
     parameters give the runtime's detections."""
-    from converters.package.common import without_torch
+    from converters.package.common import lean_imports
     from converters.package.ios import evaluate_detector
     from edgeinfer.preprocess import PreprocessConfig, preprocess_image
-    with without_torch():
+    with lean_imports():
         import coremltools as ct
 
     pkg = app_packages["det"] / "ios" / "shapes_det-fp32.mlpackage"

@@ -20,10 +20,11 @@ CONVERT_FORMATS = {"tflite": "tflite", "coreml": "coreml", "onnx": "onnx"}
 
 
 @contextlib.contextmanager
-def without_torch():
-    """Imports inside see no PyTorch (unless it is imported already): coremltools and
-    ``onnxruntime.tools`` import it eagerly when installed (seconds) for converters never used here."""
-    names = ("torch", "torchvision", "torchaudio", "torchao", "executorch")
+def lean_imports():
+    """Imports inside see no PyTorch or scikit-learn (unless imported already): coremltools and
+    ``onnxruntime.tools`` import them eagerly when installed (seconds) for converters and
+    compression paths packaging never uses."""
+    names = ("torch", "torchvision", "torchaudio", "torchao", "executorch", "sklearn")
     blocked = [n for n in names if n not in sys.modules]
     for n in blocked:
         sys.modules[n] = None   # `import torch` raises ImportError, find_spec("torch") is None

@@ -21,7 +21,7 @@ import numpy as np
 
 from edgeinfer.errors import EdgeInferError, NotSupportedYet
 
-from .common import Bundle, TargetPackage, without_torch, write_labels
+from .common import Bundle, TargetPackage, lean_imports, write_labels
 from .readme import ios_readme
 
 logging.getLogger("coremltools").setLevel(logging.ERROR)
@@ -36,10 +36,19 @@ def check(bundle: Bundle) -> None:
                               f"be packaged yet (supported: {', '.join(DETECTORS)})")
 
 
-def _load(path: Path):
-    with without_torch():
+def _ct():
+    """coremltools, imported without PyTorch (see ``lean_imports``) and without progress bars."""
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")   # coremltools' per-pass bars (read when tqdm is imported)
+    with lean_imports():
         import coremltools as ct
-    return ct.models.MLModel(str(path), skip_model_load=True)
+        import coremltools.converters.mil  # noqa: F401
+    return ct
+
+
+def _load(path: Path):
+    return _ct().models.MLModel(str(path), skip_model_load=True)
 
 
 def _describe_classifier(model, bundle: Bundle) -> None:
@@ -59,7 +68,7 @@ def _describe_classifier(model, bundle: Bundle) -> None:
 
 def _head_program(bundle: Bundle, raw_name: str, raw_shape: list[int], n_classes: int, target):
     """The ML Program: raw YOLO head -> (raw_confidence [N, C], raw_coordinates [N, 4] in 0..1)."""
-    import coremltools as ct
+    ct = _ct()
     from coremltools.converters.mil import Builder as mb
 
     post = bundle.postprocess
@@ -91,7 +100,7 @@ def _head_program(bundle: Bundle, raw_name: str, raw_shape: list[int], n_classes
 
 
 def _nms_model(n: int, labels: list[str], post: dict):
-    import coremltools as ct
+    ct = _ct()
     from coremltools.proto import FeatureTypes_pb2 as ft
 
     spec = ct.proto.Model_pb2.Model()
@@ -122,11 +131,7 @@ def _nms_model(n: int, labels: list[str], post: dict):
 
 
 def detector_pipeline(bundle: Bundle, src: Path, out: Path, notes: list[str]) -> None:
-    import os
-
-    import coremltools as ct
-
-    os.environ.setdefault("TQDM_DISABLE", "1")   # coremltools' per-pass progress bars
+    ct = _ct()
 
     post = bundle.postprocess
     labels = bundle.labels or []

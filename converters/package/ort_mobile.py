@@ -18,7 +18,7 @@ import onnx
 
 from edgeinfer.errors import EdgeInferError
 
-from .common import Bundle, TargetPackage, max_abs, without_torch, write_labels
+from .common import Bundle, TargetPackage, max_abs, lean_imports, write_labels
 from .readme import ort_readme
 
 CONFIG = "required_operators_and_types.config"
@@ -34,7 +34,7 @@ def target_platform(bundle: Bundle) -> str:
 
 def fixed_shapes(src: Path, dst: Path) -> list[str]:
     """Pin every symbolic dimension (the batch) to 1 with onnxruntime's ``make_dim_param_fixed``; returns their names."""
-    with without_torch():
+    with lean_imports():
         from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
 
     model = onnx.load(str(src))
@@ -52,7 +52,7 @@ def fixed_shapes(src: Path, dst: Path) -> list[str]:
 
 def usability_report(model_path: Path) -> str:
     """The text ``check_onnx_model_mobile_usability`` prints for ``model_path``."""
-    with without_torch():
+    with lean_imports():
         from onnxruntime.tools.mobile_helpers.usability_checker import analyze_model
 
     stream = io.StringIO()
@@ -76,9 +76,13 @@ def summarize(report: str) -> dict[str, str]:
 
 
 def convert(fixed_dir: Path, out_dir: Path, platform: str) -> None:
-    with without_torch():
+    with lean_imports():
         from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)   # the converter's "hardware specific" warning: said in the README
+    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
     with contextlib.redirect_stdout(io.StringIO()):
         convert_onnx_models_to_ort(fixed_dir, output_dir=out_dir, optimization_styles=[OptimizationStyle.Fixed],
                                    target_platform=platform, enable_type_reduction=True)
@@ -140,6 +144,9 @@ def build(bundle: Bundle, folder: Path, name: str) -> TargetPackage:
             raise EdgeInferError(f"onnxruntime wrote {len(configs)} operator configs, expected one")
         shutil.copy2(configs[0], folder / CONFIG)
     pkg.files[CONFIG] = "operators and types for a reduced ONNX Runtime build"
+    if platform == "amd64":
+        pkg.notes.append("x86-64 profile: the .ort files carry x86-specific layout optimizations (NCHWc) and are for "
+                         "x86 hosts; package an ARM profile's bundle (e.g. pixel-8) for phones")
     labels = write_labels(folder, bundle.labels)
     if labels:
         pkg.files[labels] = "labels"
