@@ -101,10 +101,11 @@ def test_detector_on_platform(package_bundles, app_packages, platform):
         ref = pred.predict([img])[0].detections
         assert len(dets) == len(ref), (platform, img)
         for (label, score, x, y, w, h), d in zip(sorted(dets, key=lambda t: -t[1]), ref):
-            # the platforms report integer pixel rectangles: compare with the runtime's box on that grid
+            # the platforms report integer pixel rectangles (MediaPipe truncates origin and size: an edge
+            # moves < 2 px): compare with the runtime's box on that grid
             grid = [float(np.floor(v)) for v in d.box]
             assert label == d.label and abs(score - d.score) <= 1e-3 and iou((x, y, x + w, y + h), grid) >= 0.9
-            assert max(abs(a - b) for a, b in zip((x, y, x + w, y + h), d.box)) <= 1.5
+            assert max(abs(a - b) for a, b in zip((x, y, x + w, y + h), d.box)) < 2.0
             n += 1
     assert n > 0
 
