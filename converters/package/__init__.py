@@ -65,7 +65,7 @@ def expand_targets(targets: list[str]) -> list[str]:
 
 def open_bundle(path: Path) -> Bundle:
     manifest = read_manifest(path)
-    bad = {f: s for f, s in check_integrity(path, manifest).items() if s != "ok"}
+    bad = {f: s for f, s in check_integrity(path, manifest).items() if s in ("missing", "size mismatch", "sha256 mismatch")}
     if bad:
         f, s = next(iter(bad.items()))
         raise EdgeInferError(f"bundle artifact {f} is {s}; re-run `edgeinfer convert` before packaging")

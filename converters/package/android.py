@@ -162,7 +162,7 @@ def make_app_model(bundle: Bundle, art: dict, name: str, labels_file: str | None
     outputs = _classifier(em, bundle, labels_file, notes) if bundle.task == "classify" else _detector(em, bundle, labels_file, notes)
     meta = model_metadata(_info(bundle, name, art, h, w, outputs))
     packed = em.to_bytes({METADATA_NAME: meta})
-    files = {labels_file: (bundle.path / bundle.manifest["labels"]).read_bytes()} if labels_file else {}
+    files = {labels_file: ("\n".join(bundle.labels or []) + "\n").encode("utf-8")} if labels_file else {}
     return append_files(packed, files)
 
 
