@@ -96,22 +96,22 @@ def _yolo_head(em: EditableModel, bundle: Bundle, n_classes: int) -> tuple[int, 
     cf = layout == "channels_first" if layout else (shape[1] == fixed + n_classes != shape[2] or shape[1] < shape[2])
     if cf:
         t = em.add_tensor("raw_rows", [1, shape[2], shape[1]], em.ttype(out))
-        em.add_op("TRANSPOSE", [out, em.add_const("raw_perm", np.array([0, 2, 1], np.int32))], [t], None, 1)
+        em.add_op("TRANSPOSE", [out, em.add_const("raw_perm", np.array([0, 2, 1], np.int32))], [t], None)
         out = t
     yx = em.gather_last(out, [1, 0], "box_center_yx")
     hw = em.gather_last(out, [3, 2], "box_size_hw")
     log_hw = em.add_tensor("box_log_size_hw", em.shape(hw), em.ttype(hw))
-    em.add_op("LOG", [hw], [log_hw], None, 1)
+    em.add_op("LOG", [hw], [log_hw], None)
     boxes = em.add_tensor("box_encodings", em.shape(yx)[:-1] + [4], em.ttype(yx))
     from ai_edge_litert import schema_py_generated as fb
     copt = fb.ConcatenationOptionsT()
     copt.axis = 2
-    em.add_op("CONCATENATION", [yx, log_hw], [boxes], copt, 1)
+    em.add_op("CONCATENATION", [yx, log_hw], [boxes], copt)
     scores = em.gather_last(out, list(range(fixed, fixed + n_classes)), "class_scores")
     if fixed == 5:   # yolov5: objectness x class score
         obj = em.gather_last(out, [4], "objectness")
         prod = em.add_tensor("class_scores_x_obj", em.shape(scores), em.ttype(scores))
-        em.add_op("MUL", [scores, obj], [prod], None, 1)
+        em.add_op("MUL", [scores, obj], [prod], None)
         scores = prod
     return boxes, scores
 

@@ -20,6 +20,7 @@ from flatbuffers import flexbuffers
 from edgeinfer.errors import EdgeInferError
 
 from .builder import ModelBuilder, _AlignedBuilder
+from .op_versions import RULES, op_version, signature
 
 F32 = fb.TensorType.FLOAT32
 DETECTION_POSTPROCESS = "TFLite_Detection_PostProcess"
@@ -53,8 +54,15 @@ class EditableModel(ModelBuilder):
             else:
                 self._opcodes[code] = i
         self.io_changed = False
+        self._added: list[tuple[str, fb.OperatorT]] = []
 
     # ------------------------------------------------------------------ helpers
+
+    def add_op(self, op: str, inputs, outputs, options=None) -> int:
+        """``ModelBuilder.add_op``; the op's version is derived from its signature in ``to_bytes``."""
+        i = super().add_op(op, inputs, outputs, options)
+        self._added.append((op, self.operators[i]))
+        return i
 
     def name_of(self, t: int) -> str:
         return _name(self.tensors[t])
@@ -64,7 +72,7 @@ class EditableModel(ModelBuilder):
         if self.ttype(t) == F32:
             return t
         out = self.add_tensor(hint, self.shape(t), F32)
-        self.add_op("DEQUANTIZE", [t], [out], None, 1 if self.ttype(t) == fb.TensorType.UINT8 else 2)
+        self.add_op("DEQUANTIZE", [t], [out], None)
         return out
 
     def add_custom_op(self, code: str, inputs, outputs, options: bytes) -> int:
@@ -89,7 +97,7 @@ class EditableModel(ModelBuilder):
         out = self.add_tensor(hint, shape[:-1] + [len(idx)], self.ttype(t))
         opt = fb.GatherOptionsT()
         opt.axis = len(shape) - 1
-        self.add_op("GATHER", [t, ind], [out], opt, 1)
+        self.add_op("GATHER", [t, ind], [out], opt)
         return out
 
     # ------------------------------------------------------------------ edits
@@ -100,7 +108,7 @@ class EditableModel(ModelBuilder):
         out = self.add_tensor(name, self.shape(src), F32)
         opt = fb.SoftmaxOptionsT()
         opt.beta = 1.0
-        self.add_op("SOFTMAX", [src], [out], opt, 1)
+        self.add_op("SOFTMAX", [src], [out], opt)
         self.outputs[i] = out
         self.io_changed = True
 
@@ -126,14 +134,14 @@ class EditableModel(ModelBuilder):
             opt = fb.Conv2DOptionsT()
             opt.padding, opt.strideH, opt.strideW = fb.Padding.VALID, 1, 1
             opt.dilationHFactor = opt.dilationWFactor = 1
-            self.add_op("CONV_2D", [cur, weight, bias], [out], opt, 1)
+            self.add_op("CONV_2D", [cur, weight, bias], [out], opt)
             cur = out
         if input_layout == "NCHW":
             target = old if self.ttype(old) == F32 else self.add_tensor(name + "_nchw", [n, c, h, w], F32)
-            self.add_op("TRANSPOSE", [cur, self.add_const(name + "_perm", np.array([0, 3, 1, 2], np.int32))], [target], None, 1)
+            self.add_op("TRANSPOSE", [cur, self.add_const(name + "_perm", np.array([0, 3, 1, 2], np.int32))], [target], None)
             cur = target
         if cur != old:   # a quantized input: QUANTIZE with the input tensor's own parameters
-            self.add_op("QUANTIZE", [cur], [old], None, 1)
+            self.add_op("QUANTIZE", [cur], [old], None)
         added = self.operators[first:]
         self.operators = added + self.operators[:first]   # run before everything else
         self.inputs[0] = new_in
@@ -168,13 +176,13 @@ class EditableModel(ModelBuilder):
         mx = self.add_tensor(hint + "_max", shape[:-1] + [1], F32)
         opt = fb.ReducerOptionsT()
         opt.keepDims = True
-        self.add_op("REDUCE_MAX", [scores, self.add_const(hint + "_axis", np.array([len(shape) - 1], np.int32))], [mx], opt, 1)
+        self.add_op("REDUCE_MAX", [scores, self.add_const(hint + "_axis", np.array([len(shape) - 1], np.int32))], [mx], opt)
         eq = self.add_tensor(hint + "_is_max", shape, fb.TensorType.BOOL)
-        self.add_op("EQUAL", [scores, mx], [eq], None, 1)
+        self.add_op("EQUAL", [scores, mx], [eq], None)
         mask = self.add_tensor(hint + "_mask", shape, F32)
-        self.add_op("CAST", [eq], [mask], None, 1)
+        self.add_op("CAST", [eq], [mask], None)
         out = self.add_tensor(hint, shape, F32)
-        self.add_op("MUL", [scores, mask], [out], None, 1)
+        self.add_op("MUL", [scores, mask], [out], None)
         return out
 
     # ------------------------------------------------------------------ output
@@ -182,6 +190,10 @@ class EditableModel(ModelBuilder):
     def to_bytes(self, metadata: dict[str, bytes] | None = None, description: str | None = None) -> bytes:
         """Pack the edited model; ``metadata`` entries replace same-named ones or are added."""
         m = self.model
+        for name, operator in self._added:   # ops without a rule (LOG, REDUCE_MAX, EQUAL, CAST) are float version 1
+            v = op_version(signature(name, operator, self.tensors)) if name in RULES else 1
+            entry = self._opcode_versions[operator.opcodeIndex]
+            entry[1] = max(entry[1], v)
         codes = []
         for i, (code, version) in enumerate(self._opcode_versions):
             c = fb.OperatorCodeT()
