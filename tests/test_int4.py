@@ -171,3 +171,22 @@ def test_compare_allows_layers_kept_in_float():
     assert not plan.compare(stored)["same_as_plan"]
     check = plan.compare(stored, {first})
     assert check["same_as_plan"] and check["kept_float"] == [first]
+
+
+def test_onnx_int4_converts_older_opsets_whose_ops_changed(tmp_path):
+    """Opset 21 is needed for blocked DequantizeLinear; ReduceMean's ``axes`` attribute (an input since
+    opset 18) must be converted, not left invalid (a transformer's mean pooling)."""
+    from onnx import helper
+
+    from converters.emitters.onnx_emitter import emit as emit_onnx
+    from converters.verify import run_artifact
+    from tflite_util import make_model
+    w = np.random.default_rng(6).standard_normal((32, 16)).astype(np.float32)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+                        helper.make_node("ReduceMean", ["h"], ["y"], axes=[1], keepdims=0, name="pool")],
+                       [("x", [1, 8, 32])], [("y", [1, 16])], {"w": w})
+    art = emit_onnx(EmitRequest(model=model, precision="int4", out_path=tmp_path / "m.onnx"))
+    assert art.details["op_counts"].get("MatMulNBits") == 1 and art.details["int4_check"]["same_as_plan"]
+    x = np.random.default_rng(7).standard_normal((1, 8, 32)).astype(np.float32)
+    ref = ort_run(plan_rtn(model, BLOCK32).apply(model), {"x": x})[0]
+    np.testing.assert_allclose(run_artifact(art, x)[0], ref, rtol=1e-4, atol=1e-4)

@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeinfer.errors import EdgeInferError
+
 from ..int4.plan import Int4Plan, LayerQuant
 
 DQ_SUFFIX = "/weight_dq"
@@ -97,10 +99,26 @@ def _dense_dq(lq: LayerQuant, node: onnx.NodeProto) -> tuple[list, list]:
     return inits, nodes + [node]
 
 
+def to_opset21(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy at opset 21 (blocked DequantizeLinear and INT4 need it), converted by ONNX's version
+    converter so ops whose signature changed (ReduceMean axes, Split, ...) stay valid."""
+    version = next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), 21)
+    if version >= 21:
+        return onnx.ModelProto.FromString(model.SerializeToString())
+    from onnx import version_converter
+    try:
+        out = version_converter.convert_version(model, 21)
+    except Exception as exc:   # the converter names the op it cannot adapt
+        raise EdgeInferError(f"int4 ONNX needs opset 21 (blocked DequantizeLinear); converting this opset-{version} "
+                             f"model failed: {str(exc).splitlines()[0][:200]}") from None
+    out.ir_version = max(out.ir_version, 10)
+    return out
+
+
 def store_plan(model: onnx.ModelProto, plan: Int4Plan) -> tuple[onnx.ModelProto, dict[str, int]]:
     """The model with every planned weight stored as the plan's integers; returns (model, op counts
     of what was written: conv_dq, matmul_nbits, dense_dq)."""
-    out = onnx.ModelProto.FromString(model.SerializeToString())
+    out = to_opset21(model)
     counts = {"conv_dq": 0, "matmul_nbits": 0, "dense_dq": 0}
     nodes, new_inits = [], []
     for node in out.graph.node:
@@ -126,9 +144,6 @@ def store_plan(model: onnx.ModelProto, plan: Int4Plan) -> tuple[onnx.ModelProto,
     keep = [t for t in out.graph.initializer if t.name in used]
     del out.graph.initializer[:]
     out.graph.initializer.extend(keep)
-    for op in out.opset_import:
-        if op.domain in ("", "ai.onnx") and op.version < 21:
-            op.version = 21
     if counts["matmul_nbits"] and not any(op.domain == MS_DOMAIN for op in out.opset_import):
         out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     out.ir_version = max(out.ir_version, 10)
