@@ -93,7 +93,8 @@ def install_tools() -> str | None:
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         return f"missing {', '.join(missing)} and not root with apt-get: `sudo apt-get install {' '.join(pkgs)}`"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", *pkgs]):
+    # debian-archive-keyring: mmdebstrap verifies Debian's archive (not preinstalled on Ubuntu hosts)
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *pkgs, "debian-archive-keyring"]):
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if r.returncode != 0:
             tail = (r.stderr.strip().splitlines() or ["?"])[-1]

@@ -67,8 +67,11 @@ def log(msg: str) -> None:
 
 # ---------- installs ----------
 def build_wheel(dest: Path) -> Path:
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                        "-w", str(dest), str(ROOT)], capture_output=True, text=True)
+    """The project's wheel: with this venv's setuptools when it can build one (fast), else isolated."""
+    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), str(ROOT)]
+    r = subprocess.run(cmd[:5] + ["--no-build-isolation"] + cmd[5:], capture_output=True, text=True)
+    if r.returncode != 0:       # a fresh venv has setuptools but not `wheel`
+        r = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(dest.glob("edgeinfer-*.whl"))
     if r.returncode != 0 or not wheels:
         raise SystemExit(f"error: building the edgeinfer wheel failed: {r.stderr.strip()[-400:]}")
