@@ -204,7 +204,8 @@ def plot(rep: dict[str, Any], path: str | Path) -> Path:
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
     d.text((20, 15), f"edgeinfer bench: p50 latency per image ({rep['host']})", fill="black", font=font)
-    vmax = max(a["total_ms"]["p50"] for a in arts) or 1.0
+    stacked = [sum(a[f"{k}_ms"]["p50"] for k in ("preprocess", "engine", "postprocess")) for a in arts]
+    vmax = max(max(stacked), max(a["total_ms"]["p50"] for a in arts)) or 1.0
     scale = (width - left - right) / vmax
     colors = (("preprocess", "#4e79a7"), ("engine", "#f28e2b"), ("postprocess", "#59a14f"))
     for i, a in enumerate(arts):
@@ -215,7 +216,7 @@ def plot(rep: dict[str, Any], path: str | Path) -> Path:
             w = a[f"{key}_ms"]["p50"] * scale
             d.rectangle([x, y + 6, x + max(w, 1), y + row - 8], fill=color)
             x += w
-        d.text((x + 8, y + 10), f"{a['total_ms']['p50']:.2f} ms", fill="black", font=font)
+        d.text((x + 8, y + 10), f"total p50 {a['total_ms']['p50']:.2f} ms", fill="black", font=font)
     y = top + row * len(arts) + 10
     d.line([left, y, width - right, y], fill="black")
     for k in range(6):
@@ -228,7 +229,7 @@ def plot(rep: dict[str, Any], path: str | Path) -> Path:
         d.rectangle([x, height - 30, x + 16, height - 14], fill=color)
         d.text((x + 22, height - 32), key, fill="black", font=font)
         x += 160
-    d.text((20, height - 32), "milliseconds (p50)", fill="black", font=font)
+    d.text((width - right + 10, y - 8), "ms (p50)", fill="black", font=font)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     img.save(tmp, format="PNG")
