@@ -250,3 +250,34 @@ def test_convert_package_flag(tmp_path):
     assert r.returncode == 0, r.stderr
     pkg = tmp_path / "digits-generic-x86-64-package"
     assert (pkg / "android" / "digits-fp32.tflite").is_file() and (pkg / "ort-mobile" / "digits-fp32.ort").is_file()
+
+
+def test_android_bgr_model_gets_rgb_input(tmp_path):
+    """A BGR bundle: the packaged model takes RGB and swaps channels in the graph (exactly)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    edgeinfer_cli("convert", DET / "shapes_det.onnx", "--profile", "generic-x86-64", "--formats", "tflite", "--quant", "fp32",
+                  "--color", "bgr", "-o", tmp_path, "--quiet", check=True)
+    bundle = tmp_path / "shapes_det-generic-x86-64"
+    edgeinfer_cli("package", bundle, "--target", "android", "-o", tmp_path / "pkg", "--quiet", check=True)
+    doc = json.loads((tmp_path / "pkg" / "android" / "package.json").read_text())
+    assert any("channel swap" in n for n in doc["notes"])
+
+    def raw_head(path, x):
+        it = Interpreter(model_path=str(path))
+        it.allocate_tensors()
+        it.set_tensor(it.get_input_details()[0]["index"], x)
+        it.invoke()
+        return [it.get_tensor(o["index"]) for o in it.get_output_details()]
+
+    from PIL import Image
+    rgb = np.asarray(Image.open(_square_images(1)[0]).convert("RGB"), np.float32)[None] / 255.0
+    ref = raw_head(bundle / "shapes_det-fp32.tflite", np.ascontiguousarray(rgb[..., ::-1]))[0]   # the bundle takes BGR
+    from converters.emitters.tflite.edit import EditableModel
+    em = EditableModel((tmp_path / "pkg" / "android" / "shapes_det-fp32.tflite").read_bytes())
+    assert em.shape(em.inputs[0]) == [1, 128, 128, 3]
+    got = raw_head(tmp_path / "pkg" / "android" / "shapes_det-fp32.tflite", rgb)
+    boxes, classes, scores, count = got
+    pred_scores = ref[0, 4:].max(axis=0)
+    top = np.sort(pred_scores[pred_scores > 0.25])[::-1]
+    assert int(count[0]) > 0 and abs(float(scores[0, 0]) - float(top[0])) < 1e-6
