@@ -317,11 +317,14 @@ def profiles_show(name, as_json):
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
 def inspect(target, as_json):
-    """Describe a bundle (manifest) or a model (.onnx)."""
+    """Describe a bundle (manifest) or a model (.onnx, .tflite); nothing is executed."""
     from .bundle import check_integrity, is_bundle, read_manifest
     if is_bundle(target):
         info = read_manifest(target)
         info["integrity"] = check_integrity(target, info)
+    elif target.suffix == ".tflite" or _file_head(target)[4:8] == b"TFL3":
+        from .backends.tflite_check import describe_tflite
+        info = describe_tflite(target)   # read and checked, never loaded into an interpreter
     else:
         try:
             from converters.inspect import inspect_model
@@ -333,6 +336,14 @@ def inspect(target, as_json):
         return
     for line in _describe(info):
         click.echo(line)
+
+
+def _file_head(path: Path, n: int = 8) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return b""
 
 
 def _describe(info: dict) -> list[str]:

@@ -1,6 +1,7 @@
 """``Predictor``: a bundle in, predictions out (preprocess -> engine -> postprocess)."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import platform
 import sys
@@ -62,9 +63,10 @@ class Predictor:
     library paths) and ``providers`` (ONNX Runtime EP names) come from the caller; otherwise from the
     device profile installed with edgeinfer under the bundle's profile name, never from the bundle.
 
-    Thread safety: one instance may be shared by threads. Engine calls go through one lock per
-    Predictor (preprocessing and postprocessing run in parallel); ``tools/bench_threads.py`` measured
-    this against an interpreter per thread.
+    Thread safety: one instance may be shared by threads. Engines that are not thread-safe (LiteRT,
+    Core ML) are called under one lock per Predictor; ONNX Runtime sessions are called concurrently.
+    Decoding and pre/postprocessing always run in parallel. ``tools/bench_threads.py`` measures this
+    against an engine per thread.
     """
 
     def __init__(self, bundle_dir: str | Path, artifact: str | None = None, threads: int | None = None,
@@ -73,7 +75,6 @@ class Predictor:
                  verify_hash: bool = True, batch: int | None = None):
         self.bundle_dir = Path(bundle_dir)
         self.verify_hash = verify_hash
-        self._lock = threading.Lock()
         self.manifest = read_manifest(self.bundle_dir)
         self.artifacts: list[dict[str, Any]] = self.manifest["artifacts"]
         self.labels = read_labels(self.bundle_dir, self.manifest)
@@ -88,6 +89,8 @@ class Predictor:
         profile_batch = installed_runtime((self.manifest.get("profile") or {}).get("name")).get("batch")
         self.batch = batch or profile_batch or DEFAULT_BATCH
         self.artifact, self.backend = self._open(artifact)
+        # engine calls from several threads: serialised unless the engine is thread-safe (tools/bench_threads.py)
+        self._lock = contextlib.nullcontext() if self.backend.thread_safe else threading.Lock()
         if delegates and self.artifact["format"] != "tflite":
             tfl = [a["file"] for a in self.artifacts if a["format"] == "tflite"]
             todo = f"pass --artifact {tfl[0]}" if tfl else "re-convert with --formats tflite"
@@ -142,7 +145,7 @@ class Predictor:
         return np.stack(arrays), transforms
 
     def run(self, batch_nchw: np.ndarray) -> list[np.ndarray]:
-        """Raw engine outputs for a preprocessed NCHW float32 batch (one engine call at a time per Predictor)."""
+        """Raw engine outputs for a preprocessed NCHW float32 batch (serialised for engines that are not thread-safe)."""
         x = to_layout(batch_nchw, self.input_layout)
         with self._lock:
             return self.backend.run(x)

@@ -21,22 +21,23 @@ def edgeinfer_cli(*args: str, check: bool = False) -> subprocess.CompletedProces
     return proc
 
 
+def convert_digits(out: Path, profile: str, fmt: str) -> Path:
+    """digits.onnx -> ``profile`` bundle with int8 + fp32 artifacts of ``fmt``, calibrated on samples/digits/calib."""
+    edgeinfer_cli("convert", DIGITS / "digits.onnx", "--profile", profile, "--formats", fmt,
+                  "--quant", "int8,fp32", "--calib", DIGITS / "calib", "-o", out, "--quiet", check=True)
+    return out / f"digits-{profile}"
+
+
 @pytest.fixture(scope="session")
 def digits_bundle(tmp_path_factory) -> Path:
     """digits.onnx -> generic-x86-64 bundle with int8 + fp32 ONNX artifacts."""
-    out = tmp_path_factory.mktemp("bundles")
-    edgeinfer_cli("convert", DIGITS / "digits.onnx", "--profile", "generic-x86-64", "--formats", "onnx",
-                  "--quant", "int8,fp32", "--calib", DIGITS / "calib", "-o", out, "--quiet", check=True)
-    return out / "digits-generic-x86-64"
+    return convert_digits(tmp_path_factory.mktemp("bundles"), "generic-x86-64", "onnx")
 
 
 @pytest.fixture(scope="session")
 def digits_tflite_bundle(tmp_path_factory) -> Path:
-    """digits.onnx -> raspberry-pi-4 bundle with int8 + fp32 TFLite artifacts (calibrated on samples/digits/calib)."""
-    out = tmp_path_factory.mktemp("tflite-bundles")
-    edgeinfer_cli("convert", DIGITS / "digits.onnx", "--profile", "raspberry-pi-4", "--formats", "tflite",
-                  "--quant", "int8,fp32", "--calib", DIGITS / "calib", "-o", out, "--quiet", check=True)
-    return out / "digits-raspberry-pi-4"
+    """digits.onnx -> raspberry-pi-4 bundle with int8 + fp32 TFLite artifacts."""
+    return convert_digits(tmp_path_factory.mktemp("tflite-bundles"), "raspberry-pi-4", "tflite")
 
 
 # ---------------------------------------------------------------- app packages (tests/test_package*.py)

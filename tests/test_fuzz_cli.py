@@ -88,7 +88,8 @@ def make_case(kind: str, i: int, base: Path, case: Path) -> tuple[list[str], str
         name = rng.choice(("digits-fp32.tflite", "digits-int8.tflite"))
         mutated, what = fz.tflite_mutation((base / name).read_bytes(), rng)
         (bundle / name).write_bytes(mutated)
-        argv = run + ["--artifact", name] + ([] if i % 4 == 3 else ["--no-verify-hash"])
+        argv = [run + ["--artifact", name, "--no-verify-hash"]] * 3 + [run + ["--artifact", name], ["inspect", f"bundle/{name}"]]
+        argv = argv[i % 5]
     elif kind == "manifest":
         mutated, what = fz.manifest_mutation((base / "manifest.json").read_bytes(), rng)
         (bundle / "manifest.json").write_bytes(mutated)

@@ -318,6 +318,10 @@ def test_malformed_tflite_files_are_refused_before_the_engine(digits_tflite_bund
     (b / "digits-int8.tflite").write_bytes(cases["huge dims"])
     one_line_error(edgeinfer_cli("run", b, IMAGES[0], "--artifact", "digits-int8.tflite", "--no-verify-hash"),
                    "digits-int8.tflite is not a well-formed TFLite model")
+    # inspect reads a .tflite without an interpreter: the malformed one is refused, the good one described
+    one_line_error(edgeinfer_cli("inspect", b / "digits-int8.tflite"), "not a well-formed TFLite model")
+    info = json.loads(edgeinfer_cli("inspect", digits_tflite_bundle / "digits-int8.tflite", "--json", check=True).stdout)
+    assert info["structure"] == "ok" and info["subgraphs"][0]["inputs"][0]["shape"] == [1, 32, 32, 1]
 
 
 # ---------------------------------------------------------------- 5. bounded memory

@@ -33,6 +33,8 @@ class Backend:
     """Base class; subclasses set ``format`` and implement ``run``."""
 
     format: str = ""
+    # may ``run`` be called from several threads at once? (ONNX Runtime sessions: yes; LiteRT interpreters: no)
+    thread_safe: bool = False
 
     def __init__(self, path: Path, options: BackendOptions | None = None):
         self.path = Path(path)

@@ -17,6 +17,7 @@ except ImportError:  # pragma: no cover - exercised by the light-runtime test
 
 class OnnxRuntimeBackend(Backend):
     format = "onnx"
+    thread_safe = True   # InferenceSession.run is documented safe to call concurrently; run() keeps no state
 
     def __init__(self, path: Path, options: BackendOptions | None = None):
         super().__init__(path, options)

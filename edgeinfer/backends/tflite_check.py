@@ -221,3 +221,26 @@ def check_tflite(path: Path) -> None:
     except (Malformed, struct.error) as exc:
         raise EdgeInferError(f"{path.name} is not a well-formed TFLite model ({exc}); refusing to load it: "
                              "re-convert or copy the bundle again") from None
+
+
+def describe_tflite(path: Path) -> dict:
+    """What ``inspect`` shows of a .tflite file, read without any engine (checked structurally first)."""
+    from ..bundle import sha256_of
+    from .tflite_metadata import read_metadata
+    path = Path(path)
+    check_tflite(path)
+    buf = path.read_bytes()
+    model = _Table(buf, struct.unpack_from("<I", buf, 0)[0], "model")
+    subgraphs = []
+    for sg in model.tables(MODEL_SUBGRAPHS, "subgraph"):
+        tensors = sg.tables(SG_TENSORS, "tensor")
+
+        def spec(i: int) -> dict:
+            t = tensors[i]
+            start, n = t.vector(3, 1)
+            return {"name": buf[start:start + n].decode("utf-8", "replace"), "shape": t.ints(T_SHAPE),
+                    "type": t.scalar(T_TYPE, "<b")}
+        subgraphs.append({"tensors": len(tensors), "operators": len(sg.tables(SG_OPERATORS, "operator")),
+                          "inputs": [spec(i) for i in sg.ints(SG_INPUTS)], "outputs": [spec(i) for i in sg.ints(SG_OUTPUTS)]})
+    return {"file": path.name, "format": "tflite", "sha256": sha256_of(path), "size": len(buf),
+            "structure": "ok", "subgraphs": subgraphs, "metadata": sorted(read_metadata(path))}
