@@ -255,14 +255,18 @@ def _prune_config(profiles, ratio, flops, criterion, min_channels, no_reconstruc
 @click.option("--strict-delegate", is_flag=True, help="Fail instead of falling back to CPU when a delegate is missing.")
 @click.option("--batch", type=click.IntRange(min=1), help="Images decoded and run per engine call (default: the profile's, else 8).")
 @click.option("--no-verify-hash", is_flag=True, help="Skip the artifact size/sha256 check (for bundles edited on purpose).")
+@click.option("--require-signature", type=click.Path(path_type=Path), metavar="KEY.pub",
+              help="Refuse the bundle unless manifest.sig is signed by this ed25519 public key.")
 @click.option("--save-vis", type=click.Path(path_type=Path), help="Write images with detections drawn into this folder.")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def run(bundle, images, artifact, top_k, threads, delegates, strict_delegate, batch, no_verify_hash, save_vis, as_json):
+def run(bundle, images, artifact, top_k, threads, delegates, strict_delegate, batch, no_verify_hash, require_signature,
+        save_vis, as_json):
     """Run BUNDLE on IMAGES and print the predictions (streamed: memory does not grow with the image count)."""
     from .predictor import Predictor
     pred = Predictor(bundle, artifact=artifact, threads=threads, delegates=list(delegates) or None,
-                     strict_delegate=strict_delegate, verify_hash=not no_verify_hash, batch=batch)
+                     strict_delegate=strict_delegate, verify_hash=not no_verify_hash, batch=batch,
+                     require_signature=require_signature)
     if save_vis:
         if pred.task != "detect":
             raise EdgeInferError("--save-vis draws detections; this bundle is a classifier")
@@ -285,6 +289,31 @@ def run(bundle, images, artifact, top_k, threads, delegates, strict_delegate, ba
             click.echo(f"  {line}")
     if as_json:
         click.echo(json.dumps({"bundle": str(bundle), **pred.describe(), "results": rows}, indent=2))
+
+
+@main.command()
+@click.argument("key", type=click.Path(path_type=Path))
+@user_errors
+def keygen(key):
+    """Make an ed25519 key pair for signing bundles: KEY (private, keep it) and KEY.pub (give it to devices)."""
+    from .signature import generate_key
+    private, public = generate_key(key)
+    click.echo(f"private key: {private} (keep it secret)\npublic key:  {public} (run with --require-signature {public})")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--key", required=True, type=click.Path(path_type=Path), help="ed25519 private key (from `edgeinfer keygen`).")
+@user_errors
+def sign(bundle, key):
+    """Sign BUNDLE (its manifest and labels; the manifest holds every artifact's sha256) into manifest.sig."""
+    from .bundle import check_integrity, read_manifest
+    from .signature import sign_bundle
+    manifest = read_manifest(bundle)
+    bad = {f: s for f, s in check_integrity(bundle, manifest).items() if s != "ok"}
+    if bad:
+        raise EdgeInferError(f"not signing {bundle}: artifacts do not match the manifest ({bad}); re-convert it")
+    click.echo(f"signed: {sign_bundle(bundle, key, manifest)}")
 
 
 @main.group(invoke_without_command=True)
@@ -372,13 +401,15 @@ def _describe(info: dict) -> list[str]:
 @click.option("--score-threshold", type=float, default=0.001, show_default=True, help="Detection score threshold for mAP.")
 @click.option("--threads", type=click.IntRange(min=1))
 @click.option("--no-verify-hash", is_flag=True, help="Skip the artifact size/sha256 check (for bundles edited on purpose).")
+@click.option("--require-signature", type=click.Path(path_type=Path), metavar="KEY.pub",
+              help="Refuse the bundle unless manifest.sig is signed by this ed25519 public key.")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def eval_cmd(bundle, data, artifact, score_threshold, threads, no_verify_hash, as_json):
+def eval_cmd(bundle, data, artifact, score_threshold, threads, no_verify_hash, require_signature, as_json):
     """Evaluate BUNDLE on DATA: image folder (classify) or COCO JSON / folder with annotations.json (detect)."""
     from .evaluate import format_report, run_eval
     report = run_eval(bundle, data, artifact=artifact, progress=not as_json, score_threshold=score_threshold,
-                      threads=threads, verify_hash=not no_verify_hash)
+                      threads=threads, verify_hash=not no_verify_hash, require_signature=require_signature)
     click.echo(json.dumps(report, indent=2) if as_json else "\n".join(format_report(report)))
 
 

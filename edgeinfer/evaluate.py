@@ -174,7 +174,7 @@ def _add_agreement(rows: list[dict[str, Any]], results: dict[str, list[Any]], th
 
 def run_eval(bundle_dir: str | Path, data_path: str | Path, artifact: str | None = None, progress: bool = True,
              score_threshold: float | None = EVAL_SCORE_THRESHOLD, threads: int | None = None,
-             verify_hash: bool = True) -> dict[str, Any]:
+             verify_hash: bool = True, require_signature: str | Path | None = None) -> dict[str, Any]:
     """Evaluate ``artifact`` (default: every artifact of the bundle) on labelled data.
 
     Returns {"bundle", "task", "data", "images", "artifacts": [{"artifact", "format", "precision",
@@ -200,7 +200,8 @@ def run_eval(bundle_dir: str | Path, data_path: str | Path, artifact: str | None
     all_results: dict[str, list[Any]] = {}
     for name in names:
         try:
-            pred = Predictor(bundle_dir, artifact=name, threads=threads, verify_hash=verify_hash)
+            pred = Predictor(bundle_dir, artifact=name, threads=threads, verify_hash=verify_hash,
+                             require_signature=require_signature)
         except EdgeInferError as exc:
             if artifact:
                 raise

@@ -59,7 +59,8 @@ class Predictor:
     does not grow with their number (``iter_predict`` yields results as they come).
 
     Each artifact's size and sha256 are checked against the manifest before an engine opens it
-    (``verify_hash=False`` skips that, for bundles edited on purpose). ``delegates`` (TFLite names or
+    (``verify_hash=False`` skips that, for bundles edited on purpose). ``require_signature=KEY.pub``
+    refuses a bundle whose ``manifest.sig`` is missing or not by that key (``edgeinfer.signature``). ``delegates`` (TFLite names or
     library paths) and ``providers`` (ONNX Runtime EP names) come from the caller; otherwise from the
     device profile installed with edgeinfer under the bundle's profile name, never from the bundle.
 
@@ -72,10 +73,16 @@ class Predictor:
     def __init__(self, bundle_dir: str | Path, artifact: str | None = None, threads: int | None = None,
                  delegates: Sequence[str] | None = None, strict_delegate: bool = False,
                  compute_units: str | None = None, providers: Sequence[str] | None = None,
-                 verify_hash: bool = True, batch: int | None = None):
+                 verify_hash: bool = True, batch: int | None = None, require_signature: str | Path | None = None):
         self.bundle_dir = Path(bundle_dir)
         self.verify_hash = verify_hash
         self.manifest = read_manifest(self.bundle_dir)
+        if require_signature is not None:
+            if not verify_hash:
+                raise EdgeInferError("a required signature covers the artifacts through their hashes: "
+                                     "drop --no-verify-hash (verify_hash=False)")
+            from .signature import verify_bundle_signature
+            verify_bundle_signature(self.bundle_dir, Path(require_signature), self.manifest)
         self.artifacts: list[dict[str, Any]] = self.manifest["artifacts"]
         self.labels = read_labels(self.bundle_dir, self.manifest)
         self.task = self.manifest["task"]

@@ -193,6 +193,33 @@ def test_hash_is_cached_per_file_state(tmp_path):
     assert bundle.cached_sha256(f) == bundle.sha256_of(f) != first
 
 
+def test_signed_bundles(digits_bundle, tmp_path):
+    pytest.importorskip("cryptography")
+    from edgeinfer import EdgeInferError, Predictor
+    b = copy_bundle(digits_bundle, tmp_path)
+    edgeinfer_cli("keygen", tmp_path / "author", check=True)
+    edgeinfer_cli("keygen", tmp_path / "other", check=True)
+    assert oct((tmp_path / "author").stat().st_mode & 0o777) == "0o600"
+    author, other = tmp_path / "author.pub", tmp_path / "other.pub"
+    one_line_error(edgeinfer_cli("run", b, IMAGES[0], "--require-signature", author), "is not signed")
+    edgeinfer_cli("sign", b, "--key", tmp_path / "author", check=True)
+    assert edgeinfer_cli("run", b, IMAGES[0], "--require-signature", author).returncode == 0
+    with pytest.raises(EdgeInferError, match="does not match other.pub"):
+        Predictor(b, require_signature=other)
+    labels = (b / "labels.txt").read_text()
+    (b / "labels.txt").write_text(labels.replace("7", "1"))          # relabel after signing
+    with pytest.raises(EdgeInferError, match="does not match author.pub"):
+        Predictor(b, require_signature=author)
+    (b / "labels.txt").write_text(labels)
+    Predictor(b, require_signature=author)
+    with pytest.raises(EdgeInferError, match="drop --no-verify-hash"):
+        Predictor(b, require_signature=author, verify_hash=False)
+    art = b / "digits-int8.onnx"                                       # artifacts: through the signed hashes
+    art.write_bytes(art.read_bytes()[:-1] + b"\0")
+    with pytest.raises(EdgeInferError, match="sha256 mismatch"):
+        Predictor(b, artifact="digits-int8.onnx", require_signature=author)
+
+
 # ---------------------------------------------------------------- 4. hostile model files
 
 
