@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .load import real_inputs
+from .load import real_inputs, sort_nodes
 
 DOMAIN = "ai.edgeinfer.exact"
 ARITHMETIC = "exact-int"
@@ -208,26 +208,11 @@ def rewrite_integer_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         nodes.append(helper.make_node(n.op_type, inputs, list(n.output), name=n.name, domain=DOMAIN,
                                       w_axis=int(w_axis), **keep))
     del out.graph.node[:]
-    out.graph.node.extend(_topological(nodes, out))
+    out.graph.node.extend(nodes)
+    if not sort_nodes(out):
+        raise ValueError("the QDQ graph has a cycle or a missing input")
     out.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return out
-
-
-def _topological(nodes: list[onnx.NodeProto], model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    ready = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
-    pending, ordered = list(nodes), []
-    while pending:
-        rest = []
-        for n in pending:
-            if all(i in ready for i in n.input):
-                ordered.append(n)
-                ready.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            raise ValueError(f"graph has a cycle or a missing input near node {rest[0].name!r}")
-        pending = rest
-    return ordered
 
 
 class ExactIntEvaluator:

@@ -111,9 +111,9 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
             graphs.extend(([attr.g] if attr.HasField("g") else []) + list(attr.graphs))
 
 
-def _sort_nodes(model: onnx.ModelProto) -> bool:
-    """Put the nodes in dependency order (some fp16 converters append their Casts at the end, which
-    ONNX Runtime accepts but the checker does not); False when the graph has a cycle or a missing input."""
+def sort_nodes(model: onnx.ModelProto) -> bool:
+    """Put the nodes of the main graph in dependency order, in place (ONNX Runtime's quantizers and
+    some fp16 converters append nodes at the end); False, untouched, on a cycle or a missing input."""
     g = model.graph
     ready = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
     pending, ordered = list(g.node), []
@@ -131,6 +131,13 @@ def _sort_nodes(model: onnx.ModelProto) -> bool:
         c.CopyFrom(n)
     del g.node[:]
     g.node.extend(copies)
+    return True
+
+
+def _sort_nodes(model: onnx.ModelProto) -> bool:
+    """``sort_nodes``, then True only if the model passes the checker."""
+    if not sort_nodes(model):
+        return False
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError:

@@ -340,7 +340,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     if need_ranges:
         calib = calibrate(model, calib_samples, opts.calib_method, skipped=facts.get("skipped", 0),
                           synthetic=bool(facts.get("synthetic")), progress=opts.progress)
-    keep_float, mixed = _keep_float(model, calib, task, post, opts)
+    wants_int8 = any(prec == "int8" for plan in plans.values() for _, prec in plan)
+    keep_float, mixed = _keep_float(model, calib if wants_int8 else None, task, post, opts)
     int4_plans = _int4_plans(model, calib_samples, plans, task, post, labels, size_hw, opts)
     reference = run_reference(src.reference, verify_samples, layout=src.layout)
 

@@ -18,6 +18,7 @@ from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from edgeinfer.errors import EdgeInferError
 
 from .emitters.api import CalibrationResult
+from .load import sort_nodes
 from .quant_math import quantize_weights_per_channel
 
 logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
@@ -56,6 +57,7 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationResult, *, per_chann
         {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": False},
     )
     qmodel = quantizer.quantize_model()
+    sort_nodes(qmodel)   # the quantizer appends its Q/DQ nodes; the checker wants dependency order
     if pair_safe:
         make_pair_safe(qmodel, model)
     return qmodel

@@ -212,3 +212,8 @@ def test_clean_names_every_node_uniquely():
     name_nodes(model)
     names = [n.name for n in model.graph.node]
     assert len(set(names)) == 4 and names[1] == "Relu_0" and all(names)
+
+
+def test_int8_artifact_passes_the_onnx_checker(digits_q):
+    model, calib, _ = digits_q
+    onnx.checker.check_model(quantize_int8(model, calib, activation_dtype="uint8", pair_safe=True))
