@@ -43,9 +43,14 @@ class Progress:
             self._draw()
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
+    def __exit__(self, exc_type, *exc) -> None:
+        if not self.enabled:
+            return
+        if exc_type is None:
             self._draw(final=True)
+        elif self.live:   # an error follows on its own line, without a finished-looking bar
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def track(items: Iterable[T], label: str, total: int, enabled: bool = True) -> Iterator[T]:
