@@ -327,12 +327,14 @@ def convert(opts: ConvertOptions) -> ConvertResult:
 
     model = source
     prune_report = None
+    reference = run_reference(src.reference, verify_samples, layout=src.layout)
     if opts.prune is not None:
         from .prune import prune_model
         from .prune.runner import set_progress
         set_progress(opts.progress)
         _say(opts, "pruning channels")
-        model, prune_report = prune_model(model, opts.prune, calib_samples)
+        model, prune_report = prune_model(model, opts.prune, calib_samples, progress_bar=opts.progress)
+        _prune_floor(model, prune_report, reference, verify_samples, task, post, labels, size_hw, opts)
     _say(opts, "cleaning graph (shape inference, constant folding, BatchNorm folding)")
     model = clean_model(model)
 
@@ -343,7 +345,6 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     wants_int8 = any(prec == "int8" for plan in plans.values() for _, prec in plan)
     keep_float, mixed = _keep_float(model, calib if wants_int8 else None, task, post, opts)
     int4_plans = _int4_plans(model, calib_samples, plans, task, post, labels, size_hw, opts)
-    reference = run_reference(src.reference, verify_samples, layout=src.layout)
 
     source_path = Path(opts.model)
     base_manifest = {
@@ -439,6 +440,22 @@ def convert(opts: ConvertOptions) -> ConvertResult:
             bundles.append(target)
             manifests.append(manifest)
     return ConvertResult(bundles, manifests, prune_report)
+
+
+def _prune_floor(model, report, reference, samples, task, post, labels, size_hw, opts: ConvertOptions) -> None:
+    """Refuse a pruned model whose agreement with the unpruned one on the held-out images is below
+    --min-agreement (or the shared DEFAULT_AGREEMENT_FLOOR): one line naming the figure and the
+    largest cut that met it."""
+    from .prune.api import enforce_floor
+    from .verify import AGREEMENT, AGREEMENT_KEY, DEFAULT_AGREEMENT_FLOOR
+    key = AGREEMENT_KEY[task]
+
+    def agreement(m) -> float:
+        return AGREEMENT[task](reference, run_reference(m, samples), postprocess=post, labels=labels,
+                               input_hw=size_hw)[key]
+    floor = opts.min_agreement if opts.min_agreement is not None else DEFAULT_AGREEMENT_FLOOR
+    value = enforce_floor(model, report, agreement, floor, key, len(samples))
+    _say(opts, f"  pruned fp32 {key} with the unpruned model: {value:.4f} (floor {floor:g})")
 
 
 def summary_lines(result: ConvertResult) -> list[str]:

@@ -135,7 +135,11 @@ def main() -> None:
 @click.option("--prune-flops", type=click.FloatRange(0.0, 0.95), help="Target fraction of FLOPs (MACs) removed.")
 @click.option("--prune-criterion", type=click.Choice(["l1", "l2", "bn", "activation"]), default="activation", show_default=True)
 @click.option("--prune-min-channels", type=click.IntRange(min=1))
-@click.option("--no-reconstruct", is_flag=True, help="Skip the least-squares recovery after pruning.")
+@click.option("--prune-allocation", type=click.Choice(["sensitivity", "uniform"]), default="sensitivity", show_default=True,
+              help="Spread the cut by measured per-group sensitivity, or cut every group alike.")
+@click.option("--recover", type=click.Choice(["none", "lsq", "distill"]), default="lsq", show_default=True,
+              help="After pruning: least-squares refit, or that plus distillation from the unpruned model (needs edgeinfer[train]).")
+@click.option("--recover-budget", type=click.FloatRange(min=1.0), help="Distillation time budget in seconds (default 900).")
 @click.option("--keep-float", help="Node names kept in float in int8 artifacts, comma-separated.")
 @click.option("--no-auto-keep-float", is_flag=True, help="Skip the search for int8-sensitive nodes (detectors, --min-agreement).")
 @click.option("--search-seconds", type=click.FloatRange(min=1.0), default=90.0, show_default=True,
@@ -153,7 +157,7 @@ def main() -> None:
 def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, calib_limit, calib_synthetic, verify_dir,
             labels_file, task, preset, mean, std, scale, resize, crop, letterbox, layout, color, tflite_io, int8_mode, coreml_w8a8, coreml_fp32_ops, input_shape, trust_pickle, opset, decoder, anchors,
             score_threshold, iou_threshold, max_detections, nms, prune_ratio, prune_flops, prune_criterion,
-            prune_min_channels, no_reconstruct, keep_float, no_auto_keep_float, search_seconds, min_agreement, verify_on, force, as_json, quiet,
+            prune_min_channels, prune_allocation, recover, recover_budget, keep_float, no_auto_keep_float, search_seconds, min_agreement, verify_on, force, as_json, quiet,
             package_targets):
     """Convert MODEL (.onnx, .pt2 torch.export program, TorchScript) into one verified bundle per --profile under -o OUT."""
     try:
@@ -179,7 +183,8 @@ def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, c
         task = "detect"
     prune_cfg = None
     if prune_ratio is not None or prune_flops is not None:
-        prune_cfg = _prune_config(profiles, prune_ratio, prune_flops, prune_criterion, prune_min_channels, no_reconstruct)
+        prune_cfg = _prune_config(profiles, prune_ratio, prune_flops, prune_criterion, prune_min_channels, prune_allocation,
+                                  recover, recover_budget)
     opts = ConvertOptions(
         model=model, profiles=list(profiles), out_dir=out_dir, quant=_csv(quant), formats=_csv(formats),
         calib_dir=calib_dir, verify_dir=verify_dir, calib_method=calib_method, calib_synthetic=calib_synthetic,
@@ -236,13 +241,17 @@ def _input_shape(text):
     return parse_input_shape(text)
 
 
-def _prune_config(profiles, ratio, flops, criterion, min_channels, no_reconstruct):
+def _prune_config(profiles, ratio, flops, criterion, min_channels, allocation, recover, recover_budget):
     from converters.prune import PruneConfig
+    from converters.prune.distill import DistillConfig
     from .profiles import load_profile
     prof = load_profile(profiles[0]).data.get("prune", {})
+    if recover_budget is not None and recover != "distill":
+        raise EdgeInferError("--recover-budget limits distillation: pass it with --recover distill")
     return PruneConfig(ratio=ratio, flops_target=flops, criterion=criterion,
                        channel_multiple=prof.get("channel_multiple", 1),
-                       min_channels=min_channels or prof.get("min_channels", 1), reconstruct=not no_reconstruct)
+                       min_channels=min_channels or prof.get("min_channels", 1), recover=recover, allocation=allocation,
+                       distill=DistillConfig(time_budget=recover_budget) if recover_budget else None)
 
 
 @main.command()

@@ -9,10 +9,14 @@ T = TypeVar("T")
 
 
 class Progress:
-    """``with Progress("calibrating", total=64) as p: p.update()``; prints to stderr."""
+    """``with Progress("calibrating", total=64) as p: p.update()``; prints to stderr with an ETA.
 
-    def __init__(self, label: str, total: int, enabled: bool = True, stream=None):
+    ``deadline`` (a ``time.perf_counter()`` value): work that stops at a time budget; the ETA is
+    then the sooner of the rate's estimate and the deadline."""
+
+    def __init__(self, label: str, total: int, enabled: bool = True, stream=None, deadline: float | None = None):
         self.label, self.total, self.enabled = label, max(int(total), 0), enabled
+        self.deadline = deadline
         self.stream = stream or sys.stderr
         self.done = 0
         self.start = time.perf_counter()
@@ -30,11 +34,15 @@ class Progress:
         width = 24
         frac = self.done / self.total if self.total else 1.0
         bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-        elapsed = time.perf_counter() - self.start
+        now = time.perf_counter()
+        elapsed = now - self.start
         end = "\n" if final else "\r"
         eta = ""
         if not final and 0 < self.done < self.total:
-            eta = f" eta {elapsed / self.done * (self.total - self.done):5.1f}s"
+            left = elapsed / self.done * (self.total - self.done)
+            if self.deadline is not None:
+                left = min(left, max(self.deadline - now, 0.0))
+            eta = f" eta {left:5.0f}s"
         self.stream.write(f"{self.label:<22} [{bar}] {self.done}/{self.total} {elapsed:5.1f}s{eta}{end}")
         self.stream.flush()
 

@@ -73,7 +73,7 @@ def inputs(shape=(4, 3, 8, 8), seed=1):
 
 def prune_parts(model, ratio, criterion="l1", samples=None, **cfg):
     """(analysis, pruned model, kept indices per tensor) without reconstruction."""
-    config = PruneConfig(ratio=ratio, criterion=criterion, reconstruct=False, **cfg).validate()
+    config = PruneConfig(ratio=ratio, criterion=criterion, recover="none", allocation="uniform", **cfg).validate()
     an = analyze(GraphView(prepare(model)), tuple(config.exclude))
     scores, _ = class_scores(an, criterion, samples)
     pruned, kept = surgery.apply(an, plan(an, scores, ratio, config))

@@ -136,7 +136,7 @@ def test_nhwc_model_prunes(models, tmp_path):
     from converters.prune import PruneConfig
     res = convert(models / "nhwc.onnx", profile=PROFILE, out=tmp_path, preset="imagenet", resize=72, crop=64,
                   calib_dir=models / "calib", quant=["fp32"], formats=["onnx"],
-                  prune=PruneConfig(ratio=0.5, criterion="l1", reconstruct=False), min_agreement=0.0)
+                  prune=PruneConfig(ratio=0.5, criterion="l1", recover="none", allocation="uniform"), min_agreement=0.0)
     m = res.manifests[0]
     assert m["pruning"]["params"]["after"] < m["pruning"]["params"]["before"]
     assert m["artifacts"][0]["input_layout"] == "NHWC"

@@ -29,7 +29,7 @@ def small_net():
     ({}, "ratio"), ({"ratio": 0.3, "flops_target": 0.3}, "ratio"), ({"ratio": 1.0}, "ratio"),
     ({"ratio": -0.1}, "ratio"), ({"flops_target": 1.5}, "flops_target"), ({"ratio": 0.3, "criterion": "l3"}, "criterion"),
     ({"ratio": 0.3, "channel_multiple": 0}, "channel_multiple"), ({"ratio": 0.3, "min_channels": 2.5}, "min_channels"),
-    ({"ratio": 0.3, "reconstruct": "yes"}, "reconstruct"), ({"ratio": 0.3, "exclude": "conv1"}, "exclude"),
+    ({"ratio": 0.3, "recover": "yes"}, "recover"), ({"ratio": 0.3, "allocation": "even"}, "allocation"), ({"ratio": 0.3, "exclude": "conv1"}, "exclude"),
 ])
 def test_bad_config_names_the_field(kwargs, field):
     with pytest.raises(EdgeInferError, match=field):
@@ -40,13 +40,13 @@ def test_clear_errors_for_missing_data_bn_and_unknown_exclude():
     g = G()
     m = g.model(g.conv(g.relu(g.conv("input", 3, 16)), 16, 4))
     with pytest.raises(EdgeInferError, match="criterion 'bn'.*no"):
-        prune_model(m, PruneConfig(ratio=0.3, criterion="bn", reconstruct=False), None)
+        prune_model(m, PruneConfig(ratio=0.3, criterion="bn", recover="none", allocation="uniform"), None)
     with pytest.raises(EdgeInferError, match="calibration"):
-        prune_model(m, PruneConfig(ratio=0.3, criterion="activation", reconstruct=False), None)
-    with pytest.raises(EdgeInferError, match="--no-reconstruct"):
-        prune_model(m, PruneConfig(ratio=0.3, criterion="l1"), None)
+        prune_model(m, PruneConfig(ratio=0.3, criterion="activation", recover="none", allocation="uniform"), None)
+    with pytest.raises(EdgeInferError, match="--recover none"):
+        prune_model(m, PruneConfig(ratio=0.3, criterion="l1", allocation="uniform"), None)
     with pytest.raises(EdgeInferError, match="exclude.*nope"):
-        prune_model(m, PruneConfig(ratio=0.3, criterion="l1", reconstruct=False, exclude=("nope",)), None)
+        prune_model(m, PruneConfig(ratio=0.3, criterion="l1", recover="none", allocation="uniform", exclude=("nope",)), None)
 
 
 @pytest.mark.parametrize("c,ratio,mult,mn,expected", [
@@ -70,10 +70,10 @@ def test_params_and_macs_match_a_hand_count():
 def test_report_and_ratio_zero_identity():
     m = small_net()
     x = inputs()
-    same, rep0 = prune_model(m, PruneConfig(ratio=0.0, criterion="bn"), x)
+    same, rep0 = prune_model(m, PruneConfig(ratio=0.0, criterion="bn", allocation="uniform"), x)
     assert_array_equal(run(same, x), run(m, x))
     assert rep0.params[0] == rep0.params[1] and rep0.reconstruction == []
-    pruned, rep = prune_model(m, PruneConfig(ratio=0.5, criterion="l2", reconstruct=False), None)
+    pruned, rep = prune_model(m, PruneConfig(ratio=0.5, criterion="l2", recover="none", allocation="uniform"), None)
     d = json.loads(json.dumps(rep.to_dict()))
     assert d["params"]["after"] == count(pruned).params < d["params"]["before"]
     assert d["macs"]["after"] == count(pruned).macs
@@ -87,26 +87,26 @@ def test_report_and_ratio_zero_identity():
 
 def test_channel_multiple_and_min_channels():
     m = small_net()
-    pruned, _ = prune_model(m, PruneConfig(ratio=0.6, criterion="l1", reconstruct=False, channel_multiple=8), None)
+    pruned, _ = prune_model(m, PruneConfig(ratio=0.6, criterion="l1", recover="none", allocation="uniform", channel_multiple=8), None)
     assert weight_shape(pruned, "conv3")[0] == 8 and weight_shape(pruned, "conv12")[0] == 16
-    pruned, _ = prune_model(m, PruneConfig(ratio=0.9, criterion="l1", reconstruct=False, min_channels=6), None)
+    pruned, _ = prune_model(m, PruneConfig(ratio=0.9, criterion="l1", recover="none", allocation="uniform", min_channels=6), None)
     assert weight_shape(pruned, "conv3")[0] == 6
 
 
 def test_flops_target_is_reached():
     m = small_net()
-    pruned, rep = prune_model(m, PruneConfig(flops_target=0.4, criterion="l1", reconstruct=False), None)
+    pruned, rep = prune_model(m, PruneConfig(flops_target=0.4, criterion="l1", recover="none", allocation="uniform"), None)
     assert 1 - rep.macs[1] / rep.macs[0] >= 0.4
     assert 0 < rep.ratio < 0.95
     with pytest.raises(EdgeInferError, match="at most"):
-        prune_model(m, PruneConfig(flops_target=0.99, criterion="l1", reconstruct=False, min_channels=8), None)
+        prune_model(m, PruneConfig(flops_target=0.99, criterion="l1", recover="none", allocation="uniform", min_channels=8), None)
 
 
 def test_mobilenetv2_ratio_03_shrinks_params_macs_and_file():
     from model_zoo import build_mobilenetv2
 
     m = build_mobilenetv2(resolution=64, num_classes=1000)
-    pruned, rep = prune_model(m, PruneConfig(ratio=0.3, criterion="l1", reconstruct=False), None)
+    pruned, rep = prune_model(m, PruneConfig(ratio=0.3, criterion="l1", recover="none", allocation="uniform"), None)
     onnx.checker.check_model(pruned, full_check=True)
     assert 1 - rep.params[1] / rep.params[0] >= 0.40
     assert 1 - rep.macs[1] / rep.macs[0] >= 0.40

@@ -53,8 +53,8 @@ def test_exactly_representable_cut_is_recovered(consumer):
     test = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
     y = run(m, test)
     cfg = dict(ratio=0.5, criterion="l1", ridge=1e-9)
-    naive, _ = prune_model(m, PruneConfig(reconstruct=False, **cfg), None)
-    fitted, rep = prune_model(m, PruneConfig(reconstruct=True, **cfg), calib)
+    naive, _ = prune_model(m, PruneConfig(recover="none", allocation="uniform", **cfg), None)
+    fitted, rep = prune_model(m, PruneConfig(allocation="uniform", **cfg), calib)
     err = lambda p: np.linalg.norm(run(p, test) - y) / np.linalg.norm(y)
     assert err(naive) > 0.05
     assert err(fitted) < 1e-3
@@ -76,8 +76,8 @@ def test_refit_reduces_error_on_held_out_inputs():
     calib, test = smooth(128), smooth(32)
     y = run(m, test)
     err = lambda p: np.linalg.norm(run(p, test) - y) / np.linalg.norm(y)
-    naive, _ = prune_model(m, PruneConfig(ratio=0.4, criterion="activation", reconstruct=False), calib)
-    fitted, rep = prune_model(m, PruneConfig(ratio=0.4, criterion="activation"), calib)
+    naive, _ = prune_model(m, PruneConfig(ratio=0.4, criterion="activation", recover="none", allocation="uniform"), calib)
+    fitted, rep = prune_model(m, PruneConfig(ratio=0.4, criterion="activation", allocation="uniform"), calib)
     assert err(fitted) < 0.7 * err(naive)
     assert all(f.error_after <= f.error_before for f in rep.reconstruction)
     assert {f.layer for f in rep.reconstruction} == {n.name for n in m.graph.node if n.op_type in ("Conv", "Gemm")} - {"conv3"}

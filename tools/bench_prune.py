@@ -84,7 +84,7 @@ def bench_digits(ratio: float, criteria: list[str], runs: int, multiple: int) ->
     fitted = None
     for crit in criteria:
         for rec in (False, True):
-            pm, rep = prune_model(model, PruneConfig(ratio=ratio, criterion=crit, reconstruct=rec,
+            pm, rep = prune_model(model, PruneConfig(ratio=ratio, criterion=crit, recover="lsq" if rec else "none", allocation="uniform",
                                                      channel_multiple=multiple),
                                   calib if (rec or crit == "activation") else None)
             pred = top1(pm, x)
@@ -105,9 +105,9 @@ def bench_mobilenetv2(ratio: float, resolution: int, runs: int, multiple: int) -
     from model_zoo import build_mobilenetv2
 
     model = build_mobilenetv2(resolution=resolution, num_classes=1000)
-    pm, rep = prune_model(model, PruneConfig(ratio=ratio, criterion="l1", reconstruct=False,
+    pm, rep = prune_model(model, PruneConfig(ratio=ratio, criterion="l1", recover="none", allocation="uniform",
                                              channel_multiple=multiple), None)
-    raw, _ = prune_model(model, PruneConfig(ratio=ratio, criterion="l1", reconstruct=False), None)
+    raw, _ = prune_model(model, PruneConfig(ratio=ratio, criterion="l1", recover="none", allocation="uniform"), None)
     onnx.checker.check_model(pm, full_check=True)
     x = np.random.default_rng(0).standard_normal((1, 3, resolution, resolution)).astype(np.float32)
     print(f"\n== MobileNetV2 (seeded random weights, {resolution}x{resolution}, 1000 classes), --prune {ratio}, l1, "

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     for r in ratios:
         accs = []
         for rec in (False, True):
-            cfg = PruneConfig(ratio=float(r), criterion=args.criterion, reconstruct=rec,
+            cfg = PruneConfig(ratio=float(r), criterion=args.criterion, recover="lsq" if rec else "none", allocation="uniform",
                               channel_multiple=args.channel_multiple)
             pm, rep = prune_model(model, cfg, calib)
             accs.append(100 * float((top1(pm, x) == labels).mean()))

@@ -1,28 +1,37 @@
 """Public entry of structured pruning: ``prune_model(model, config, calib_samples)``.
 
 Runs on the loaded, shape-inferred fp32 model (before BN folding): dependency groups
-(``groups``) -> importance per channel (``importance``) -> kept channel count per group from
-``ratio`` (MobileNet width multiplier 1 - ratio, rounded to ``channel_multiple``, never below
-``min_channels``) or searched for ``flops_target`` -> physical removal (``surgery``) ->
-optional least-squares refit of the layers whose inputs shrank (``reconstruct``).
+(``groups``) -> importance per channel (``importance``) -> kept channel count per group:
+``allocation="sensitivity"`` (default) spends a MAC budget where measured output error is
+lowest (``allocate``; ``ratio`` R sets the budget to the MACs a uniform cut R would remove),
+``"uniform"`` cuts every group by ``ratio`` (MobileNet width multiplier 1 - ratio) or by the
+ratio searched for ``flops_target``; counts are rounded to ``channel_multiple``, never below
+``min_channels`` -> physical removal (``surgery``) -> recovery: ``"lsq"`` least-squares refit of
+the layers whose inputs shrank (``reconstruct``), ``"distill"`` that refit then label-free
+distillation from the unpruned model in PyTorch (``distill``, the optional ``[train]`` extra).
+``enforce_floor`` refuses a pruned model whose agreement with the unpruned one is too low.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
 
 from edgeinfer.errors import EdgeInferError
 
-from . import flops, surgery
+from . import allocate, flops, surgery
 from .graph import GraphView, node_names, prepare
 from .groups import Analysis, analyze
 from .importance import CRITERIA, class_scores
 from .reconstruct import LayerFit, reconstruct
 from .runner import progress
+
+
+RECOVERY = ("none", "lsq", "distill")
+ALLOCATION = ("sensitivity", "uniform")
 
 
 @dataclass
@@ -34,9 +43,18 @@ class PruneConfig:
     criterion: str = "activation"        # "l1" | "l2" | "bn" | "activation" (needs calib_samples)
     channel_multiple: int = 1            # kept channel counts are multiples of this (SIMD width)
     min_channels: int = 1                # never keep fewer channels than this in a group
-    reconstruct: bool = True             # least-squares refit on calibration samples
+    recover: str = "lsq"                 # "none" | "lsq" (least-squares refit) | "distill" (lsq, then distillation)
+    allocation: str = "sensitivity"      # "sensitivity" (per-group, measured) | "uniform" (same ratio everywhere)
     exclude: tuple[str, ...] = ()        # node names left whole
     ridge: float = 0.1                   # reconstruction ridge (relative to feature energy), towards the pruned weights
+    protect_channels: int = 0            # sensitivity allocation: groups narrower than this stay whole
+    max_group_ratio: float = 0.75        # sensitivity allocation: no group loses more than this fraction
+    sensitivity_samples: int = 32        # calibration images the sensitivity scan runs on
+    distill: Any = None                  # converters.prune.distill.DistillConfig (None: its defaults)
+
+    @property
+    def reconstruct(self) -> bool:
+        return self.recover in ("lsq", "distill")
 
     def validate(self) -> "PruneConfig":
         if (self.ratio is None) == (self.flops_target is None):
@@ -51,8 +69,16 @@ class PruneConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise EdgeInferError(f"prune {name} must be an integer >= 1, got {v!r}")
-        if not isinstance(self.reconstruct, bool):
-            raise EdgeInferError(f"prune reconstruct must be true or false, got {self.reconstruct!r}")
+        if self.recover not in RECOVERY:
+            raise EdgeInferError(f"prune recover {self.recover!r} is not one of {', '.join(RECOVERY)}")
+        if self.allocation not in ALLOCATION:
+            raise EdgeInferError(f"prune allocation {self.allocation!r} is not one of {', '.join(ALLOCATION)}")
+        if not (isinstance(self.max_group_ratio, (int, float)) and 0.0 < self.max_group_ratio < 1.0):
+            raise EdgeInferError(f"prune max_group_ratio must be in (0, 1), got {self.max_group_ratio!r}")
+        for name in ("protect_channels", "sensitivity_samples"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise EdgeInferError(f"prune {name} must be an integer >= 0, got {v!r}")
         if isinstance(self.exclude, str) or not all(isinstance(n, str) for n in self.exclude):
             raise EdgeInferError("prune exclude must be a list of node names")
         if not (isinstance(self.ridge, (int, float)) and self.ridge >= 0):
@@ -75,6 +101,12 @@ class PruneReport:
     reconstruction: list[LayerFit] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     reconstructed: bool = False
+    allocation: str = "uniform"
+    recover: str = "lsq"
+    sensitivity: list[allocate.Curve] = field(default_factory=list)
+    distillation: dict[str, Any] | None = None
+    floor: dict[str, Any] | None = None              # agreement with the unpruned model on held-out images
+    cut_at: Callable[[float], onnx.ModelProto] | None = field(default=None, repr=False)  # MAC drop -> model, no recovery
 
     @staticmethod
     def _drop(pair: tuple[int, int]) -> float:
@@ -90,8 +122,11 @@ class PruneReport:
             "size_bytes": {"before": self.size_bytes[0], "after": self.size_bytes[1],
                            "drop": round(self._drop(self.size_bytes), 4)},
             "groups": self.groups, "unprunable": self.unprunable,
+            "allocation": self.allocation, "recover": self.recover,
+            "sensitivity": [c.to_dict() for c in self.sensitivity],
             "reconstructed": self.reconstructed,
-            "reconstruction": [f.to_dict() for f in self.reconstruction], "notes": self.notes,
+            "reconstruction": [f.to_dict() for f in self.reconstruction],
+            "distillation": self.distillation, "agreement_floor": self.floor, "notes": self.notes,
         }
 
     def format(self) -> str:
@@ -99,12 +134,14 @@ class PruneReport:
         def row(label, pair, unit=""):
             return f"  {label:<10} {pair[0]:>12,}{unit} -> {pair[1]:>12,}{unit}  (-{100 * self._drop(pair):.1f}%)"
         cut = [g for g in self.groups if g["kept"] < g["channels"]]
-        lines = [f"pruning: criterion {self.criterion}, ratio {self.ratio:.3f} (width x{1 - self.ratio:.3f})"
+        head = (f"ratio {self.ratio:.3f} (width x{1 - self.ratio:.3f})" if self.allocation == "uniform"
+                else f"per-group ratios by measured sensitivity (budget of a uniform {self.ratio:.3f})")
+        lines = [f"pruning: criterion {self.criterion}, {head}, recovery {self.recover}"
                  + (f", FLOPs target {self.flops_target:.2f}" if self.flops_target is not None else ""),
                  row("params", self.params), row("MACs", self.macs), row("file", self.size_bytes, " B"),
                  f"  {len(cut)} of {len(self.groups)} channel groups cut"]
         for g in cut:
-            lines.append(f"    {g['name']}: {g['channels']} -> {g['kept']}")
+            lines.append(f"    {g['name']}: {g['channels']} -> {g['kept']} (-{100 * (1 - g['kept'] / g['channels']):.0f}%)")
         if self.unprunable:
             lines.append(f"  left whole ({len(self.unprunable)}):")
             lines += [f"    {u['layers']}: {u['reasons'][0]}" for u in self.unprunable]
@@ -113,6 +150,15 @@ class PruneReport:
             a = np.mean([f.error_after for f in self.reconstruction])
             lines.append(f"  reconstruction: {len(self.reconstruction)} layers refit, "
                          f"mean relative output error {b:.3f} -> {a:.3f}")
+        if self.distillation:
+            d = self.distillation
+            lines.append(f"  distillation: {d['steps']} steps ({d['epochs']:.2f} epochs of {d['images']} images) at "
+                         f"{d['train_size']} px in {d['seconds']:.0f} s, loss {d['loss_first']:.4f} -> {d['loss_last']:.4f}"
+                         + (" (stopped by the time budget)" if d["stopped_by_budget"] else ""))
+        if self.floor:
+            f = self.floor
+            lines.append(f"  {f['metric']} with the unpruned model on {f['images']} held-out images: "
+                         f"{f['value']:.4f} (floor {f['floor']})")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -142,43 +188,77 @@ def plan(an: Analysis, scores: np.ndarray, ratio: float, cfg: PruneConfig) -> np
     return kept
 
 
-def _search_ratio(an: Analysis, scores, cfg: PruneConfig, macs0: int) -> float:
-    """Smallest ratio (to 1e-3) whose MAC drop reaches ``cfg.flops_target``."""
+def _search_ratio(an: Analysis, scores, cfg: PruneConfig, macs0: int, target: float) -> float:
+    """Smallest uniform ratio (to 1e-3) whose MAC drop reaches ``target``."""
     def drop(r):
         m, _ = surgery.apply(an, plan(an, scores, r, cfg))
         return 1.0 - flops.count(m, shapes_ready=True).macs / macs0
     hi = 0.95
     best = drop(hi)
-    if best < cfg.flops_target:
+    if best < target:
         raise EdgeInferError(f"prune: at most {100 * best:.1f}% of MACs can be removed from this model "
-                             f"(asked {100 * cfg.flops_target:.1f}%); lower --prune-flops or --prune-min-channels")
+                             f"(asked {100 * target:.1f}%); lower --prune-flops or --prune-min-channels")
     lo = 0.0
     for _ in range(12):
         mid = (lo + hi) / 2
-        if drop(mid) >= cfg.flops_target:
+        if drop(mid) >= target:
             hi = mid
         else:
             lo = mid
     return hi
 
 
-def prune_model(model: onnx.ModelProto, config: PruneConfig,
-                calib_samples: np.ndarray | None) -> tuple[onnx.ModelProto, PruneReport]:
-    """Structured pruning of ``model``; returns (pruned model, report). Never changes graph I/O."""
-    config.validate()
+def _uniform_drop(an: Analysis, scores, cfg: PruneConfig, ratio: float, macs0: int) -> float:
+    m, _ = surgery.apply(an, plan(an, scores, ratio, cfg))
+    return 1.0 - flops.count(m, shapes_ready=True).macs / macs0
+
+
+def _check_inputs(model: onnx.ModelProto, config: PruneConfig, calib_samples) -> None:
     unknown = [n for n in config.exclude if n not in node_names(model)]
     if unknown:
         raise EdgeInferError(f"prune exclude names unknown nodes: {', '.join(unknown)}")
-    if config.reconstruct and (calib_samples is None or len(calib_samples) == 0):
-        raise EdgeInferError("prune reconstruction needs calibration images: pass --calib DIR or --no-reconstruct")
+    no_data = calib_samples is None or len(calib_samples) == 0
+    if config.reconstruct and no_data:
+        raise EdgeInferError("prune recovery needs calibration images: pass --calib DIR or --recover none")
+    if config.allocation == "sensitivity" and no_data:
+        raise EdgeInferError("per-group pruning measures sensitivity on calibration images: pass --calib DIR "
+                             "or --prune-allocation uniform")
+
+
+def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.ndarray | None,
+                progress_bar: bool = True) -> tuple[onnx.ModelProto, PruneReport]:
+    """Structured pruning of ``model``; returns (pruned model, report). Never changes graph I/O.
+
+    With ``recover="distill"`` the returned model is already cleaned (BatchNorm folded)."""
+    config.validate()
+    _check_inputs(model, config, calib_samples)
     base = prepare(model)
     before = flops.count(base, shapes_ready=True)
     view = GraphView(base)
     an = analyze(view, tuple(config.exclude))
     progress(f"{len(an.groups)} channel groups, {sum(g.prunable for g in an.groups)} prunable")
     scores, notes = class_scores(an, config.criterion, calib_samples)
-    ratio = config.ratio if config.ratio is not None else _search_ratio(an, scores, config, before.macs)
-    kept_class = plan(an, scores, ratio, config)
+    curves: list[allocate.Curve] = []
+    if config.allocation == "uniform":
+        ratio = config.ratio if config.ratio is not None else \
+            _search_ratio(an, scores, config, before.macs, config.flops_target)
+
+        def cut_plan(target: float) -> np.ndarray:
+            return plan(an, scores, _search_ratio(an, scores, config, before.macs, target), config)
+        kept_class = plan(an, scores, ratio, config)
+    else:
+        sens = np.asarray(calib_samples[:config.sensitivity_samples], np.float32)
+        curves = allocate.measure(an, scores, config, sens, keep_count, progress_bar)
+        target = config.flops_target if config.flops_target is not None else \
+            _uniform_drop(an, scores, config, config.ratio, before.macs)
+        ratio = config.ratio if config.ratio is not None else 0.0
+
+        def cut_plan(target: float) -> np.ndarray:
+            ratios, _ = allocate.search(an, scores, curves, target, config, keep_count, before.macs)
+            return allocate.kept_for(an, scores, ratios, config, keep_count)
+        kept_class = cut_plan(target) if target > 0 else surgery.plain_kept(an)
+        if config.ratio is None:
+            ratio = 1.0 - float(kept_class.mean())
     pruned, kept = surgery.apply(an, kept_class)
     fits: list[LayerFit] = []
     report_notes = [f"{k}: {v}" for k, v in notes.items()]
@@ -186,6 +266,11 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig,
         pruned, fits, skipped = reconstruct(base, pruned, kept, np.asarray(calib_samples, np.float32),
                                             ridge=config.ridge)
         report_notes += [f"not refit: {s}" for s in skipped]
+    distilled = None
+    if config.recover == "distill" and kept:
+        from .distill import distill
+        pruned, distilled = distill(base, pruned, kept, np.asarray(calib_samples, np.float32), config.distill,
+                                    progress_bar)
     try:
         onnx.checker.check_model(pruned)
     except onnx.checker.ValidationError as exc:   # a bug here must never ship a broken graph
@@ -198,6 +283,31 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig,
                   for g in an.groups if not g.prunable and g.producers]
     report = PruneReport(config.criterion, float(ratio), config.flops_target, (before.params, after.params),
                          (before.macs, after.macs), (before.size_bytes, after.size_bytes), groups, unprunable,
-                         fits, report_notes, bool(config.reconstruct and fits))
+                         fits, report_notes, bool(config.reconstruct and fits), config.allocation, config.recover,
+                         curves, distilled, None, lambda t: surgery.apply(an, cut_plan(t))[0])
     progress(f"params {before.params:,} -> {after.params:,}, MACs {before.macs:,} -> {after.macs:,}")
     return pruned, report
+
+
+def enforce_floor(pruned: onnx.ModelProto, report: PruneReport, agreement: Callable[[onnx.ModelProto], float],
+                  floor: float, metric: str, images: int, floor_flag: str = "--min-agreement") -> float:
+    """Agreement of ``pruned`` with the unpruned model; below ``floor`` raise one line naming the
+    figure and the largest MAC cut (bisected on the same allocation, without recovery) that met it."""
+    value = float(agreement(pruned))
+    report.floor = {"metric": metric, "value": round(value, 4), "floor": floor, "images": images}
+    if value >= floor:
+        return value
+    lo, hi = 0.0, report._drop(report.macs)
+    if report.cut_at is not None:
+        progress(f"{metric} {value:.4f} is below the floor {floor}: searching the largest cut that meets it")
+        for _ in range(5):
+            mid = (lo + hi) / 2
+            if agreement(report.cut_at(mid)) >= floor:
+                lo = mid
+            else:
+                hi = mid
+    raise EdgeInferError(
+        f"pruned model's {metric} with the unpruned model is {value:.3f} on {images} held-out images, below the "
+        f"floor {floor:g}; the largest cut that met it here was --prune-flops {lo:.2f} (measured without "
+        f"recovery{'; try --recover distill' if report.recover != 'distill' else ''}), or set {floor_flag} "
+        f"to accept less")

@@ -1,0 +1,123 @@
+"""Per-group allocation from measured sensitivity, distillation recovery (skips without PyTorch),
+and the accuracy floor."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from converters.prune import PruneConfig, prune_model
+from converters.prune.allocate import Curve, allocate
+from converters.prune.api import enforce_floor
+from edgeinfer.errors import EdgeInferError
+from prune_helpers import G, run
+
+
+def _two_branch_net(seed=0):
+    """Two conv groups of 16 channels each feeding one head: branch 'a' carries the signal
+    (large weights), branch 'b' is nearly silent (its cut costs almost nothing)."""
+    g = G(seed)
+    ca = g.conv("input", 3, 16)
+    a = g.relu(ca)
+    cb = g.conv("input", 3, 16)
+    b = g.relu(cb)
+    for init in g.inits:
+        if init.name == g.nodes[-2].input[1]:   # the node before the last ReLU is branch b's Conv        # branch b's weight: scale down 100x
+            arr = onnx.numpy_helper.to_array(init) * 0.01
+            init.CopyFrom(onnx.numpy_helper.from_array(arr.astype(np.float32), init.name))
+    h = g.op("Concat", [a, b], axis=1)
+    f = g.op("Flatten", [g.op("GlobalAveragePool", [g.relu(g.conv(h, 32, 16))])], axis=1)
+    return g.model(g.gemm(f, 16, 10)), ca.split("_out")[0], cb.split("_out")[0]
+
+
+def _smooth(n, seed=1):
+    rng = np.random.default_rng(seed)
+    return np.repeat(np.repeat(rng.standard_normal((n, 3, 4, 4)), 2, axis=2), 2, axis=3).astype(np.float32)
+
+
+def test_sensitivity_allocation_cuts_the_cheap_group_and_reports_it():
+    m, loud_conv, silent_conv = _two_branch_net()
+    calib = _smooth(48)
+    pruned, rep = prune_model(m, PruneConfig(flops_target=0.15, recover="none"), calib, progress_bar=False)
+    kept = {g["layers"][0] if g["layers"] else g["name"]: (g["channels"], g["kept"]) for g in rep.groups}
+    silent, loud = kept[silent_conv], kept[loud_conv]
+    assert silent[1] < silent[0] and loud[1] == loud[0], kept
+    assert 0.15 <= 1 - rep.macs[1] / rep.macs[0] < 0.25        # no overshoot by a whole level
+    d = json.loads(json.dumps(rep.to_dict()))
+    assert d["allocation"] == "sensitivity" and len(d["sensitivity"]) >= 2
+    by = {c["group"]: c for c in d["sensitivity"]}
+    assert max(by[n]["rel_error"][0] for n in by if silent_conv in n) < min(by[n]["rel_error"][0] for n in by if loud_conv in n)
+    uniform, _ = prune_model(m, PruneConfig(flops_target=0.15, recover="none", allocation="uniform"), calib,
+                             progress_bar=False)
+    x, y = _smooth(16, seed=7), run(m, _smooth(16, seed=7))
+    err = lambda p: np.linalg.norm(run(p, x) - y) / np.linalg.norm(y)
+    assert err(pruned) < 0.5 * err(uniform)
+
+
+def test_allocation_spreads_and_protects():
+    cfg = PruneConfig(ratio=0.3, max_group_ratio=0.5)
+    steep = Curve(0, "narrow", 16, [0.25, 0.5, 0.75], [0.8, 1.0, 1.0], [0.05, 0.1, 0.15])   # saturating: still costly
+    flat = Curve(1, "wide", 512, [0.25, 0.5, 0.75], [0.05, 0.1, 0.3], [0.05, 0.1, 0.15])
+    r = allocate([steep, flat], 1.0, cfg)
+    assert r.get(1, 0) > 0 and r.get(0, 0) == 0
+    assert max(r.values()) <= 0.5
+    e, _ = steep.at(np.array([0.75]))
+    assert e[0] >= 0.8 * 3 - 1e-9        # the saturated error does not make a deep cut look cheap
+
+
+def test_floor_refuses_with_one_line_naming_figure_and_largest_cut():
+    m, _, _ = _two_branch_net()
+    calib = _smooth(48)
+    pruned, rep = prune_model(m, PruneConfig(flops_target=0.6, recover="none"), calib, progress_bar=False)
+    x = _smooth(32, seed=9)
+    y = run(m, x)
+    agree = lambda model: 1.0 - float(np.linalg.norm(run(model, x) - y) / np.linalg.norm(y))   # a strict figure
+    with pytest.raises(EdgeInferError) as exc:
+        enforce_floor(pruned, rep, agree, 0.99, "output_agreement", len(x))
+    msg = str(exc.value)
+    assert "\n" not in msg and "below the floor 0.99" in msg and "--prune-flops" in msg
+    assert rep.floor["value"] < 0.99
+    assert "output_agreement" in msg and "--prune-flops 0." in msg
+    assert round(enforce_floor(pruned, rep, agree, 0.0, "output_agreement", len(x)), 4) == rep.floor["value"]
+
+
+torch = pytest.importorskip("torch")
+
+
+def _distill(m, calib, **kw):
+    from converters.prune.distill import DistillConfig
+    cfg = DistillConfig(**{"epochs": 10, "batch": 16, "lr": 3e-3, "train_size": None, "time_budget": None,
+                           "crop_scale": (1.0, 1.0), "flip": False, **kw})
+    return prune_model(m, PruneConfig(ratio=0.5, recover="distill", allocation="uniform", criterion="l1", distill=cfg),
+                       calib, progress_bar=False)
+
+
+def test_distillation_improves_on_least_squares_and_is_deterministic():
+    g = G(seed=5)
+    a = g.relu(g.bn(g.conv("input", 3, 24), 24))
+    b = g.relu(g.bn(g.conv(a, 24, 24), 24))
+    m = g.model(g.gemm(g.op("Flatten", [g.op("GlobalAveragePool", [b])], axis=1), 24, 10))
+    calib, test = _smooth(64), _smooth(32, seed=3)
+    def log_softmax(z):
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    t = log_softmax(run(m, test))
+    err = lambda p: float((np.exp(t) * (t - log_softmax(run(p, test)))).sum(axis=1).mean())   # KL(teacher || pruned)
+    lsq, _ = prune_model(m, PruneConfig(ratio=0.5, criterion="l1", allocation="uniform"), calib, progress_bar=False)
+    d1, rep = _distill(m, calib)
+    d2, _ = _distill(m, calib)
+    assert err(d1) < 0.8 * err(lsq), (err(d1), err(lsq))
+    assert all(np.array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
+               for a, b in zip(d1.graph.initializer, d2.graph.initializer))
+    d = rep.to_dict()["distillation"]
+    assert d["steps"] == 40 and d["loss_last"] < d["loss_first"] and not d["stopped_by_budget"]
+    assert not any(n.op_type == "BatchNormalization" for n in d1.graph.node)   # returned cleaned
+    onnx.checker.check_model(d1, full_check=True)
+
+
+def test_distillation_stops_at_its_time_budget():
+    g = G(seed=5)
+    m = g.model(g.gemm(g.op("Flatten", [g.op("GlobalAveragePool", [g.relu(g.conv("input", 3, 16))])], axis=1), 16, 4))
+    _, rep = _distill(m, _smooth(32), epochs=10_000, time_budget=1.0)
+    d = rep.distillation
+    assert d["stopped_by_budget"] and 0 < d["steps"] < 20_000 and d["seconds"] < 30
