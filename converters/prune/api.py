@@ -225,6 +225,21 @@ def _check_inputs(model: onnx.ModelProto, config: PruneConfig, calib_samples) ->
                              "or --prune-allocation uniform")
 
 
+_SENSITIVITY: dict[str, list[allocate.Curve]] = {}   # in-process memo: a curve sweep re-measures nothing
+
+
+def _measured(an: Analysis, scores: np.ndarray, cfg: PruneConfig, samples: np.ndarray, bar: bool) -> list[allocate.Curve]:
+    import hashlib
+    h = hashlib.sha256(an.view.model.SerializeToString())
+    for part in (samples, scores):
+        h.update(np.ascontiguousarray(part).tobytes())
+    h.update(repr((cfg.criterion, cfg.channel_multiple, cfg.min_channels, cfg.protect_channels, cfg.exclude)).encode())
+    key = h.hexdigest()
+    if key not in _SENSITIVITY:
+        _SENSITIVITY[key] = allocate.measure(an, scores, cfg, samples, keep_count, bar)
+    return _SENSITIVITY[key]
+
+
 def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.ndarray | None,
                 progress_bar: bool = True) -> tuple[onnx.ModelProto, PruneReport]:
     """Structured pruning of ``model``; returns (pruned model, report). Never changes graph I/O.
@@ -248,7 +263,7 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
         kept_class = plan(an, scores, ratio, config)
     else:
         sens = np.asarray(calib_samples[:config.sensitivity_samples], np.float32)
-        curves = allocate.measure(an, scores, config, sens, keep_count, progress_bar)
+        curves = _measured(an, scores, config, sens, progress_bar)
         target = config.flops_target if config.flops_target is not None else \
             _uniform_drop(an, scores, config, config.ratio, before.macs)
         ratio = config.ratio if config.ratio is not None else 0.0

@@ -144,6 +144,7 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
     progress(f"distillation: {len(x_all)} images, {total} steps of {cfg.batch} at {size_hw[0]} px"
              + (f", time budget {cfg.time_budget:.0f} s" if cfg.time_budget else ""))
     deadline = t0 + cfg.time_budget if cfg.time_budget else None
+    last_note = t0
     with Progress("distilling", total, progress_bar, deadline=deadline) as bar:
         while step < total:
             frac = step / total
@@ -180,6 +181,12 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
             losses.append(float(loss.detach()))
             step += 1
             bar.update()
+            now = time.perf_counter()
+            if not bar.live and now - last_note > 60:      # logs get a line a minute (the bar needs a terminal)
+                last_note = now
+                left = (now - t0) / step * (total - step)
+                left = min(left, deadline - now) if deadline else left
+                progress(f"distillation: step {step}/{total}, loss {np.mean(losses[-10:]):.4f}, eta {left:.0f} s")
     seconds = time.perf_counter() - t0
     if not losses:
         raise EdgeInferError("distillation made no step within its time budget; raise the budget or use --recover lsq")
