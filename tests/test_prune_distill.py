@@ -81,6 +81,19 @@ def test_floor_refuses_with_one_line_naming_figure_and_largest_cut():
     assert round(enforce_floor(pruned, rep, agree, 0.0, "output_agreement", len(x)), 4) == rep.floor["value"]
 
 
+def test_cli_refuses_a_pruned_bundle_below_the_floor(tmp_path):
+    from conftest import edgeinfer_cli
+    from pathlib import Path
+    digits = Path(__file__).resolve().parents[1] / "samples" / "digits"
+    proc = edgeinfer_cli("convert", digits / "digits.onnx", "--profile", "generic-x86-64", "--formats", "onnx",
+                         "--quant", "fp32", "--calib", digits / "calib", "--prune-flops", "0.8", "--recover", "none",
+                         "-o", tmp_path, "--quiet")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "below the floor 0.9" in lines[0] and "--prune-flops 0." in lines[0], proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
 torch = pytest.importorskip("torch")
 
 
