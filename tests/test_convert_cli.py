@@ -68,7 +68,12 @@ def test_inspect_bundle_and_model(digits_bundle, tmp_path):
     shutil.copytree(digits_bundle, copy)
     (copy / "digits-fp32.onnx").write_bytes((copy / "digits-int8.onnx").read_bytes())
     report = json.loads(edgeinfer_cli("inspect", copy, "--json", check=True).stdout)
-    assert report["integrity"]["digits-fp32.onnx"] == "sha256 mismatch"
+    assert report["integrity"]["digits-fp32.onnx"] == "size mismatch"     # checked first, without hashing
+    tampered = bytearray((copy / "digits-int8.onnx").read_bytes())
+    tampered[-1] ^= 0x01                                                   # same size, different bytes
+    (copy / "digits-int8.onnx").write_bytes(bytes(tampered))
+    report = json.loads(edgeinfer_cli("inspect", copy, "--json", check=True).stdout)
+    assert report["integrity"]["digits-int8.onnx"] == "sha256 mismatch"
     info = json.loads(edgeinfer_cli("inspect", DIGITS / "digits.onnx", "--json", check=True).stdout)
     assert info["op_counts"]["BatchNormalization"] >= 1 and info["edgeinfer_metadata"]["task"] == "classify"
 
