@@ -96,6 +96,10 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
     if not manifest["artifacts"]:
         raise EdgeInferError(f"{mpath} lists no artifacts")
     _check_shapes(manifest, mpath)
+    for key in ("profile", "calibration", "source"):   # optional objects the runtime reads fields of
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise EdgeInferError(f"{mpath}: {key!r} must be a JSON object, not {type(manifest[key]).__name__}; "
+                                 "re-run `edgeinfer convert`")
     for i, a in enumerate(manifest["artifacts"]):
         contained(bundle_dir, a["file"], f"artifacts[{i}].file")
     if manifest.get("labels") is not None:

@@ -217,3 +217,18 @@ def test_clean_names_every_node_uniquely():
 def test_int8_artifact_passes_the_onnx_checker(digits_q):
     model, calib, _ = digits_q
     onnx.checker.check_model(quantize_int8(model, calib, activation_dtype="uint8", pair_safe=True))
+
+
+@pytest.mark.parametrize("key", ["profile", "calibration", "source"])
+def test_manifest_objects_of_the_wrong_type_are_one_line_errors(bundles_on_host_kind, tmp_path, key):
+    """Found by the 1,000-input CLI fuzz: ``"profile": 1.5`` was an internal error in ``run``."""
+    import shutil
+    _, out = bundles_on_host_kind
+    copy = tmp_path / "b"
+    shutil.copytree(out / "digits-generic-x86-64", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest[key] = 1.5
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    proc = edgeinfer_cli("run", copy, sorted((DIGITS / "images").glob("*.png"))[0])
+    assert proc.returncode == 2 and f"'{key}' must be a JSON object" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
