@@ -51,6 +51,11 @@ _INTERP = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Imag
 _MODES = {"rgb": "RGB", "bgr": "RGB", "gray": "L"}
 
 
+def is_choice(value: Any, choices) -> bool:
+    """``value in choices`` for JSON values of any type (lists and objects are never a choice)."""
+    return isinstance(value, str) and value in choices
+
+
 @dataclass
 class Transform:
     """Maps model-input pixel coordinates back to original-image pixels.
@@ -105,11 +110,11 @@ class PreprocessConfig:
         return 1 if self.color == "gray" else 3
 
     def validate(self) -> None:
-        if self.color not in _MODES:
+        if not is_choice(self.color, _MODES):
             raise EdgeInferError(f"preprocess color {self.color!r} is not one of rgb, bgr, gray")
-        if self.resize_mode not in GEOMETRY:
+        if not is_choice(self.resize_mode, GEOMETRY):
             raise EdgeInferError(f"preprocess resize_mode {self.resize_mode!r} is not one of {', '.join(GEOMETRY)}")
-        if self.interpolation not in _INTERP:
+        if not is_choice(self.interpolation, _INTERP):
             raise EdgeInferError(f"preprocess interpolation {self.interpolation!r} is not one of {', '.join(_INTERP)}")
         for name in ("resize", "crop"):
             v = getattr(self, name)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgeInferError
+from ..preprocess import is_choice
 from .anchors import anchor_preset, is_preset_name
 from .decoders import DECODERS, SSD_ANCHOR_DEFAULTS, SSD_CODING_DEFAULTS, decode_ssd, get_decoder
 from .nms import METHODS, select
@@ -71,7 +72,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     cfg = {**DEFAULTS, **config}
     if cfg["kind"] != "detect":
         raise _fail("kind", f"{cfg['kind']!r} is not 'detect'")
-    if cfg["decoder"] not in DECODERS:
+    if not is_choice(cfg["decoder"], DECODERS):
         raise _fail("decoder", f"{cfg['decoder']!r} is not one of {', '.join(DECODERS)}; pass --decoder")
     _num(cfg, "score_threshold", 0.0, 1.0)
     _num(cfg, "iou_threshold", 0.0, 1.0)
@@ -79,7 +80,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     _num(cfg, "top_k", 1, 10**7, integer=True, allow_none=True)
     _num(cfg, "sigma", 1e-6, 1e6)
     _num(cfg, "num_classes", 1, 10**6, integer=True, allow_none=True)
-    if cfg["nms"] not in METHODS:
+    if not is_choice(cfg["nms"], METHODS):
         raise _fail("nms", f"{cfg['nms']!r} is not one of {', '.join(METHODS)}")
     for key in ("class_agnostic", "normalized_boxes", "keep_keypoints"):
         if not isinstance(cfg[key], bool):
@@ -277,7 +278,7 @@ def build_detect_postprocess(decoder: str, anchors_file: str | Path | None = Non
              "input_size": list(input_size) if input_size else None, **extra}
     cfg: dict[str, Any] = {"kind": "detect", "decoder": decoder, "nms": nms or ("weighted" if decoder == "ssd" else "hard"),
                            **{k: v for k, v in given.items() if v is not None}}
-    if decoder not in DECODERS:
+    if not is_choice(decoder, DECODERS):
         raise _fail("decoder", f"{decoder!r} is not one of {', '.join(DECODERS)}; pass --decoder")
     if anchors_file is not None:
         for k, v in load_anchors_file(anchors_file, decoder).items():
