@@ -190,3 +190,17 @@ def test_onnx_int4_converts_older_opsets_whose_ops_changed(tmp_path):
     x = np.random.default_rng(7).standard_normal((1, 8, 32)).astype(np.float32)
     ref = ort_run(plan_rtn(model, BLOCK32).apply(model), {"x": x})[0]
     np.testing.assert_allclose(run_artifact(art, x)[0], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_int4_weights_are_packed_two_per_byte():
+    """An int4 Conv weight costs half a byte per value in the file (not one varint per pair)."""
+    from onnx import TensorProto
+
+    from converters.emitters.onnx_int4 import read_integers, store_plan
+    model = clean_model(tiny_cnn(seed=3, size=16))
+    plan = plan_rtn(model, BLOCK32)
+    stored, _ = store_plan(model, plan)
+    int4 = [t for t in stored.graph.initializer if t.data_type == TensorProto.INT4]
+    assert int4 and plan.compare(read_integers(stored))["same_as_plan"]
+    for t in int4:
+        assert len(t.SerializeToString()) <= int(np.prod(t.dims)) // 2 + 64
