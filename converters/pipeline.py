@@ -80,6 +80,8 @@ class ConvertResult:
     bundles: list[Path]
     manifests: list[dict[str, Any]]
     prune_report: Any = None
+    # int4: granularity name -> {"candidates": {bits: {node: LayerQuant}}, "mix": MixResult} (size/accuracy curves)
+    int4_trace: dict[str, Any] = field(default_factory=dict)
 
 
 def _say(opts: ConvertOptions, msg: str) -> None:
@@ -250,27 +252,29 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
     return list(rep.excluded), entry
 
 
-def _int4_plans(model, calib_samples: np.ndarray | None, plans: dict[str, list[tuple[str, str]]], task: str,
-                post: dict[str, Any], labels, size_hw, opts: ConvertOptions) -> dict[str, Any]:
-    """int4 plans (GPTQ rounding + 4/8-bit mix on the calibration images) once per granularity the
-    planned formats need."""
+def _int4_plan(model, calib_samples: np.ndarray | None, calib: CalibrationResult | None,
+               plans: dict[str, list[tuple[str, str]]], task: str, post: dict[str, Any], labels, size_hw,
+               opts: ConvertOptions, trace: dict) -> Any:
+    """The one int4 plan (GPTQ rounding + 4/8-bit mix on the calibration images) every int4 artifact
+    stores: at the finest granularity all planned formats can store; when TFLite is among them the
+    mix is scored with int8 activations simulated from the shared calibration ranges (its artifact
+    computes so), which the float-activation formats then meet with margin."""
     fmts = sorted({f for plan in plans.values() for f, p in plan if p == "int4"})
     if not fmts or calib_samples is None:
-        return {}
-    from .int4 import FORMAT_GRANULARITY, build_plans
+        return None
+    from .int4 import build_plans, shared_granularity
+    from .int4.actsim import int8_activations
     from .verify import AGREEMENT, AGREEMENT_KEY, DEFAULT_AGREEMENT_FLOOR
 
     def agreement(ref, out) -> float:
         return AGREEMENT[task](ref, out, postprocess=post, labels=labels, input_hw=size_hw)[AGREEMENT_KEY[task]]
     target = DEFAULT_AGREEMENT_FLOOR if opts.min_agreement is None else opts.min_agreement
-    _say(opts, f"int4: error-compensating rounding and 4/8-bit mix for {', '.join(fmts)} (target agreement {target})")
-    return build_plans(model, [FORMAT_GRANULARITY[f] for f in fmts], calib_samples, target=target,
-                       agreement=agreement, progress=opts.progress)
-
-
-def _int4_for(int4_plans: dict[str, Any], fmt: str):
-    from .int4 import FORMAT_GRANULARITY
-    return int4_plans.get(FORMAT_GRANULARITY[fmt].name)
+    gran = shared_granularity(fmts)
+    simulate = {gran.name: lambda m: int8_activations(m, calib.ranges)} if "tflite" in fmts and calib else None
+    _say(opts, f"int4: error-compensating rounding and 4/8-bit mix ({gran.name}) for {', '.join(fmts)} "
+               f"(target agreement {target}{', int8 activations simulated' if simulate else ''})")
+    return build_plans(model, [gran], calib_samples, target=target, agreement=agreement, progress=opts.progress,
+                       trace=trace, simulate=simulate)[gran.name]
 
 
 def _open_source(opts: ConvertOptions) -> Source:
@@ -344,7 +348,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                           synthetic=bool(facts.get("synthetic")), progress=opts.progress)
     wants_int8 = any(prec == "int8" for plan in plans.values() for _, prec in plan)
     keep_float, mixed = _keep_float(model, calib if wants_int8 else None, task, post, opts)
-    int4_plans = _int4_plans(model, calib_samples, plans, task, post, labels, size_hw, opts)
+    int4_trace: dict[str, Any] = {}
+    int4_plan = _int4_plan(model, calib_samples, calib, plans, task, post, labels, size_hw, opts, int4_trace)
 
     source_path = Path(opts.model)
     base_manifest = {
@@ -386,7 +391,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                                   input_layout=_input_layout(fmt, profile, opts, src.layout),
                                   options=_emit_options(fmt, profile, opts, keep_float),
                                   preprocess=cfg.to_dict(), labels=labels, task=task, profile=profile.data,
-                                  int4=_int4_for(int4_plans, fmt) if precision == "int4" else None,
+                                  int4=int4_plan if precision == "int4" else None,
                                   postprocess=post)
                 key = _request_key(fmt, req)
                 if key in done:
@@ -439,7 +444,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
             write_manifest(tmp, manifest)
             bundles.append(target)
             manifests.append(manifest)
-    return ConvertResult(bundles, manifests, prune_report)
+    return ConvertResult(bundles, manifests, prune_report, int4_trace)
 
 
 def _prune_floor(model, report, reference, samples, task, post, labels, size_hw, opts: ConvertOptions) -> None:

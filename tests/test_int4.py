@@ -80,12 +80,34 @@ def test_every_format_stores_the_plan_integers(tiny, tmp_path):
     np.testing.assert_allclose(run_artifact(onnx_art, x[:1])[0], ref, rtol=1e-4, atol=1e-4)
 
 
-def test_a_plan_from_another_graph_is_refused(tiny, tmp_path):
+def test_a_plan_the_format_cannot_store_is_refused(tiny, tmp_path):
+    from converters.emitters.tflite.emitter import emit as emit_tflite
+    model, x = tiny
+    with pytest.raises(EdgeInferError, match="granularity block32 cannot be stored in tflite"):
+        emit_tflite(EmitRequest(model=model, precision="int4", out_path=tmp_path / "m.tflite", int4=plan_rtn(model, BLOCK32),
+                                calibration=calibration(model, x[:16]), input_layout="NHWC"))
+    assert not (tmp_path / "m.tflite").exists()
+
+
+def test_one_per_channel_plan_is_stored_identically_by_every_format(tiny, tmp_path):
+    """With TFLite among the formats the shared granularity is per channel, and ONNX and Core ML store
+    those very integers too."""
+    from converters.emitters.coreml.emitter import emit as emit_coreml
     from converters.emitters.onnx_emitter import emit as emit_onnx
-    model, _ = tiny
-    with pytest.raises(EdgeInferError, match="granularity"):
-        emit_onnx(EmitRequest(model=model, precision="int4", out_path=tmp_path / "m.onnx", int4=plan_rtn(model, PER_CHANNEL)))
-    assert not (tmp_path / "m.onnx").exists()
+    from converters.int4 import shared_granularity
+    model, x = tiny
+    assert shared_granularity(["onnx", "coreml"]) == BLOCK32
+    assert shared_granularity(["coreml", "onnx", "tflite"]) == PER_CHANNEL
+    chan = plan_rtn(model, PER_CHANNEL)
+    onnx_art = emit_onnx(EmitRequest(model=model, precision="int4", out_path=tmp_path / "m.onnx", int4=chan))
+    cml = emit_coreml(EmitRequest(model=model, precision="int4", out_path=tmp_path / "m.mlpackage", int4=chan,
+                                  options={"coreml_target": "iOS18"}))
+    for art in (onnx_art, cml):
+        c = art.details["int4_check"]
+        assert c["same_as_plan"] and c["plan_int_digest"] == chan.int_digest() and c["layers_checked"] == len(chan.layers)
+    from converters.verify import run_artifact
+    np.testing.assert_allclose(run_artifact(onnx_art, x[:1])[0], ort_run(chan.apply(model), {"x": x[:1]})[0],
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_mixed_search_promotes_layers_until_the_target(tiny):
@@ -130,8 +152,10 @@ def test_pipeline_int4_onnx_and_tflite_with_calibration(tmp_path):
         assert d["int4"]["search"]["target"] == 0.9 and d["int4"]["search"]["met"]
         assert all(layer["bits"] in (4, 8) and layer["bytes"] > 0 for layer in d["int4"]["layers"])
         assert a["verification"]["top1_agreement"] >= 0.9
-    assert arts["onnx"]["details"]["int4"]["granularity"] == "block32"
-    assert arts["tflite"]["details"]["int4"]["granularity"] == "channel"
+    # one plan for both (TFLite's granularity), its mix scored with int8 activations like the TFLite file
+    assert arts["onnx"]["details"]["int4"]["granularity"] == arts["tflite"]["details"]["int4"]["granularity"] == "channel"
+    assert arts["onnx"]["details"]["int4"]["int_digest"] == arts["tflite"]["details"]["int4"]["int_digest"]
+    assert arts["tflite"]["details"]["int4"]["search"]["activations"] == "int8 (simulated)"
     assert arts["onnx"]["size"] < 0.35 * res.manifests[0]["source"]["size"]
 
 
@@ -204,3 +228,31 @@ def test_onnx_int4_weights_are_packed_two_per_byte():
     assert int4 and plan.compare(read_integers(stored))["same_as_plan"]
     for t in int4:
         assert len(t.SerializeToString()) <= int(np.prod(t.dims)) // 2 + 64
+
+
+def test_simulated_int8_activations_track_the_tflite_artifact(tiny, tmp_path):
+    """The search's int8-activation simulation (the plan's weights, int8 activations) is closer to what
+    the TFLite file storing that plan computes than the float-activation graph is, and its output
+    lies on the int8 grid."""
+    from converters.emitters.tflite.emitter import emit as emit_tflite
+    from converters.int4.actsim import int8_activations
+    from converters.quant_math import qparams_from_range
+    from converters.verify import run_artifact
+    model, x = tiny
+    calib = calibration(model, x)
+    plan = plan_rtn(model, PER_CHANNEL, bits=8)
+    weights = plan.apply(model)
+    sim = int8_activations(weights, calib.ranges)
+    out_name = model.graph.output[0].name
+    assert out_name in {o.name for o in sim.graph.output}
+    n_q = sum(n.op_type == "QuantizeLinear" for n in sim.graph.node)
+    assert 0 < n_q < len(model.graph.node) + 1          # fused Conv->Relu/Clip outputs are not simulated
+    tfl = emit_tflite(EmitRequest(model=model, precision="int4", out_path=tmp_path / "m.tflite", calibration=calib,
+                                  input_layout="NHWC", int4=plan))
+    xs = x[:16]
+    f, s = (np.concatenate([ort_run(m, {"x": xs[i:i + 1]})[0] for i in range(len(xs))]) for m in (weights, sim))
+    t = run_artifact(tfl, xs)[0]
+    assert np.abs(s - t).mean() < 0.5 * np.abs(f - t).mean()
+    scale, zp = qparams_from_range(*calib.ranges[out_name], "int8")
+    grid = s / scale + zp
+    np.testing.assert_allclose(grid, np.round(grid), atol=1e-3)

@@ -1,12 +1,13 @@
 """INT4 weight math shared by every emitter: which layers, which integers, which bit-width.
 
-    plans = build_plans(model, [BLOCK32, PER_CHANNEL], calib_samples, target=0.9, agreement=fn)
-    plan = plans["block32"]          # -> EmitRequest.int4 for the ONNX and Core ML emitters
+    plans = build_plans(model, [shared_granularity(formats)], calib_samples, target=0.9, agreement=fn)
+    plan = plans["channel"]          # -> EmitRequest.int4 of every emitter (same integers everywhere)
 
 * ``layers``: the Conv/Gemm/MatMul weights as ``[out, K]`` matrices, granularity per format;
 * ``hessian``: the layers' input statistics on the calibration samples (one ORT pass);
 * ``gptq``: error-compensating rounding (GPTQ) with per-block scales; RTN without data;
 * ``mixed``: which layers stay at 8 bits, by measured sensitivity, until ``target`` is met;
+* ``actsim``: int8 activations simulated on the float graph (the search of full-integer formats);
 * ``plan``: the result (integers, scales, bits per layer), applied to a float model for search
   and checked against what each artifact stores.
 Emitters only store a plan (each in its own format); none of them rounds weights itself.
@@ -25,7 +26,8 @@ from edgeinfer.progress import Progress
 
 from . import hessian, mixed
 from .gptq import quantize_matrix
-from .layers import BLOCK32, FORMAT_GRANULARITY, PER_CHANNEL, Granularity, Layer, block_channels, find_layers, per_tensor, weight_of
+from .layers import (BLOCK32, FORMAT_GRANULARITY, PER_CHANNEL, STORABLE, Granularity, Layer, block_channels, find_layers,
+                     per_tensor, shared_granularity, weight_of)
 from .plan import Int4Plan, LayerQuant
 
 MAX_STAT_SAMPLES = 128
@@ -35,7 +37,7 @@ def quantize_layer(layer: Layer, w: np.ndarray, h: np.ndarray | None, bits: int,
     block = block_channels(layer, gran)
     pt = per_tensor(layer, gran)
     q, s = quantize_matrix(layer.to_matrix(w), h, bits, block * layer.kernel, pt)
-    return LayerQuant(layer, bits, block, pt, q, s)
+    return LayerQuant(layer, bits, block, pt, q, s, "nearest" if h is None else "gptq")
 
 
 def _candidates(model, layers, hs, gran: Granularity, bits: int) -> dict[str, LayerQuant]:
@@ -52,9 +54,13 @@ def plan_rtn(model: onnx.ModelProto, gran: Granularity, bits: int = 4) -> Int4Pl
 
 def build_plans(model: onnx.ModelProto, grans: list[Granularity], samples: np.ndarray, *, target: float,
                 agreement: Callable[[list[np.ndarray], list[np.ndarray]], float], mixed_search: bool = True,
-                progress: bool = True, trace: dict | None = None) -> dict[str, Int4Plan]:
-    """One plan per granularity (name -> plan): GPTQ on ``samples`` at 4 and 8 bits, then the
-    4/8 mix meeting ``target`` agreement on the same samples. Raises when no mix meets it.
+                progress: bool = True, trace: dict | None = None,
+                simulate: dict[str, mixed.Simulate] | None = None) -> dict[str, Int4Plan]:
+    """One plan per granularity (name -> plan): 4-bit candidates by GPTQ on ``samples`` (8-bit ones
+    rounded to nearest: at 8 bits rounding costs ~1/16 of the 4-bit error and GPTQ would double the
+    time), then the 4/8 mix meeting ``target`` agreement on the same samples. Raises when no mix meets it.
+    ``simulate`` (granularity name -> graph transform, e.g. ``actsim.int8_activations``) makes the
+    search score mixes in the arithmetic of the artifacts that store that granularity.
     ``trace`` (a dict) receives per granularity name the candidates and the ``MixResult`` (for curves)."""
     t0 = time.perf_counter()
     layers, skipped = find_layers(model)
@@ -69,18 +75,22 @@ def build_plans(model: onnx.ModelProto, grans: list[Granularity], samples: np.nd
             for bits in (4, 8):
                 cands[bits] = {}
                 for l in layers:
-                    cands[bits][l.node] = quantize_layer(l, weight_of(model, l), hs[l.node], bits, gran)
+                    cands[bits][l.node] = quantize_layer(l, weight_of(model, l), hs[l.node] if bits == 4 else None,
+                                                         bits, gran)
                     bar.update()
         base = Int4Plan(gran, dict(cands[4]), skipped, "gptq")
         if not mixed_search:
             plans[gran.name] = base
             continue
-        res = mixed.search(model, base, cands, stat, target, agreement, progress=progress)
+        sim = (simulate or {}).get(gran.name)
+        res = mixed.search(model, base, cands, stat, target, agreement, progress=progress,
+                           **({"simulate": sim} if sim else {}))
         if trace is not None:
             trace[gran.name] = {"candidates": cands, "mix": res}
         plan = Int4Plan(gran, {n: cands[b][n] for n, b in res.bits.items()}, skipped, "gptq")
         plan.search = {"target": target, "agreement_on_calibration": round(res.agreement, 4), "met": res.met,
                        "inputs": int(len(stat)), "evaluations": res.evaluations, "curve": res.curve,
+                       "activations": "int8 (simulated)" if sim else "float",
                        "most_sensitive": [n for n, _ in sorted(res.sensitivity, key=lambda r: -r[1])[:5]],
                        "seconds": round(time.perf_counter() - t0, 1)}
         if not res.met:
@@ -98,10 +108,10 @@ def build_plans(model: onnx.ModelProto, grans: list[Granularity], samples: np.nd
 
 def plan_for(plan: Int4Plan | None, model: onnx.ModelProto, fmt: str) -> Int4Plan:
     """An emitter's plan: the shared one, or a data-free round-to-nearest one at the format's granularity."""
-    gran = FORMAT_GRANULARITY[fmt]
-    plan = plan or plan_rtn(model, gran)
-    if plan.granularity != gran:
-        raise EdgeInferError(f"int4 plan granularity {plan.granularity.name} is not the {fmt} one ({gran.name})")
+    plan = plan or plan_rtn(model, FORMAT_GRANULARITY[fmt])
+    if plan.granularity not in STORABLE[fmt]:
+        raise EdgeInferError(f"int4 plan granularity {plan.granularity.name} cannot be stored in {fmt} "
+                             f"(it stores {', '.join(g.name for g in STORABLE[fmt])})")
     return plan
 
 
@@ -137,5 +147,5 @@ def check_floor(figures: dict, task: str, minimum: float | None, artifact_name: 
                          f"below the floor {floor}{mix}; nothing was written. Use int8, or lower --min-agreement")
 
 
-__all__ = ["BLOCK32", "PER_CHANNEL", "FORMAT_GRANULARITY", "Granularity", "Int4Plan", "LayerQuant", "build_plans",
+__all__ = ["BLOCK32", "PER_CHANNEL", "FORMAT_GRANULARITY", "STORABLE", "shared_granularity", "Granularity", "Int4Plan", "LayerQuant", "build_plans",
            "plan_rtn", "plan_for", "check_floor", "artifact_details", "quantize_layer", "find_layers"]

@@ -2,8 +2,9 @@
 
 One ONNX Runtime pass per batch exposes every layer's input tensor; convolution inputs are
 unfolded (im2col, the layer's pads/strides/dilations/groups) into rows of ``K`` values in the
-weight's column order. At most ``max_rows`` random rows per batch and layer are kept, which
-bounds the cost on large feature maps without biasing the estimate.
+weight's column order. About ``rows_per_layer`` random rows per layer are kept in all, spread
+evenly over the batches (more images, fewer positions each), which bounds the cost on large
+feature maps (it grows with rows x K^2) without biasing the estimate.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def _rows(x: np.ndarray, layer: Layer, a: dict | None, max_rows: int, rng) -> np
     return r[np.sort(rng.choice(len(r), max_rows, replace=False))] if len(r) > max_rows else r
 
 
-def collect(model: onnx.ModelProto, layers: list[Layer], samples: np.ndarray, *, max_rows: int = 2048,
+def collect(model: onnx.ModelProto, layers: list[Layer], samples: np.ndarray, *, rows_per_layer: int = 16384,
             seed: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
     """layer node name -> H [G, K, K] (float64, averaged over rows)."""
     probe = onnx.ModelProto.FromString(model.SerializeToString())
@@ -73,6 +74,7 @@ def collect(model: onnx.ModelProto, layers: list[Layer], samples: np.ndarray, *,
     feed = real_inputs(model)[0].name
     fixed = sess.get_inputs()[0].shape[0]
     step = 1 if fixed == 1 else BATCH
+    max_rows = max(64, -(-rows_per_layer // max(1, -(-len(samples) // step))))     # per batch
     attrs = {l.node: conv_node_attrs(model, l) if l.op == "Conv" else None for l in layers}
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}

@@ -29,8 +29,18 @@ class Granularity:
 
 BLOCK32 = Granularity("block32", 32)
 PER_CHANNEL = Granularity("channel", None, dense="tensor")
-# what each emitter can store (see the module docstring); formats sharing a granularity share integers
+# each emitter's preferred granularity (see the module docstring), and every one it can store
 FORMAT_GRANULARITY = {"onnx": BLOCK32, "coreml": BLOCK32, "tflite": PER_CHANNEL}
+STORABLE = {"onnx": (BLOCK32, PER_CHANNEL), "coreml": (BLOCK32, PER_CHANNEL), "tflite": (PER_CHANNEL,)}
+
+
+def shared_granularity(formats) -> Granularity:
+    """The finest granularity every format in ``formats`` can store: one plan, the same integers
+    in every artifact (block32 unless TFLite is among them; then per channel)."""
+    for gran in (BLOCK32, PER_CHANNEL):
+        if all(gran in STORABLE[f] for f in formats):
+            return gran
+    raise ValueError(f"no int4 granularity is storable by all of {sorted(formats)}")
 
 
 @dataclass

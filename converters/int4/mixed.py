@@ -24,6 +24,11 @@ from ..verify import run_reference
 from .plan import Int4Plan, LayerQuant
 
 Agreement = Callable[[list[np.ndarray], list[np.ndarray]], float]
+Simulate = Callable[[onnx.ModelProto], onnx.ModelProto]
+
+
+def _same(model: onnx.ModelProto) -> onnx.ModelProto:
+    return model
 
 
 @dataclass
@@ -47,15 +52,17 @@ def rel_error(ref: np.ndarray, out: np.ndarray) -> float:
 
 
 def rank(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, LayerQuant]], samples: np.ndarray,
-         progress: bool = True) -> tuple[list[tuple[str, float]], list[str]]:
+         progress: bool = True, simulate: Simulate = _same) -> tuple[list[tuple[str, float]], list[str]]:
     """(sensitivity per layer: relative output error with only that layer at 4 bits, promotion
-    order: layers by sensitivity per byte that 8 bits costs over 4, most deserving first)."""
-    ref = run_reference(model, samples)[0]
+    order: layers by sensitivity per byte that 8 bits costs over 4, most deserving first).
+    ``simulate`` turns a float graph into the arithmetic the artifact will use (e.g. int8
+    activations); the error is measured against the simulated float-weight model."""
+    ref = run_reference(simulate(model), samples)[0]
     sens = []
     with Progress("int4: layer sensitivity", len(cands[4]), progress) as bar:
         for n in cands[4]:
             one = Int4Plan(base.granularity, {n: cands[4][n]}, base.skipped, base.method)
-            sens.append((n, rel_error(ref, run_reference(one.apply(model), samples)[0])))
+            sens.append((n, rel_error(ref, run_reference(simulate(one.apply(model)), samples)[0])))
             bar.update()
     cost = {n: max(cands[8][n].nbytes - cands[4][n].nbytes, 1) for n in cands[4]}
     s = dict(sens)
@@ -68,9 +75,11 @@ def mix_of(order: list[str], k: int) -> dict[str, int]:
 
 
 def search(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, LayerQuant]], samples: np.ndarray,
-           target: float, agreement: Agreement, *, sens_samples: int = 16, progress: bool = True) -> MixResult:
+           target: float, agreement: Agreement, *, sens_samples: int = 16, progress: bool = True,
+           simulate: Simulate = _same) -> MixResult:
     """The mix of 4/8 bits (see module docstring). ``cands[bits][node]`` are the per-layer
-    quantizations to choose from; ``agreement(reference_outputs, outputs)`` scores a model."""
+    quantizations to choose from; ``agreement(reference_outputs, outputs)`` scores a model run
+    as ``simulate`` makes it (default: float activations) against the float model."""
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     nodes = list(cands[4])
     ref = run_reference(model, samples)
@@ -79,7 +88,7 @@ def search(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, La
     def measure(bits: dict[str, int]) -> float:
         res.evaluations += 1
         plan = _plan(base, cands, bits)
-        a = float(agreement(ref, run_reference(plan.apply(model), samples)))
+        a = float(agreement(ref, run_reference(simulate(plan.apply(model)), samples)))
         res.curve.append({"layers_8bit": sum(1 for b in bits.values() if b == 8), "weight_bytes": plan.weight_bytes(),
                           "agreement": round(a, 4)})
         return a
@@ -90,7 +99,7 @@ def search(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, La
     if res.agreement >= target:
         res.met = True
         return res
-    res.sensitivity, res.order = rank(model, base, cands, samples[:sens_samples], progress)
+    res.sensitivity, res.order = rank(model, base, cands, samples[:sens_samples], progress, simulate)
     res.evaluations += len(nodes)
     mix = lambda k: mix_of(res.order, k)      # noqa: E731
 

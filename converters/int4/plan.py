@@ -25,6 +25,7 @@ class LayerQuant:
     per_tensor: bool
     q: np.ndarray
     scales: np.ndarray
+    rounding: str = "gptq"  # "gptq" (error-compensating, calibration data) | "nearest"
 
     @property
     def block_cols(self) -> int:
@@ -102,7 +103,7 @@ class Int4Plan:
         return {
             "granularity": self.granularity.name, "method": self.method, "int_digest": self.int_digest(),
             "bits": self.bits_summary(), "weight_bytes": self.weight_bytes(), "left_float": self.skipped,
-            "layers": [{"node": n, "op": lq.layer.op, "bits": lq.bits, "block_channels": lq.block,
+            "layers": [{"node": n, "op": lq.layer.op, "bits": lq.bits, "rounding": lq.rounding, "block_channels": lq.block,
                         "per_tensor": lq.per_tensor, "bytes": lq.nbytes} for n, lq in self.layers.items()],
             "search": self.search,
         }
