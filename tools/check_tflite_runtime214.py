@@ -40,8 +40,9 @@ def _models(quick: bool):
     models = dict(op_cases()) if not quick else {k: v for k, v in op_cases().items() if k.startswith(("conv", "resize", "gemm"))}
     models["tiny_cnn"] = tiny_cnn()
     digits = ROOT / "samples" / "digits" / "digits.onnx"
-    if digits.exists():
-        models["digits"] = onnx.load(str(digits))
+    if digits.exists():      # cleaned (BatchNorm folded) as the pipeline gives it: int4 plans need that graph
+        from converters.clean import clean_model
+        models["digits"] = clean_model(onnx.load(str(digits)))
     return models
 
 

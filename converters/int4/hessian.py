@@ -74,21 +74,24 @@ def collect(model: onnx.ModelProto, layers: list[Layer], samples: np.ndarray, *,
     feed = real_inputs(model)[0].name
     fixed = sess.get_inputs()[0].shape[0]
     step = 1 if fixed == 1 else BATCH
-    max_rows = max(64, -(-rows_per_layer // max(1, -(-len(samples) // step))))     # per batch
+    max_rows = max(64, -(-rows_per_layer // max(1, -(-len(samples) // BATCH))))     # per chunk of BATCH images
     attrs = {l.node: conv_node_attrs(model, l) if l.op == "Conv" else None for l in layers}
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     rng = np.random.default_rng(seed)
     with Progress("int4: layer statistics", len(samples), progress) as bar:
-        for i in range(0, len(samples), step):
-            outs = dict(zip(wanted, sess.run(wanted, {feed: samples[i:i + step]})))
+        for i in range(0, len(samples), BATCH):    # a chunk of images per unfold + product (batch-1 models too)
+            chunk = samples[i:i + BATCH]
+            runs = [sess.run(wanted, {feed: chunk[j:j + step]}) for j in range(0, len(chunk), step)]
+            outs = {name: np.concatenate([r[k] for r in runs]) for k, name in enumerate(wanted)}
             for l in layers:
-                r = _rows(outs[l.input].astype(np.float32), l, attrs[l.node], max_rows, rng)
+                r = _rows(outs[l.input].astype(np.float32, copy=False), l, attrs[l.node], max_rows, rng)
                 if r.shape[1] == 1:                                  # float32 products, float64 sums
                     h = (r[:, 0].T @ r[:, 0])[None].astype(np.float64)
-                else:
-                    h = np.einsum("rgk,rgl->gkl", r, r, optimize=True).astype(np.float64)
+                else:                                                # per group: batched [G, K, R] @ [G, R, K]
+                    g = np.ascontiguousarray(r.transpose(1, 0, 2))
+                    h = (g.transpose(0, 2, 1) @ g).astype(np.float64)
                 sums[l.node] = sums.get(l.node, 0) + h
                 counts[l.node] = counts.get(l.node, 0) + len(r)
-            bar.update(len(samples[i:i + step]))
+            bar.update(len(chunk))
     return {k: v / max(counts[k], 1) for k, v in sums.items()}
