@@ -97,28 +97,30 @@ def _drop_unused(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _weight_rows(op_type: str, attrs: dict, w: np.ndarray, axis: int) -> list[np.ndarray] | None:
-    """The weight as (outputs, K) matrices, one per K ordering a GEMM kernel may pack it in;
+def _weight_rows(op_type: str, attrs: dict, w: np.ndarray, axis: int) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """The weight as an (outputs, K) matrix and the K orderings a GEMM kernel may pack it in;
     None where the op is not lowered to a u8s8 GEMM (depthwise convolutions run their own exact kernel)."""
     if op_type == "Conv":
         group = int(attrs.get("group", 1))
         if w.ndim != 4 or (w.shape[1] == 1 and group == w.shape[0] and group > 1) or axis != 0:
             return None
         m = w.shape[0]
-        return [w.reshape(m, -1), w.transpose(0, 2, 3, 1).reshape(m, -1)]   # (c, kh, kw) and (kh, kw, c)
+        # (c, kh, kw) and (kh, kw, c)
+        return w.reshape(m, -1), [np.arange(w[0].size), np.arange(w[0].size).reshape(w.shape[1:]).transpose(1, 2, 0).ravel()]
     if w.ndim != 2:
         return None
     out_axis = 0 if (op_type == "Gemm" and attrs.get("transB", 0)) else 1
     if axis != out_axis:
         return None
-    return [w if out_axis == 0 else w.T]
+    rows = w if out_axis == 0 else w.T
+    return rows, [np.arange(rows.shape[1])]
 
 
 def make_pair_safe(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> int:
     """Re-quantize, in place, the int8 weights of every GEMM-lowered Conv/Gemm/MatMul of the QDQ
     ``qmodel`` with ``quant_math.pair_safe_per_channel`` from the float weights of ``float_model``
     (matched by node name). Returns how many weight tensors lost precision (a scale grew)."""
-    from .quant_math import pair_safe_per_channel, pair_sums
+    from .quant_math import pair_safe_per_channel
     f_inits = {t.name: t for t in float_model.graph.initializer}
     f_nodes = {n.name: n for n in float_model.graph.node if n.name}
     q_inits = {t.name: t for t in qmodel.graph.initializer}
@@ -142,14 +144,15 @@ def make_pair_safe(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> int
         scale_t = q_inits[dq.input[1]]
         if int(np.prod(scale_t.dims or [1])) == 1:
             continue   # per-tensor weights (not produced by this recipe)
-        rows = _weight_rows(node.op_type, attrs, w, axis)
-        if rows is None:
+        found = _weight_rows(node.op_type, attrs, w, axis)
+        if found is None:
             continue
-        q_rows, scales = pair_safe_per_channel(rows[0], np.max([pair_sums(r) for r in rows], axis=0))
+        rows, orders = found
+        q_rows, scales = pair_safe_per_channel(rows, orders)
         if node.op_type == "Conv":
             q = q_rows.reshape(w.shape)
         else:
-            q = q_rows if rows[0] is w else q_rows.T
+            q = q_rows if rows is w else q_rows.T
         old = numpy_helper.to_array(scale_t)
         widened += int(np.any(scales > old * (1 + 1e-6)))
         wq_t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(q), wq_t.name))
