@@ -38,11 +38,14 @@ def tensors_range(calib: CalibrationResult) -> TensorsData:
 
 
 def quantize_int8(model: onnx.ModelProto, calib: CalibrationResult, *, per_channel: bool = True,
-                  nodes_to_exclude=(), activation_dtype: str = "int8", pair_safe: bool = False) -> onnx.ModelProto:
+                  nodes_to_exclude=(), activation_dtype: str = "int8", pair_safe: bool = False,
+                  bias_correction: bool = True) -> onnx.ModelProto:
     """Static QDQ int8: per-channel symmetric int8 weights, activations from the shared ranges.
 
     ``pair_safe``: weights re-quantized so x86 u8s8 kernels without VNNI cannot saturate
     (``make_pair_safe``); for targets whose int8 kernels saturate (``edgeinfer.int8_arith``).
+    ``bias_correction``: float biases absorb the mean shift the weight rounding causes on the
+    calibration images (``converters.bias_correction``; input means cached on ``calib``).
     """
     if calib is None:
         raise EdgeInferError("int8 needs calibration data: pass --calib DIR (or --calib-synthetic to accept random inputs)")
@@ -60,6 +63,9 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationResult, *, per_chann
     sort_nodes(qmodel)   # the quantizer appends its Q/DQ nodes; the checker wants dependency order
     if pair_safe:
         make_pair_safe(qmodel, model)
+    if bias_correction and calib.samples is not None and len(calib.samples):
+        from .bias_correction import correct_biases
+        correct_biases(qmodel, model, calib.samples, calib.channel_means)
     return qmodel
 
 

@@ -32,6 +32,7 @@ class CalibrationResult:
     num_images: int                   # images used
     skipped: int = 0                  # unreadable images skipped
     synthetic: bool = False           # True when no real data was given (explicit user flag)
+    channel_means: dict[str, np.ndarray] = field(default_factory=dict)  # per-channel input means, measured on demand
 
 
 @dataclass
