@@ -232,3 +232,56 @@ def test_manifest_objects_of_the_wrong_type_are_one_line_errors(bundles_on_host_
     proc = edgeinfer_cli("run", copy, sorted((DIGITS / "images").glob("*.png"))[0])
     assert proc.returncode == 2 and f"'{key}' must be a JSON object" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def _coarse_pair_safe(w: np.ndarray, orders: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The earlier recipe: each row's scale grown to its largest pair sum / 127 (every pair fits unchanged)."""
+    from converters.quant_math import pair_sums
+    reach = np.max([pair_sums(w[:, o]) for o in orders], axis=0)
+    s = np.maximum(np.abs(w).max(axis=1), reach) / 127.0
+    return np.round(w / s[:, None]), s
+
+
+def test_pair_safe_rounding_fits_every_order_and_beats_a_coarser_scale():
+    from converters.quant_math import pair_safe_per_channel
+    rng = np.random.default_rng(3)
+    w = rng.standard_t(3, (32, 8 * 3 * 3))              # heavy tails: some rows have two large neighbours
+    orders = [np.arange(w.shape[1]), np.arange(w.shape[1]).reshape(8, 3, 3).transpose(1, 2, 0).ravel()]
+    q, s = pair_safe_per_channel(w, orders)
+    qi = q.astype(np.int32)
+    for o in orders:
+        r = qi[:, o]
+        a, b = r[:, 0::2], r[:, 1::2]
+        assert np.where(a * b > 0, np.abs(a) + np.abs(b), 0).max() <= 128
+    err = ((qi * s[:, None] - w) ** 2).sum(axis=1)
+    cq, cs = _coarse_pair_safe(w, orders)
+    coarse = ((cq * cs[:, None] - w) ** 2).sum(axis=1)
+    assert np.all(err <= coarse * (1 + 1e-4)) and err.sum() < 0.97 * coarse.sum()
+
+
+def _conv_model(group: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(group)
+    c, m = 8, 8 if group > 1 else 16
+    w = numpy_helper.from_array(rng.standard_t(3, (m, c // group, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.normal(0, 0.1, m).astype(np.float32), "b")
+    node = onnx.helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", group=group, pads=[1] * 4)
+    graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, c, 12, 12])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, m, 12, 12])], [w, b])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("group", [1, 8])
+def test_bias_correction_removes_the_mean_shift_of_weight_rounding(group):
+    """Measured with the ONNX spec's QDQ float semantics (unfused): no host kernel is involved."""
+    model = _conv_model(group)
+    rng = np.random.default_rng(7)
+    x = (rng.random((24, 8, 12, 12)) * 2 + rng.random((1, 8, 1, 1)) * 3).astype(np.float32)  # channel means far from 0
+    calib = calibrate(model, x, progress=False)
+    want = _run(model, x)
+
+    def shift(**kw):
+        out = _run(quantize_int8(model, calib, pair_safe=group == 1, **kw), x, optimize=False)
+        return np.abs((out - want)[:, :, 1:-1, 1:-1].mean(axis=(0, 2, 3))).mean()   # away from the padded border
+
+    plain, corrected = shift(bias_correction=False), shift()
+    assert corrected < 0.3 * plain
