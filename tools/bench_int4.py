@@ -84,8 +84,11 @@ def _cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _curve_points(n_layers: int, chosen: int) -> list[int]:
-    return sorted({0, 2, 4, 8, 16, 32, n_layers, chosen} & set(range(n_layers + 1)))
+def _curve_points(spec: str, n_layers: int, chosen: int) -> list[int]:
+    """``spec``: comma-separated layer counts, ``all`` and ``chosen`` allowed; empty: no curve."""
+    names = {"all": n_layers, "chosen": chosen}
+    ks = {names[t] if t in names else int(t) for t in spec.split(",") if t.strip()}
+    return sorted(ks & set(range(n_layers + 1)))
 
 
 def mobilenet(args, rows: list[tuple[str, str, str]], tmp: Path) -> list[dict]:
@@ -148,6 +151,8 @@ def mobilenet(args, rows: list[tuple[str, str, str]], tmp: Path) -> list[dict]:
                  "each emitter read its artifact back and compared with the plan"))
 
     # the size/accuracy curve of the mix: k most deserving layers (the search's order) at 8 bits
+    if not args.curve.strip():
+        return []
     (gran_name, tr), = res.int4_trace.items()
     cands, mix = tr["candidates"], tr["mix"]
     cmodel = clean_model(model)
@@ -160,7 +165,7 @@ def mobilenet(args, rows: list[tuple[str, str, str]], tmp: Path) -> list[dict]:
                      simulate=lambda m: int8_activations(m, calib.ranges))[1]
     chosen = sum(1 for b in mix.bits.values() if b == 8)
     curve = []
-    for k in _curve_points(len(order), chosen):
+    for k in _curve_points(args.curve, len(order), chosen):
         plan = Int4Plan(granularity, {n: cands[b][n] for n, b in mix_of(order, k).items()})
         q, _ = store_plan(cmodel, plan)
         acc_onnx = top1(run_reference(q, x_eval)[0], y)
@@ -255,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--coreml-eval", type=int, default=200, help="photos run through the (slow) Core ML evaluator")
     ap.add_argument("--skip-mobilenet", action="store_true")
     ap.add_argument("--skip-transformer", action="store_true")
+    ap.add_argument("--curve", default="0,2,4,8,16,32,all,chosen",
+                    help="MobileNetV2 curve points: layers at 8 bits (comma list; 'all', 'chosen'; empty: none)")
     ap.add_argument("--plot", type=Path, help="write the MobileNetV2 size/accuracy curve as a PNG here")
     ap.add_argument("--json", type=Path, help="write the rows and the curve as JSON here")
     args = ap.parse_args(argv)
@@ -267,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"no {args.realdata}/mobilenet_v2.onnx: skipping the MobileNetV2 figures")
             else:
                 curve = mobilenet(args, rows, Path(tmp))
-                if args.plot:
+                if args.plot and curve:
                     plot(curve, args.plot)
                 if args.json:
                     args.json.write_text(json.dumps({"rows": rows, "curve": curve}, indent=1))
