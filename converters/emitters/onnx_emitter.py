@@ -26,10 +26,12 @@ def _int8(req: EmitRequest) -> tuple[onnx.ModelProto, list[str]]:
                                         nodes_to_exclude=req.options.get("nodes_to_exclude", ()), activation_dtype=act,
                                         pair_safe=pair_safe)
     notes = [f"static QDQ: per-channel int8 weights, {act} activations ({req.calibration.method} calibration)"]
+    notes.append("bias correction: Conv/Gemm biases absorb the mean output shift of weight rounding on the calibration images")
     if pair_safe:
         notes.append("pair-safe weights (|w[2j]|+|w[2j+1]| <= 128 per output channel): x86 CPUs without VNNI cannot "
-                     "saturate their 16-bit pair sums, so every CPU computes the same; channels with two large adjacent "
-                     "weights get a coarser scale (depthwise convolutions keep full 8 bits)")
+                     "saturate their 16-bit pair sums, so every CPU computes the same; a channel with two large adjacent "
+                     "weights gets the scale (between 8-bit and pair-sum/127) with the least weight error, its "
+                     "over-limit pairs moved to the nearest pair on the limit (depthwise convolutions keep full 8 bits)")
     else:
         notes.append("full 8-bit weights for exact-accumulating int8 kernels (ARM NEON/dot-product, x86 VNNI); x86 CPUs "
                      "without VNNI saturate 16-bit pair sums with them, so such hosts verify in exact integer arithmetic")
