@@ -114,18 +114,32 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 def sort_nodes(model: onnx.ModelProto) -> bool:
     """Put the nodes of the main graph in dependency order, in place (ONNX Runtime's quantizers and
     some fp16 converters append nodes at the end); False, untouched, on a cycle or a missing input."""
+    import heapq
     g = model.graph
     ready = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
-    pending, ordered = list(g.node), []
-    while pending:
-        rest = [n for n in pending if not all(i in ready for i in n.input)]
-        done = [n for n in pending if all(i in ready for i in n.input)]
-        if not done:
-            return False
-        for n in done:
-            ready.update(n.output)
-        ordered += done
-        pending = rest
+    nodes = list(g.node)
+    missing = [sum(1 for i in set(n.input) if i not in ready) for n in nodes]
+    waiting: dict[str, list[int]] = {}
+    for k, n in enumerate(nodes):
+        for i in set(n.input):
+            if i not in ready:
+                waiting.setdefault(i, []).append(k)
+    heap = [k for k, m in enumerate(missing) if m == 0]   # Kahn's algorithm, original order among the ready
+    heapq.heapify(heap)
+    ordered = []
+    while heap:
+        k = heapq.heappop(heap)
+        ordered.append(nodes[k])
+        for o in nodes[k].output:
+            if o in ready:
+                continue
+            ready.add(o)
+            for c in waiting.pop(o, []):
+                missing[c] -= 1
+                if missing[c] == 0:
+                    heapq.heappush(heap, c)
+    if len(ordered) != len(nodes):
+        return False
     copies = [onnx.NodeProto() for _ in ordered]
     for c, n in zip(copies, ordered):
         c.CopyFrom(n)
