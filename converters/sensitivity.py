@@ -65,8 +65,9 @@ class SensitivityReport:
     out_of_time: bool = False
 
 
-def run_outputs(model: onnx.ModelProto, inputs: np.ndarray, threads: int = 1) -> Outputs:
-    """All outputs of ``model`` for each sample of ``inputs`` (run one at a time: batch 1 graphs)."""
+def run_outputs(model: onnx.ModelProto, inputs: np.ndarray, threads: int | None = None) -> Outputs:
+    """All outputs of ``model`` for each sample of ``inputs`` (run one at a time: batch 1 graphs);
+    ``threads`` None: ONNX Runtime's default (every physical core)."""
     sess = cpu_session(model, threads)
     name = sess.get_inputs()[0].name
     return [sess.run(None, {name: np.ascontiguousarray(x[None], dtype=np.float32)}) for x in inputs]
@@ -238,6 +239,9 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
                 break
             report.scan.append((_label(c), measure(_names(c))))
             bar.update()
+            if report.scan[-1][1] >= target:   # this candidate alone meets the target: nothing to add
+                cands = cands[:len(report.scan)]
+                break
     best = max(report.scan, key=lambda r: r[1], default=None)
     if best is not None:
         log(f"  best single node kept in float: {best[0]} -> {best[1]:.4f}")
@@ -253,7 +257,7 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
             continue
         if excluded and out_of_time():   # past the budget, still take the first step that helps
             break
-        m = measure(excluded + names)
+        m = report.scan[i][1] if not excluded else measure(excluded + names)   # alone: measured in the scan
         ok = m > current
         report.steps.append((_label(cands[i]), m, ok))
         log(f"  greedy: + {_label(cands[i])} -> {m:.4f} ({'kept' if ok else 'dropped'})")
