@@ -1,6 +1,7 @@
 """Calibration, done ONCE per conversion: activation ranges of every float tensor.
 
-Uses ONNX Runtime's calibrators (minmax / percentile / entropy). The resulting
+Uses ONNX Runtime's calibrators (minmax / percentile / entropy); ``mse`` is min/max over every
+image, then each activation clipped to its least-squared-error range (``converters.range_clip``). The resulting
 ``CalibrationResult.ranges`` feed the ONNX QDQ quantizer and every other emitter.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "percentile": CalibrationMethod.Percentile,
     "entropy": CalibrationMethod.Entropy,
+    "mse": CalibrationMethod.MinMax,   # then clipped by converters.range_clip
 }
 
 
@@ -79,6 +81,9 @@ def collect_ranges(model: onnx.ModelProto, samples: np.ndarray, method: str = "m
     for name, data in tensors.data.items():
         lo, hi = data.range_value
         ranges[name] = (float(np.asarray(lo).min()), float(np.asarray(hi).max()))
+    if method == "mse":
+        from .range_clip import mse_clip_ranges
+        ranges = mse_clip_ranges(model, samples, ranges, progress)
     return ranges
 
 

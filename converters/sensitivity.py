@@ -10,7 +10,7 @@
    decode tail) is excluded ALONE and the metric re-measured;
 3. greedily accumulates the candidates that helped, best first (the smallest among those that
    reach the target alone), keeping each only if it raises the metric, until the drop is within
-   ``tolerance`` or ``budget`` nodes are kept in float;
+   ``tolerance`` or ``budget`` weighted nodes are kept in float;
 4. when the target is met, drops again each kept node the target does not need.
 
 ``metric_fn(outputs) -> float`` scores a model's outputs on ``eval_inputs`` (higher is better):
@@ -173,7 +173,8 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
 
     ``candidates`` None: the ``head_groups`` plus the quantized nodes, ranked by the SQNR they lose
     in one instrumented run (``converters.int8_error``) and cut to the ``top_k`` worst (``top_k``
-    None: every quantized node, head first). ``budget`` caps the number of nodes kept in float.
+    None: every quantized node, head first). ``budget`` caps the number of Conv/Gemm/MatMul nodes kept
+    in float (elementwise and shape nodes of a kept group, e.g. a detector's decode tail, are free).
     ``tolerance`` is the allowed metric drop below fp32 (absolute, in ``metric_fn`` units).
     ``calibration`` reuses ranges already collected; ``quantize(model, calib, nodes_to_exclude)``
     replaces the default recipe. ``time_budget`` (seconds, from the start of the search): after it no
@@ -193,6 +194,10 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
     report = SensitivityReport(float("nan"), float("nan"), float("nan"))
 
     t_start = time.perf_counter()
+    ops = {n.name: n.op_type for n in model.graph.node}
+
+    def weighted(names: Sequence[str]) -> int:   # the budget counts compute kept in float, not decode arithmetic
+        return sum(ops.get(n) in WEIGHTED_OPS for n in names)
 
     def out_of_time() -> bool:
         report.out_of_time = time_budget is not None and time.perf_counter() - t_start > time_budget
@@ -215,7 +220,7 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
     always: list[Candidate] = []     # evaluated even past the time budget: the known int8 failure points
     if candidates is None:
         nodes = quantized_nodes(naive)
-        always = [*head_groups(model), *mixed_range_concats(model, calib.ranges)]
+        always = [*mixed_range_concats(model, calib.ranges), *head_groups(model)]   # smallest first
         if top_k is None:
             candidates = [*head_groups(model), *reversed(nodes)]
         else:
@@ -253,7 +258,7 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
     current = report.naive_metric
     for i in ranked:
         names = [n for n in _names(cands[i]) if n not in excluded]
-        if not names or len(excluded) + len(names) > budget:
+        if not names or weighted(excluded + names) > budget:
             continue
         if excluded and out_of_time():   # past the budget, still take the first step that helps
             break
