@@ -134,3 +134,21 @@ def test_distillation_stops_at_its_time_budget():
     _, rep = _distill(m, _smooth(32), epochs=10_000, time_budget=1.0)
     d = rep.distillation
     assert d["stopped_by_budget"] and 0 < d["steps"] < 20_000 and d["seconds"] < 30
+
+
+def test_distillation_that_hurts_the_held_out_images_is_undone():
+    """A diverging run (absurd learning rate) must not ship: the held-out KL rises, the
+    least-squares weights come back, and the report says so."""
+    g = G(seed=5)
+    a = g.relu(g.bn(g.conv("input", 3, 24), 24))
+    m = g.model(g.gemm(g.op("Flatten", [g.op("GlobalAveragePool", [g.relu(g.conv(a, 24, 24))])], axis=1), 24, 10))
+    calib, test = _smooth(40), _smooth(8, seed=3)
+    lsq, _ = prune_model(m, PruneConfig(ratio=0.5, criterion="l1", allocation="uniform"), calib, progress_bar=False)
+    bad, rep = _distill(m, calib, lr=1e3, epochs=3)
+    held = rep.distillation["held_out"]
+    assert held["images"] == 4 and held["reverted"] and held["kl_after"] > held["kl_before"]
+    assert any("undone" in n for n in rep.distillation["notes"])
+    np.testing.assert_allclose(run(bad, test), run(lsq, test), rtol=1e-4, atol=1e-4)
+    good, rep = _distill(m, calib)
+    held = rep.distillation["held_out"]
+    assert not held["reverted"] and held["kl_after"] < held["kl_before"]

@@ -1,21 +1,25 @@
 """Accuracy vs MACs under structured pruning: the digits sample, and a real pretrained model on real photos.
 
     .venv/bin/python tools/plot_prune_curve.py [-o docs/prune_curve.png] [--max-ratio 0.7] [--step 0.1]
-        [--real /work/realdata --cuts 0.1,0.2,0.35 --recover lsq,distill --budget 900 --json rows.json]
+        [--real /work/realdata --cuts 0.2,0.35 --recover lsq,distill --budget 900 --extra-recovery 600
+         --json rows.json --save-dir pruned/]
 
 Digits panel: held-out top-1 for uniform ratios 0..--max-ratio, without / with least-squares
 reconstruction (no training). Real panel (``--real DIR``, the layout of /work/realdata: a model
 ``mobilenet_v2.onnx`` with edgeinfer metadata, ``calib/`` and ``eval/`` with ``labels.tsv``):
 per MAC cut (``--prune-flops``, per-group allocation by measured sensitivity) and per recovery
 (``lsq``: least squares only; ``distill``: that plus label-free distillation from the unpruned
-model on the calib photos, ``--budget`` seconds), top-1 on the eval photos and top-1 agreement
-with the unpruned model. Labels are read only to score; pruning and recovery never see them.
-Prints every row as it is measured.
+model, ``--budget`` seconds), top-1 on the scored photos and top-1 agreement with the unpruned
+model. Recovery data (unlabelled): the calib photos plus ``--extra-recovery`` N of the eval photos
+(N = 600 takes 3 of every 4 in labels.tsv order); the other eval photos (every 4th, >= 200) are
+the scored ones, disjoint from everything pruning and recovery see. Labels are read only to
+score. Prints every row as it is measured, with wall and process CPU seconds and the load average.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,31 +69,56 @@ def logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return np.concatenate([sess.run(None, {name: x[i:i + step]})[0] for i in range(0, len(x), step)]).reshape(len(x), -1)
 
 
-def real_rows(root: Path, cuts: list[float], recovers: list[str], budget: float) -> tuple[float, list[dict]]:
-    from converters.prune.distill import DistillConfig
+def split_recovery(calib: np.ndarray, x: np.ndarray, y: np.ndarray, extra: int):
+    """(unlabelled recovery images, scored images, their labels): calib plus ``extra`` eval photos
+    (3 of every 4 in file order, at most 600) for recovery, every 4th eval photo scored."""
+    held = np.arange(len(x)) % 4 == 3
+    if extra > int((~held).sum()):
+        raise SystemExit(f"--extra-recovery {extra}: at most {int((~held).sum())} eval photos can be used "
+                         "(every 4th is kept for scoring)")
+    if extra == 0:
+        return calib, x, y
+    return np.concatenate([calib, x[~held][:extra]]), x[held], y[held]
+
+
+def cpu_seconds() -> float:
+    return time.process_time()
+
+
+def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, extra: int,
+              save_dir: Path | None) -> tuple[float, list[dict]]:
     model = onnx.load(root / "mobilenet_v2.onnx")
     meta = {p.key: p.value for p in model.metadata_props}
     cfg = PreprocessConfig.from_dict(json.loads(meta["edgeinfer.preprocess"]))
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     calib, _ = load_split(root, "calib", cfg, (dims[2], dims[3]))
     x, y = load_split(root, "eval", cfg, (dims[2], dims[3]))
+    recovery, x, y = split_recovery(calib, x, y, extra)
     ref = logits(model, x).argmax(1)
     base = 100 * float((ref == y).mean())
-    print(f"real: unpruned top-1 {base:.2f}% on {len(x)} eval photos; recovery data: {len(calib)} calib photos (unlabelled)")
+    print(f"real: unpruned top-1 {base:.2f}% on {len(x)} scored eval photos; recovery data: {len(recovery)} "
+          f"unlabelled photos ({len(calib)} calib + {len(recovery) - len(calib)} eval, disjoint from the scored ones)")
     rows = []
     for cut in cuts:
         for rec in recovers:
-            t0 = time.perf_counter()
-            pc = PruneConfig(flops_target=cut, recover=rec, distill=DistillConfig(time_budget=budget))
-            pm, rep = prune_model(model, pc, calib)
-            seconds = time.perf_counter() - t0
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            pc = PruneConfig(flops_target=cut, recover=rec, distill=distill_cfg)
+            pm, rep = prune_model(model, pc, recovery)
+            seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
             pred = logits(pm, x).argmax(1)
             row = {"cut": cut, "recover": rec, "macs": rep.macs[1], "macs_drop": round(rep._drop(rep.macs), 4),
                    "top1": round(100 * float((pred == y).mean()), 2), "agreement": round(float((pred == ref).mean()), 4),
-                   "seconds": round(seconds), "distillation": rep.distillation}
+                   "seconds": round(seconds), "cpu_seconds": round(cpu), "load": round(os.getloadavg()[0], 1),
+                   "scored": int(len(x)), "recovery_images": int(len(recovery)), "distillation": rep.distillation}
             rows.append(row)
+            d = rep.distillation
             print(f"  cut {cut:.2f} {rec:<8} MACs -{100 * row['macs_drop']:.1f}%  top-1 {row['top1']:.2f}% "
-                  f"({row['top1'] - base:+.2f} pt)  agreement {row['agreement']:.3f}  {seconds:.0f} s", flush=True)
+                  f"({row['top1'] - base:+.2f} pt)  agreement {row['agreement']:.3f}  wall {seconds:.0f} s, "
+                  f"CPU {cpu:.0f} s, load {row['load']}"
+                  + (f"  (distillation: wall {d['seconds']:.0f} s, CPU {d['cpu_seconds']:.0f} s)" if d else ""), flush=True)
+            if save_dir:
+                save_dir.mkdir(parents=True, exist_ok=True)
+                onnx.save(pm, save_dir / f"mobilenet_v2-flops{cut:g}-{rec}.onnx")
     return base, rows
 
 
@@ -100,9 +129,14 @@ def main(argv=None) -> int:
     ap.add_argument("--max-ratio", type=float, default=0.7)
     ap.add_argument("--step", type=float, default=0.1)
     ap.add_argument("--real", type=Path, help="folder with mobilenet_v2.onnx, calib/ and eval/ (see /work/realdata/README.md)")
-    ap.add_argument("--cuts", default="0.1,0.2,0.35")
+    ap.add_argument("--cuts", default="0.2,0.35")
     ap.add_argument("--recover", default="lsq,distill")
     ap.add_argument("--budget", type=float, default=900.0, help="distillation seconds per point")
+    ap.add_argument("--lr", type=float, help="distillation learning rate (default: DistillConfig's)")
+    ap.add_argument("--feature-weight", type=float, help="distillation feature-loss weight (default: DistillConfig's)")
+    ap.add_argument("--extra-recovery", type=int, default=600,
+                    help="eval photos added (unlabelled) to the recovery data; the rest of eval is scored")
+    ap.add_argument("--save-dir", type=Path, help="save each pruned model here (for tools/bench_prune_latency.py)")
     ap.add_argument("--json", type=Path, help="also write the measured rows here")
     args = ap.parse_args(argv)
 
@@ -111,8 +145,12 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     digits = digits_rows(args.max_ratio, args.step, args.criterion)
-    real = real_rows(args.real, [float(c) for c in args.cuts.split(",")], args.recover.split(","), args.budget) \
-        if args.real else None
+    real = None
+    if args.real:
+        from converters.prune.distill import DistillConfig
+        knobs = {k: v for k, v in (("lr", args.lr), ("feature_weight", args.feature_weight)) if v is not None}
+        real = real_rows(args.real, [float(c) for c in args.cuts.split(",")], args.recover.split(","),
+                         DistillConfig(time_budget=args.budget, **knobs), args.extra_recovery, args.save_dir)
     if args.json:
         args.json.write_text(json.dumps({"digits": digits, "real": real and {"fp32_top1": real[0], "rows": real[1]}}, indent=1))
 
@@ -134,8 +172,9 @@ def main(argv=None) -> int:
             if pts:
                 ax.plot(*zip(*pts), style, label={"lsq": "least squares only", "distill": "+ distillation"}[rec])
         ax.axhline(base, color="grey", lw=0.8, ls=":", label=f"unpruned ({base:.1f}%)")
-        ax.set(xlabel="MACs per image (millions)", ylabel="top-1 on 800 real eval photos (%)")
-        ax.set_title("MobileNetV2 (pretrained), per-group allocation, 200 unlabelled photos", fontsize=10)
+        ax.set(xlabel="MACs per image (millions)", ylabel=f"top-1 on {rows[0]['scored']} held-out real photos (%)")
+        ax.set_title(f"MobileNetV2 (pretrained), per-group allocation, {rows[0]['recovery_images']} unlabelled photos",
+                     fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -43,13 +43,14 @@ class DistillConfig:
     batch: int = 16
     lr: float = 1e-4
     weight_decay: float = 0.0
-    train_size: int | None = 160          # training resolution (None = the model's own)
+    train_size: int | None = None         # training resolution (None = the model's own)
     crop_scale: tuple[float, float] = (0.5, 1.0)
     flip: bool = True
     temperature: float = 1.0
     feature_weight: float = 0.0
     seed: int = 0
     threads: int | None = None            # torch intra-op threads (None = torch's default)
+    holdout: float = 0.1                  # images kept out of training to check it helped (none below 20 images)
 
     def validate(self) -> "DistillConfig":
         if not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
@@ -60,6 +61,8 @@ class DistillConfig:
             raise EdgeInferError(f"distill batch must be an integer >= 1, got {self.batch!r}")
         if self.train_size is not None and (not isinstance(self.train_size, int) or self.train_size < 8):
             raise EdgeInferError(f"distill train_size must be an integer >= 8 pixels, got {self.train_size!r}")
+        if not (isinstance(self.holdout, (int, float)) and 0.0 <= self.holdout < 0.5):
+            raise EdgeInferError(f"distill holdout must be in [0, 0.5), got {self.holdout!r}")
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise EdgeInferError(f"distill crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale!r}")
@@ -101,6 +104,24 @@ def _feature_pairs(teacher: onnx.ModelProto, student: onnx.ModelProto, kept: dic
     return sorted(t_out & {n.output[0] for n in student.graph.node if n.op_type == "Add"})
 
 
+def _cpu() -> float:
+    """Process CPU seconds (user + system): the figure that means something on a shared machine."""
+    return time.process_time()
+
+
+def _logit_loss(F, logits: dict[str, str], s_logits: dict[str, str], t_env, s_env, tau: float):
+    """KL(teacher || student) at temperature ``tau`` for [N, K] logits, relative squared error otherwise."""
+    loss = 0.0
+    for out_name, t_name in logits.items():
+        t, s = t_env[t_name], s_env[s_logits[out_name]]
+        if t.dim() == 2 and t.shape[1] > 1:
+            loss = loss + F.kl_div(F.log_softmax(s / tau, 1), F.log_softmax(t / tau, 1), reduction="batchmean",
+                                   log_target=True) * tau * tau
+        else:
+            loss = loss + ((s - t) ** 2).mean() / (t.pow(2).mean() + 1e-8)
+    return loss
+
+
 def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, np.ndarray], samples: np.ndarray,
             config: DistillConfig | None = None, progress_bar: bool = True) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Train ``pruned`` to match ``original`` on ``samples``; returns (cleaned trained model, report dict)."""
@@ -135,10 +156,30 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
     s_names = sorted(set(s_logits.values()) | set(feats))
     kept_t = {f: torch.from_numpy(np.asarray(kept[f])) for f in feats if f in kept}
 
+    n_hold = int(round(cfg.holdout * len(x_all))) if len(x_all) >= 20 else 0
+    perm = rng.permutation(len(x_all))
+    x_hold = x_all[torch.from_numpy(np.sort(perm[:n_hold]))] if n_hold else None
+    x_all = x_all[torch.from_numpy(np.sort(perm[n_hold:]))] if n_hold else x_all
+
+    def held_out() -> float | None:
+        """KL(teacher || student) on the held-out images, un-augmented, at the model's own size."""
+        if x_hold is None:
+            return None
+        total_kl = 0.0
+        with torch.no_grad():
+            for i in range(0, len(x_hold), cfg.batch):
+                xb = x_hold[i:i + cfg.batch].contiguous(memory_format=torch.channels_last)
+                _, t_env = teacher.features(xb, t_names)
+                _, s_env = student.features(xb, s_names)
+                total_kl += float(_logit_loss(F, logits, s_logits, t_env, s_env, 1.0)) * len(xb)
+        return total_kl / len(x_hold)
+
+    before = {n: p.detach().clone() for n, p in zip(student.param_names, student.params)}
+    kl_before = held_out()
     steps_per_epoch = max(1, math.ceil(len(x_all) / cfg.batch))
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
     opt = torch.optim.AdamW(student.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu()
     losses, step, stopped = [], 0, False
     order = rng.permutation(len(x_all))
     progress(f"distillation: {len(x_all)} images, {total} steps of {cfg.batch} at {size_hw[0]} px"
@@ -163,15 +204,7 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
             with torch.no_grad():
                 _, t_env = teacher.features(x, t_names)
             _, s_env = student.features(x, s_names)
-            loss = 0.0
-            for out_name, t_name in logits.items():
-                t, s = t_env[t_name], s_env[s_logits[out_name]]
-                if t.dim() == 2 and t.shape[1] > 1:
-                    tau = cfg.temperature
-                    loss = loss + F.kl_div(F.log_softmax(s / tau, 1), F.log_softmax(t / tau, 1), reduction="batchmean",
-                                           log_target=True) * tau * tau
-                else:
-                    loss = loss + ((s - t) ** 2).mean() / (t.pow(2).mean() + 1e-8)
+            loss = _logit_loss(F, logits, s_logits, t_env, s_env, cfg.temperature)
             for f in feats:
                 t = t_env[f].index_select(1, kept_t[f]) if f in kept_t else t_env[f]
                 loss = loss + cfg.feature_weight * ((s_env[f] - t) ** 2).mean() / (t.pow(2).mean() + 1e-8) / len(feats)
@@ -187,17 +220,28 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
                 left = (now - t0) / step * (total - step)
                 left = min(left, deadline - now) if deadline else left
                 progress(f"distillation: step {step}/{total}, loss {np.mean(losses[-10:]):.4f}, eta {left:.0f} s")
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, _cpu() - cpu0
     if not losses:
         raise EdgeInferError("distillation made no step within its time budget; raise the budget or use --recover lsq")
+    kl_after = held_out()
+    notes = [size_note] if size_note else []
+    reverted = kl_before is not None and kl_after > kl_before
+    if reverted:     # training overfit or diverged: keep the least-squares weights
+        with torch.no_grad():
+            for n, p in zip(student.param_names, student.params):
+                p.copy_(before[n])
+        notes.append(f"held-out KL rose {kl_before:.4f} -> {kl_after:.4f}: distillation undone, least-squares weights kept")
     trained = student.write_back(student_onnx)
     head = max(1, min(10, len(losses) // 4))
     report = {"steps": step, "epochs": round(step / steps_per_epoch, 3), "images": int(len(x_all)),
               "batch": cfg.batch, "train_size": int(size_hw[0]), "lr": cfg.lr, "seconds": round(seconds, 1),
+              "cpu_seconds": round(cpu, 1), "threads": int(torch.get_num_threads()),
               "time_budget": cfg.time_budget, "stopped_by_budget": stopped, "seed": cfg.seed,
               "augment": {"crop_scale": list(cfg.crop_scale), "flip": cfg.flip},
               "feature_loss": {"weight": cfg.feature_weight, "tensors": len(feats)},
               "loss_first": float(np.mean(losses[:head])), "loss_last": float(np.mean(losses[-head:])),
-              "notes": [size_note] if size_note else []}
-    progress(f"distillation: {step} steps in {seconds:.0f} s, loss {report['loss_first']:.4f} -> {report['loss_last']:.4f}")
+              "held_out": {"images": n_hold, "kl_before": kl_before, "kl_after": kl_after, "reverted": reverted},
+              "notes": notes}
+    progress(f"distillation: {step} steps in {seconds:.0f} s (CPU {cpu:.0f} s), loss {report['loss_first']:.4f} -> {report['loss_last']:.4f}"
+             + (f", held-out KL {kl_before:.4f} -> {kl_after:.4f} on {n_hold} images" if n_hold else ""))
     return trained, report
