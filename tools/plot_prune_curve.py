@@ -100,11 +100,21 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
           f"unlabelled photos ({len(calib)} calib + {len(recovery) - len(calib)} eval, disjoint from the scored ones)")
     rows = []
     for cut in cuts:
+        lsq = None
         for rec in recovers:
             t0, c0 = time.perf_counter(), cpu_seconds()
-            pc = PruneConfig(flops_target=cut, recover=rec, distill=distill_cfg)
-            pm, rep = prune_model(model, pc, recovery)
-            seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+            if rec == "distill" and lsq is not None:    # the same least-squares start prune_model would build
+                from converters.prune.distill import distill
+                from converters.prune.graph import prepare
+                rep = lsq[1]
+                pm, rep.distillation = distill(prepare(model), lsq[0], rep.kept, recovery, distill_cfg)
+                seconds, cpu = lsq[2] + time.perf_counter() - t0, lsq[3] + cpu_seconds() - c0
+            else:
+                pc = PruneConfig(flops_target=cut, recover=rec, distill=distill_cfg)
+                pm, rep = prune_model(model, pc, recovery)
+                seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+                if rec == "lsq":
+                    lsq = (pm, rep, seconds, cpu)
             pred = logits(pm, x).argmax(1)
             row = {"cut": cut, "recover": rec, "macs": rep.macs[1], "macs_drop": round(rep._drop(rep.macs), 4),
                    "top1": round(100 * float((pred == y).mean()), 2), "agreement": round(float((pred == ref).mean()), 4),
@@ -138,6 +148,7 @@ def main(argv=None) -> int:
                     help="eval photos added (unlabelled) to the recovery data; the rest of eval is scored")
     ap.add_argument("--save-dir", type=Path, help="save each pruned model here (for tools/bench_prune_latency.py)")
     ap.add_argument("--json", type=Path, help="also write the measured rows here")
+    ap.add_argument("--rows", type=Path, help="draw the real panel from rows a previous --json run wrote (no re-measuring)")
     args = ap.parse_args(argv)
 
     import matplotlib
@@ -146,7 +157,10 @@ def main(argv=None) -> int:
 
     digits = digits_rows(args.max_ratio, args.step, args.criterion)
     real = None
-    if args.real:
+    if args.rows:
+        saved = json.loads(args.rows.read_text())["real"]
+        real = (saved["fp32_top1"], saved["rows"])
+    elif args.real:
         from converters.prune.distill import DistillConfig
         knobs = {k: v for k, v in (("lr", args.lr), ("feature_weight", args.feature_weight)) if v is not None}
         real = real_rows(args.real, [float(c) for c in args.cuts.split(",")], args.recover.split(","),

@@ -107,6 +107,7 @@ class PruneReport:
     distillation: dict[str, Any] | None = None
     floor: dict[str, Any] | None = None              # agreement with the unpruned model on held-out images
     cut_at: Callable[[float], onnx.ModelProto] | None = field(default=None, repr=False)  # MAC drop -> model, no recovery
+    kept: dict[str, np.ndarray] = field(default_factory=dict, repr=False)   # tensor -> kept channels (for ``distill``)
 
     @staticmethod
     def _drop(pair: tuple[int, int]) -> float:
@@ -299,7 +300,7 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     report = PruneReport(config.criterion, float(ratio), config.flops_target, (before.params, after.params),
                          (before.macs, after.macs), (before.size_bytes, after.size_bytes), groups, unprunable,
                          fits, report_notes, bool(config.reconstruct and fits), config.allocation, config.recover,
-                         curves, distilled, None, lambda t: surgery.apply(an, cut_plan(t))[0])
+                         curves, distilled, None, lambda t: surgery.apply(an, cut_plan(t))[0], kept)
     progress(f"params {before.params:,} -> {after.params:,}, MACs {before.macs:,} -> {after.macs:,}")
     return pruned, report
 
