@@ -11,7 +11,9 @@ teacher, the pruned one the student), and trains the student on the calibration 
 - data: the calibration images (already preprocessed), each step a random resized crop (area
   ``crop_scale``) and a horizontal flip (``flip``), resized to ``train_size`` pixels; teacher
   and student see the same view;
-- AdamW at ``lr`` with a cosine decay over ``epochs``, cut short by ``time_budget`` seconds (the
+- AdamW with a per-tensor step size ``lr`` x the tensor's RMS (``relative_lr``; BatchNorm folding
+  leaves weights whose scales differ by orders of magnitude, and Adam's step does not follow the
+  scale) and a cosine decay over ``epochs``, cut short by ``time_budget`` seconds (the
   schedule then follows elapsed time, so the run still ends at a low learning rate);
 - deterministic for a ``seed`` on a given machine and thread count.
 
@@ -41,7 +43,8 @@ class DistillConfig:
     epochs: float = 4.0
     time_budget: float | None = 900.0     # seconds; None = no limit
     batch: int = 16
-    lr: float = 1e-4
+    lr: float = 1e-3                      # with relative_lr: the step as a fraction of each tensor's RMS
+    relative_lr: bool = True
     weight_decay: float = 0.0
     train_size: int | None = None         # training resolution (None = the model's own)
     crop_scale: tuple[float, float] = (0.5, 1.0)
@@ -178,7 +181,9 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
     kl_before = held_out()
     steps_per_epoch = max(1, math.ceil(len(x_all) / cfg.batch))
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
-    opt = torch.optim.AdamW(student.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scales = [max(float(p.detach().pow(2).mean().sqrt()), 1e-3) if cfg.relative_lr else 1.0 for p in student.params]
+    opt = torch.optim.AdamW([{"params": [p], "lr": cfg.lr * k, "scale": k} for p, k in zip(student.params, scales)],
+                            lr=cfg.lr, weight_decay=cfg.weight_decay)
     t0, cpu0 = time.perf_counter(), _cpu()
     losses, step, stopped = [], 0, False
     order = rng.permutation(len(x_all))
@@ -195,7 +200,7 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
                 stopped = True
                 break
             for grp in opt.param_groups:
-                grp["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+                grp["lr"] = grp["scale"] * cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
             pos = (step * cfg.batch) % len(x_all)
             if pos + cfg.batch > len(x_all) and step:
                 order = rng.permutation(len(x_all))
@@ -234,7 +239,7 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
     trained = student.write_back(student_onnx)
     head = max(1, min(10, len(losses) // 4))
     report = {"steps": step, "epochs": round(step / steps_per_epoch, 3), "images": int(len(x_all)),
-              "batch": cfg.batch, "train_size": int(size_hw[0]), "lr": cfg.lr, "seconds": round(seconds, 1),
+              "batch": cfg.batch, "train_size": int(size_hw[0]), "lr": cfg.lr, "relative_lr": cfg.relative_lr, "seconds": round(seconds, 1),
               "cpu_seconds": round(cpu, 1), "threads": int(torch.get_num_threads()),
               "time_budget": cfg.time_budget, "stopped_by_budget": stopped, "seed": cfg.seed,
               "augment": {"crop_scale": list(cfg.crop_scale), "flip": cfg.flip},
