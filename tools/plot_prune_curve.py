@@ -86,7 +86,7 @@ def cpu_seconds() -> float:
 
 
 def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, extra: int,
-              save_dir: Path | None) -> tuple[float, list[dict]]:
+              save_dir: Path | None, multiple: int = 8) -> tuple[float, list[dict]]:
     model = onnx.load(root / "mobilenet_v2.onnx")
     meta = {p.key: p.value for p in model.metadata_props}
     cfg = PreprocessConfig.from_dict(json.loads(meta["edgeinfer.preprocess"]))
@@ -110,7 +110,7 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
                 pm, rep.distillation = distill(prepare(model), lsq[0], rep.kept, recovery, distill_cfg)
                 seconds, cpu = lsq[2] + time.perf_counter() - t0, lsq[3] + cpu_seconds() - c0
             else:
-                pc = PruneConfig(flops_target=cut, recover=rec, distill=distill_cfg)
+                pc = PruneConfig(flops_target=cut, recover=rec, distill=distill_cfg, channel_multiple=multiple)
                 pm, rep = prune_model(model, pc, recovery)
                 seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
                 if rec == "lsq":
@@ -146,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--feature-weight", type=float, help="distillation feature-loss weight (default: DistillConfig's)")
     ap.add_argument("--extra-recovery", type=int, default=600,
                     help="eval photos added (unlabelled) to the recovery data; the rest of eval is scored")
+    ap.add_argument("--channel-multiple", type=int, default=8,
+                    help="kept widths rounded to this (8 as the device profiles; 1 = exact widths, slower under ORT)")
     ap.add_argument("--save-dir", type=Path, help="save each pruned model here (for tools/bench_prune_latency.py)")
     ap.add_argument("--json", type=Path, help="also write the measured rows here")
     ap.add_argument("--rows", type=Path, help="draw the real panel from rows a previous --json run wrote (no re-measuring)")
@@ -164,7 +166,8 @@ def main(argv=None) -> int:
         from converters.prune.distill import DistillConfig
         knobs = {k: v for k, v in (("lr", args.lr), ("feature_weight", args.feature_weight)) if v is not None}
         real = real_rows(args.real, [float(c) for c in args.cuts.split(",")], args.recover.split(","),
-                         DistillConfig(time_budget=args.budget, **knobs), args.extra_recovery, args.save_dir)
+                         DistillConfig(time_budget=args.budget, **knobs), args.extra_recovery, args.save_dir,
+                         args.channel_multiple)
     if args.json:
         args.json.write_text(json.dumps({"digits": digits, "real": real and {"fp32_top1": real[0], "rows": real[1]}}, indent=1))
 
