@@ -186,10 +186,11 @@ def main(argv=None) -> int:
         ax = axes[0][1]
         for rec, style in (("lsq", "s--"), ("distill", "o-")):
             pts = sorted((r["macs"] / 1e6, r["top1"]) for r in rows if r["recover"] == rec)
-            if pts:
+            if pts:        # every curve starts at the unpruned model
+                pts.append((rows[0]["macs"] / (1.0 - rows[0]["macs_drop"]) / 1e6, base))
                 ax.plot(*zip(*pts), style, label={"lsq": "least squares only", "distill": "+ distillation"}[rec])
         ax.axhline(base, color="grey", lw=0.8, ls=":", label=f"unpruned ({base:.1f}%)")
-        ax.set(xlabel="MACs per image (millions)", ylabel=f"top-1 on {rows[0]['scored']} held-out real photos (%)")
+        ax.set(ylim=(0, 100), xlabel="MACs per image (millions)", ylabel=f"top-1 on {rows[0]['scored']} held-out real photos (%)")
         ax.set_title(f"MobileNetV2 (pretrained), per-group allocation, {rows[0]['recovery_images']} unlabelled photos",
                      fontsize=10)
         ax.grid(alpha=0.3)
