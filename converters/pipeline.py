@@ -65,6 +65,7 @@ class ConvertOptions:
     postprocess_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. score_threshold over the model's metadata
     prune: Any = None                           # converters.prune PruneConfig or None
     min_agreement: float | None = None
+    int4_size: float | None = None              # int4: choose the 4/8 mix by bytes (fraction of fp32 weight bytes)
     force: bool = False
     progress: bool = True
     emitter_options: dict[str, Any] = field(default_factory=dict)   # e.g. tflite_io_dtype, tflite_layout
@@ -98,6 +99,8 @@ def _validate_lists(opts: ConvertOptions) -> None:
     for f in opts.formats or []:
         if f not in FILE_SUFFIX:
             raise EdgeInferError(f"unknown format {f!r} in --formats; choose from {', '.join(FILE_SUFFIX)}")
+    if opts.int4_size is not None and not 0.0 < opts.int4_size <= 1.0:
+        raise EdgeInferError(f"--int4-size {opts.int4_size} must be a fraction of the fp32 weight bytes in (0, 1]")
     if opts.min_agreement is not None and not 0.0 <= opts.min_agreement <= 1.0:
         raise EdgeInferError(f"--min-agreement {opts.min_agreement} must be between 0 and 1")
 
@@ -276,7 +279,7 @@ def _int4_plan(model, calib_samples: np.ndarray | None, calib: CalibrationResult
     _say(opts, f"int4: error-compensating rounding and 4/8-bit mix ({gran.name}) for {', '.join(fmts)} "
                f"(target agreement {target}{', int8 activations simulated' if simulate else ''})")
     return build_plans(model, [gran], calib_samples, target=target, agreement=agreement, progress=opts.progress,
-                       trace=trace, simulate=simulate)[gran.name]
+                       trace=trace, simulate=simulate, size=opts.int4_size)[gran.name]
 
 
 def _open_source(opts: ConvertOptions) -> Source:

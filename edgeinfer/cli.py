@@ -147,6 +147,9 @@ def main() -> None:
               help="Time budget of the int8 keep-float search.")
 @click.option("--min-agreement", type=float, help="Target agreement with fp32 (0..1): int8 keeps the most sensitive "
               "nodes in float to reach it; fail if an artifact stays below.")
+@click.option("--int4-size", type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+              help="int4: choose the 4/8-bit mix by size: as many layers at 8 bits as fit in this fraction of the "
+              "fp32 weight bytes (e.g. 0.18); the agreement floor still applies.")
 @click.option("--verify-on", type=click.Choice(["host", "emulated"]), default="host", show_default=True,
               help="emulated: also verify arm64 profiles' TFLite/ONNX artifacts on the profile's core under QEMU.")
 @click.option("--force", is_flag=True, help="Replace existing bundles.")
@@ -158,7 +161,7 @@ def main() -> None:
 def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, calib_limit, calib_synthetic, verify_dir,
             labels_file, task, preset, mean, std, scale, resize, crop, letterbox, layout, color, tflite_io, int8_mode, coreml_w8a8, coreml_fp32_ops, input_shape, trust_pickle, opset, decoder, anchors,
             score_threshold, iou_threshold, max_detections, nms, prune_ratio, prune_flops, prune_criterion,
-            prune_min_channels, prune_allocation, recover, recover_budget, keep_float, no_auto_keep_float, search_seconds, min_agreement, verify_on, force, as_json, quiet,
+            prune_min_channels, prune_allocation, recover, recover_budget, keep_float, no_auto_keep_float, search_seconds, min_agreement, int4_size, verify_on, force, as_json, quiet,
             package_targets):
     """Convert MODEL (.onnx, .pt2 torch.export program, TorchScript) into one verified bundle per --profile under -o OUT."""
     try:
@@ -190,7 +193,7 @@ def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, c
         model=model, profiles=list(profiles), out_dir=out_dir, quant=_csv(quant), formats=_csv(formats),
         calib_dir=calib_dir, verify_dir=verify_dir, calib_method=calib_method, calib_synthetic=calib_synthetic,
         calib_limit=calib_limit, labels_file=labels_file, preset=preset, preprocess=pre, task=task, postprocess=post,
-        postprocess_overrides={} if post else overrides, prune=prune_cfg, min_agreement=min_agreement, force=force, progress=not quiet,
+        postprocess_overrides={} if post else overrides, prune=prune_cfg, min_agreement=min_agreement, int4_size=int4_size, force=force, progress=not quiet,
         emitter_options={"tflite_io_dtype": tflite_io, "tflite_layout": layout, "int8_mode": int8_mode,
                          "coreml_w8a8": coreml_w8a8, "coreml_fp32_ops": coreml_fp32_ops}, exclude_nodes=_csv(keep_float) or [],
         auto_keep_float=not no_auto_keep_float, search_seconds=search_seconds,

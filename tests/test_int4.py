@@ -256,3 +256,18 @@ def test_simulated_int8_activations_track_the_tflite_artifact(tiny, tmp_path):
     scale, zp = qparams_from_range(*calib.ranges[out_name], "int8")
     grid = s / scale + zp
     np.testing.assert_allclose(grid, np.round(grid), atol=1e-3)
+
+
+def test_mix_by_size_fills_the_byte_budget(tiny):
+    """--int4-size: as many layers at 8 bits as fit in the budget (the ranking's longest prefix), even
+    when all-int4 already meets the target; the result still reports the target."""
+    model, x = tiny
+    base = build_plans(model, [BLOCK32], x, target=0.0, agreement=_cosine, mixed_search=False, progress=False)["block32"]
+    all4 = base.weight_bytes()
+    fp32 = sum(4 * lq.q.size for lq in base.layers.values())
+    for size, expect in ((all4 / fp32, 0), (1.0, len(base.layers))):
+        plan = build_plans(model, [BLOCK32], x, target=0.0, agreement=_cosine, progress=False, size=size)["block32"]
+        assert plan.bits_summary()["8"] == expect and plan.weight_bytes() <= size * fp32
+    mid = build_plans(model, [BLOCK32], x, target=0.0, agreement=_cosine, progress=False, size=0.6 * all4 / fp32 + 0.4 * 0.25)
+    plan = mid["block32"]
+    assert 0 < plan.bits_summary()["8"] < len(base.layers) and plan.search["size_budget"] is not None

@@ -118,7 +118,7 @@ def mobilenet(args, rows: list[tuple[str, str, str]], tmp: Path) -> list[dict]:
     t0, c0 = time.perf_counter(), _cpu_seconds()
     res = convert(ConvertOptions(model=src, profiles=["iphone-16-pro"], out_dir=tmp / "mnv2", quant=["int4"],
                                  formats=["onnx", "tflite", "coreml"], calib_dir=real / "calib",
-                                 min_agreement=args.min_agreement, progress=True))
+                                 min_agreement=args.min_agreement, int4_size=args.int4_size, progress=True))
     wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     load1 = os.getloadavg()
     man, bundle = res.manifests[0], res.bundles[0]
@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--realdata", default="/work/realdata")
     ap.add_argument("--min-agreement", type=float, default=None, help="int4 target (default: the shared floor)")
+    ap.add_argument("--int4-size", type=float, default=None, help="MobileNetV2: choose the mix by size (fraction of fp32 weight bytes)")
     ap.add_argument("--eval", type=int, default=800, help="evaluation photos used (of 800)")
     ap.add_argument("--coreml-eval", type=int, default=200, help="photos run through the (slow) Core ML evaluator")
     ap.add_argument("--skip-mobilenet", action="store_true")

@@ -55,12 +55,14 @@ def plan_rtn(model: onnx.ModelProto, gran: Granularity, bits: int = 4) -> Int4Pl
 def build_plans(model: onnx.ModelProto, grans: list[Granularity], samples: np.ndarray, *, target: float,
                 agreement: Callable[[list[np.ndarray], list[np.ndarray]], float], mixed_search: bool = True,
                 progress: bool = True, trace: dict | None = None,
-                simulate: dict[str, mixed.Simulate] | None = None) -> dict[str, Int4Plan]:
+                simulate: dict[str, mixed.Simulate] | None = None, size: float | None = None) -> dict[str, Int4Plan]:
     """One plan per granularity (name -> plan): 4-bit candidates by GPTQ on ``samples`` (8-bit ones
     rounded to nearest: at 8 bits rounding costs ~1/16 of the 4-bit error and GPTQ would double the
     time), then the 4/8 mix meeting ``target`` agreement on the same samples. Raises when no mix meets it.
     ``simulate`` (granularity name -> graph transform, e.g. ``actsim.int8_activations``) makes the
     search score mixes in the arithmetic of the artifacts that store that granularity.
+    ``size`` (0..1): choose the mix by bytes instead, as many layers at 8 bits as fit in ``size`` x
+    the layers' fp32 weight bytes (the target must still be met).
     ``trace`` (a dict) receives per granularity name the candidates and the ``MixResult`` (for curves)."""
     t0 = time.perf_counter()
     layers, skipped = find_layers(model)
@@ -83,14 +85,15 @@ def build_plans(model: onnx.ModelProto, grans: list[Granularity], samples: np.nd
             plans[gran.name] = base
             continue
         sim = (simulate or {}).get(gran.name)
-        res = mixed.search(model, base, cands, stat, target, agreement, progress=progress,
+        max_bytes = None if size is None else int(size * sum(4 * lq.q.size for lq in cands[4].values()))
+        res = mixed.search(model, base, cands, stat, target, agreement, progress=progress, max_bytes=max_bytes,
                            **({"simulate": sim} if sim else {}))
         if trace is not None:
             trace[gran.name] = {"candidates": cands, "mix": res}
         plan = Int4Plan(gran, {n: cands[b][n] for n, b in res.bits.items()}, skipped, "gptq")
         plan.search = {"target": target, "agreement_on_calibration": round(res.agreement, 4), "met": res.met,
                        "inputs": int(len(stat)), "evaluations": res.evaluations, "curve": res.curve,
-                       "activations": "int8 (simulated)" if sim else "float",
+                       "activations": "int8 (simulated)" if sim else "float", "size_budget": size,
                        "most_sensitive": [n for n, _ in sorted(res.sensitivity, key=lambda r: -r[1])[:5]],
                        "seconds": round(time.perf_counter() - t0, 1)}
         if not res.met:

@@ -76,10 +76,12 @@ def mix_of(order: list[str], k: int) -> dict[str, int]:
 
 def search(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, LayerQuant]], samples: np.ndarray,
            target: float, agreement: Agreement, *, sens_samples: int = 16, progress: bool = True,
-           simulate: Simulate = _same) -> MixResult:
+           simulate: Simulate = _same, max_bytes: int | None = None) -> MixResult:
     """The mix of 4/8 bits (see module docstring). ``cands[bits][node]`` are the per-layer
     quantizations to choose from; ``agreement(reference_outputs, outputs)`` scores a model run
-    as ``simulate`` makes it (default: float activations) against the float model."""
+    as ``simulate`` makes it (default: float activations) against the float model. With ``max_bytes``
+    the mix is chosen by size instead: the longest prefix of the ranking whose weights fit in
+    ``max_bytes`` (more accuracy for that size); ``met`` still says whether it reaches ``target``."""
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     nodes = list(cands[4])
     ref = run_reference(model, samples)
@@ -96,12 +98,19 @@ def search(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, La
     res.agreement = measure(res.bits)
     say(f"int4: all {len(nodes)} layers at 4 bits -> agreement {res.agreement:.4f} on {len(samples)} "
         f"calibration inputs (target {target})")
-    if res.agreement >= target:
+    if res.agreement >= target and max_bytes is None:
         res.met = True
         return res
     res.sensitivity, res.order = rank(model, base, cands, samples[:sens_samples], progress, simulate)
     res.evaluations += len(nodes)
     mix = lambda k: mix_of(res.order, k)      # noqa: E731
+    if max_bytes is not None:
+        k = max([0] + [k for k in range(1, len(nodes) + 1) if _plan(base, cands, mix(k)).weight_bytes() <= max_bytes])
+        res.bits = mix(k)
+        res.agreement = measure(res.bits) if k else res.agreement
+        res.met = res.agreement >= target
+        say(f"int4: {k} layers at 8 bits fit {max_bytes / 1e6:.2f} MB of weights -> agreement {res.agreement:.4f}")
+        return res
 
     best_a = measure(mix(len(nodes)))
     if best_a < target:
