@@ -38,8 +38,6 @@ from .model_info import (classify_postprocess, input_spec, merged_preprocess, me
 from .verify import check_min_agreement, run_reference, verify_artifact
 
 PRECISION_ORDER = ("fp32", "fp16", "int8", "int4")
-# detectors: min/max ranges cost a 640 px YOLOv8s 4 pt of mAP agreement that MSE clipping recovers
-CALIB_METHOD_BY_TASK = {"detect": "mse"}
 SEARCH_INPUTS = 32        # calibration images the keep-float search evaluates on
 SYNTHETIC_COUNT = 32
 
@@ -53,7 +51,7 @@ class ConvertOptions:
     formats: list[str] | None = None          # None -> profile preferred
     calib_dir: Path | None = None
     verify_dir: Path | None = None
-    calib_method: str = "auto"     # auto: CALIB_METHOD_BY_TASK
+    calib_method: str = "minmax"
     calib_synthetic: bool = False
     calib_limit: int | None = None
     verify_fraction: float = 0.2
@@ -349,8 +347,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
 
     calib: CalibrationResult | None = None
     if need_ranges:
-        method = CALIB_METHOD_BY_TASK.get(task, "minmax") if opts.calib_method == "auto" else opts.calib_method
-        calib = calibrate(model, calib_samples, method, skipped=facts.get("skipped", 0),
+        calib = calibrate(model, calib_samples, opts.calib_method, skipped=facts.get("skipped", 0),
                           synthetic=bool(facts.get("synthetic")), progress=opts.progress)
     wants_int8 = any(prec == "int8" for plan in plans.values() for _, prec in plan)
     keep_float, mixed = _keep_float(model, calib if wants_int8 else None, task, post, opts)

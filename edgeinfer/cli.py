@@ -102,8 +102,8 @@ def main() -> None:
 @click.option("--quant", help="Precisions, comma-separated: fp32,fp16,int8,int4 (default: the profile's recipe).")
 @click.option("--formats", help="Formats, comma-separated: onnx,tflite,coreml (default: the profile's preferred).")
 @click.option("--calib", "calib_dir", type=click.Path(path_type=Path), help="Folder of calibration images.")
-@click.option("--calib-method", type=click.Choice(["auto", "minmax", "mse", "percentile", "entropy"]), default="auto",
-              show_default=True, help="Activation ranges; auto: mse for detectors, minmax otherwise.")
+@click.option("--calib-method", type=click.Choice(["minmax", "mse", "percentile", "entropy"]), default="minmax",
+              show_default=True, help="Activation ranges; mse: min/max clipped to the least-squared-error range.")
 @click.option("--calib-limit", type=click.IntRange(min=1), help="Use at most N calibration images.")
 @click.option("--calib-synthetic", is_flag=True, help="Allow int8 without calibration images (random inputs; recorded in the manifest).")
 @click.option("--verify-data", "verify_dir", type=click.Path(path_type=Path), help="Held-out images for verification (default: 20% of --calib).")
