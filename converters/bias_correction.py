@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .ort_session import cpu_session
+from .ort_session import tensor_probe
 
 OPS = ("Conv", "Gemm")
 
@@ -23,16 +23,10 @@ OPS = ("Conv", "Gemm")
 def input_channel_means(model: onnx.ModelProto, samples: np.ndarray, tensors: list[str]) -> dict[str, np.ndarray]:
     """Per-channel means (axis 1 of NCHW tensors, the last axis of 2-D ones) of the float
     ``tensors`` of ``model`` over ``samples`` (float32 batch, run one at a time)."""
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    have = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                              for t in tensors if t not in have)
-    sess = cpu_session(probe)
-    name = sess.get_inputs()[0].name
-    outs = [o.name for o in sess.get_outputs()]
+    probe = tensor_probe(model, tensors)
     sums: dict[str, np.ndarray] = {}
     for i in range(len(samples)):
-        got = dict(zip(outs, sess.run(None, {name: samples[i:i + 1]})))
+        got = probe(samples[i:i + 1])
         for t in tensors:
             v = got[t]
             chan = 1 if v.ndim > 2 else v.ndim - 1

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from edgeinfer.progress import Progress
 
-from .ort_session import cpu_session
+from .ort_session import tensor_probe
 
 VALUES_PER_IMAGE = 1024      # uniform sample of each tensor per image
 SAMPLE_PIXELS = 16 * 640 * 640   # images sampled: about this many input pixels (16 at 640 px, 130 at 224 px)
@@ -28,18 +27,12 @@ def sampled_values(model: onnx.ModelProto, samples: np.ndarray, tensors: list[st
                    seed: int = 0) -> dict[str, np.ndarray]:
     """``VALUES_PER_IMAGE`` values of each float tensor of ``model`` per image of ``samples``
     (uniform, seeded), concatenated over the images."""
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    have = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                              for t in tensors if t not in have)
-    sess = cpu_session(probe)
-    name = sess.get_inputs()[0].name
-    outs = [o.name for o in sess.get_outputs()]
+    probe = tensor_probe(model, tensors)
     rng = np.random.default_rng(seed)
     got: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     with Progress("sampling activations (mse)", len(samples), progress) as bar:
         for i in range(len(samples)):
-            for t, v in zip(outs, sess.run(None, {name: samples[i:i + 1]})):
+            for t, v in probe(samples[i:i + 1]).items():
                 if t in got and v.dtype == np.float32 and v.size:
                     flat = v.reshape(-1)
                     got[t].append(flat[rng.integers(0, flat.size, VALUES_PER_IMAGE)] if flat.size > VALUES_PER_IMAGE else flat)
