@@ -54,26 +54,16 @@ def correct_biases(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, sample
     """Subtract the weight-rounding shift from the bias of every quantized Conv/Gemm of ``qmodel``
     (in place; nodes matched to ``float_model`` by name). ``cache`` keeps input means between calls
     on the same float model and samples. Returns how many biases changed."""
+    from .quantize_onnx import quantized_weights
     f_inits = {t.name: t for t in float_model.graph.initializer}
-    f_nodes = {n.name: n for n in float_model.graph.node if n.name}
     q_inits = {t.name: t for t in qmodel.graph.initializer}
-    producers = {o: n for n in qmodel.graph.node for o in n.output}
     uses: dict[str, int] = {}
     for n in qmodel.graph.node:
         for i in n.input:
             uses[i] = uses.get(i, 0) + 1
-    todo = []
-    for node in qmodel.graph.node:
-        if node.op_type not in OPS or any(a.name == "transA" and a.i for a in node.attribute):
-            continue
-        if len(node.input) < 3 or node.input[2] not in q_inits or uses[node.input[2]] != 1:
-            continue
-        dq = producers.get(node.input[1])
-        src = f_nodes.get(node.name)
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in q_inits or src is None \
-                or len(src.input) < 2 or src.input[1] not in f_inits:
-            continue
-        todo.append((node, dq, src))
+    todo = [(node, dq, src) for node, dq, src in quantized_weights(qmodel, float_model, OPS)
+            if src is not None and not any(a.name == "transA" and a.i for a in node.attribute)
+            and len(node.input) >= 3 and node.input[2] in q_inits and uses[node.input[2]] == 1]
     cache = {} if cache is None else cache
     missing = sorted({src.input[0] for _, _, src in todo} - set(cache))
     if missing and len(samples):

@@ -1,6 +1,7 @@
 """Load and validate a source model: one clear line for every way it can be wrong."""
 from __future__ import annotations
 
+import heapq
 import os
 from pathlib import Path
 from typing import Iterator
@@ -114,7 +115,6 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 def sort_nodes(model: onnx.ModelProto) -> bool:
     """Put the nodes of the main graph in dependency order, in place (ONNX Runtime's quantizers and
     some fp16 converters append nodes at the end); False, untouched, on a cycle or a missing input."""
-    import heapq
     g = model.graph
     ready = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
     nodes = list(g.node)

@@ -122,27 +122,38 @@ def _weight_rows(op_type: str, attrs: dict, w: np.ndarray, axis: int) -> tuple[n
     return rows, [np.arange(rows.shape[1])]
 
 
+def quantized_weights(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, ops: tuple[str, ...]):
+    """Yield ``(node, dq, src)`` for every node of the QDQ ``qmodel`` whose op is in ``ops`` and whose
+    weight (input 1) is a DequantizeLinear of an initializer; ``src`` is the node of ``float_model``
+    with the same name, or None when it has no float weight initializer."""
+    f_inits = {t.name for t in float_model.graph.initializer}
+    f_nodes = {n.name: n for n in float_model.graph.node if n.name}
+    q_inits = {t.name for t in qmodel.graph.initializer}
+    producers = {o: n for n in qmodel.graph.node for o in n.output}
+    for node in qmodel.graph.node:
+        if node.op_type not in ops or len(node.input) < 2:
+            continue
+        dq = producers.get(node.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in q_inits:
+            continue
+        src = f_nodes.get(node.name)
+        ok = src is not None and len(src.input) >= 2 and src.input[1] in f_inits
+        yield node, dq, src if ok else None
+
+
 def make_pair_safe(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> int:
     """Re-quantize, in place, the int8 weights of every GEMM-lowered Conv/Gemm/MatMul of the QDQ
     ``qmodel`` with ``quant_math.pair_safe_per_channel`` from the float weights of ``float_model``
     (matched by node name). Returns how many weight tensors lost precision (a scale grew)."""
     from .quant_math import pair_safe_per_channel
     f_inits = {t.name: t for t in float_model.graph.initializer}
-    f_nodes = {n.name: n for n in float_model.graph.node if n.name}
     q_inits = {t.name: t for t in qmodel.graph.initializer}
-    producers = {o: n for n in qmodel.graph.node for o in n.output}
     widened = 0
-    for node in qmodel.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
-            continue
-        dq = producers.get(node.input[1])
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in q_inits:
-            continue
+    for node, dq, src in quantized_weights(qmodel, float_model, ("Conv", "Gemm", "MatMul")):
         wq_t = q_inits[dq.input[0]]
         if wq_t.data_type != TensorProto.INT8:
             continue
-        src = f_nodes.get(node.name)
-        if src is None or len(src.input) < 2 or src.input[1] not in f_inits:
+        if src is None:
             raise EdgeInferError(f"internal: quantized node {node.name!r} has no float weight to re-quantize")
         w = numpy_helper.to_array(f_inits[src.input[1]])
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
