@@ -271,13 +271,17 @@ def _int4_plan(model, calib_samples: np.ndarray | None, calib: CalibrationResult
 
     def agreement(ref, out) -> float:
         return AGREEMENT[task](ref, out, postprocess=post, labels=labels, input_hw=size_hw)[AGREEMENT_KEY[task]]
+    from .int4.mixed import DEFAULT_TARGET
     target = DEFAULT_AGREEMENT_FLOOR if opts.min_agreement is None else opts.min_agreement
+    fill_floor = None
+    if opts.min_agreement is None and opts.int4_size is None:     # the default rule (converters.int4.mixed)
+        target, fill_floor = DEFAULT_TARGET, DEFAULT_AGREEMENT_FLOOR
     gran = shared_granularity(fmts)
     simulate = {gran.name: lambda m: int8_activations(m, calib.ranges)} if "tflite" in fmts and calib else None
     _say(opts, f"int4: error-compensating rounding and 4/8-bit mix ({gran.name}) for {', '.join(fmts)} "
                f"(target agreement {target}{', int8 activations simulated' if simulate else ''})")
     return build_plans(model, [gran], calib_samples, target=target, agreement=agreement, progress=opts.progress,
-                       trace=trace, simulate=simulate, size=opts.int4_size)[gran.name]
+                       trace=trace, simulate=simulate, size=opts.int4_size, fill_floor=fill_floor)[gran.name]
 
 
 def _open_source(opts: ConvertOptions) -> Source:

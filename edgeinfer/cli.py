@@ -149,7 +149,9 @@ def main() -> None:
               "nodes in float to reach it; fail if an artifact stays below.")
 @click.option("--int4-size", type=click.FloatRange(min=0.0, max=1.0, min_open=True),
               help="int4: choose the 4/8-bit mix by size: as many layers at 8 bits as fit in this fraction of the "
-              "fp32 weight bytes (e.g. 0.18); the agreement floor still applies.")
+              "fp32 weight bytes (e.g. 0.18); the agreement floor still applies. Default (neither this nor "
+              "--min-agreement): all layers at 4 bits if they reach agreement 0.93, else as many at 8 bits as "
+              "fit halfway in bytes between all-4 and all-8 bits.")
 @click.option("--verify-on", type=click.Choice(["host", "emulated"]), default="host", show_default=True,
               help="emulated: also verify arm64 profiles' TFLite/ONNX artifacts on the profile's core under QEMU.")
 @click.option("--force", is_flag=True, help="Replace existing bundles.")

@@ -149,7 +149,9 @@ def test_pipeline_int4_onnx_and_tflite_with_calibration(tmp_path):
     for a in arts.values():
         d = a["details"]
         assert d["int4_check"]["same_as_plan"] and d["int4"]["method"] == "gptq"
-        assert d["int4"]["search"]["target"] == 0.9 and d["int4"]["search"]["met"]
+        search = d["int4"]["search"]      # the default rule: aim 0.93 for all-int4, else the byte budget above 0.9
+        assert search["target"] == 0.93 and search["floor"] == 0.9 and search["met"] and "halfway" in search["rule"]
+        assert d["int4"]["weight_bytes"] <= search["size_budget_bytes"] or search["agreement_on_calibration"] >= 0.93
         assert all(layer["bits"] in (4, 8) and layer["bytes"] > 0 for layer in d["int4"]["layers"])
         assert a["verification"]["top1_agreement"] >= 0.9
     # one plan for both (TFLite's granularity), its mix scored with int8 activations like the TFLite file
@@ -271,3 +273,51 @@ def test_mix_by_size_fills_the_byte_budget(tiny):
     mid = build_plans(model, [BLOCK32], x, target=0.0, agreement=_cosine, progress=False, size=0.6 * all4 / fp32 + 0.4 * 0.25)
     plan = mid["block32"]
     assert 0 < plan.bits_summary()["8"] < len(base.layers) and plan.search["size_budget"] is not None
+
+
+def test_default_rule_keeps_all_int4_when_it_meets_the_target_else_fills_the_halfway_budget(tiny):
+    model, x = tiny
+    from converters.int4.mixed import default_budget
+    kw = dict(agreement=_cosine, progress=False, trace={})
+    easy = build_plans(model, [BLOCK32], x, target=0.0, fill_floor=0.0, **kw)["block32"]
+    assert easy.bits_summary()["8"] == 0 and easy.search["met"]
+    cands = kw["trace"]["block32"]["candidates"]
+    budget = default_budget(cands)
+    assert sum(lq.nbytes for lq in cands[4].values()) < budget < sum(lq.nbytes for lq in cands[8].values())
+    filled = build_plans(model, [BLOCK32], x, target=1.01, fill_floor=0.0, **kw)["block32"]
+    order = kw["trace"]["block32"]["mix"].order
+    k = filled.bits_summary()["8"]
+    assert 0 < k < len(order) and filled.weight_bytes() <= budget == filled.search["size_budget_bytes"]
+    one_more = Int4Plan(BLOCK32, {n: cands[8 if i <= k else 4][n] for i, n in enumerate(order)})
+    assert one_more.weight_bytes() > budget                     # the longest prefix that fits
+    # a floor the budget cannot meet: the smallest longer prefix that does (all 8 bits meets cosine ~1)
+    from converters.verify import run_reference
+    ref = run_reference(model, x)
+    a_fill = kw["trace"]["block32"]["mix"].agreement
+    a_all8 = _cosine(ref, run_reference(Int4Plan(BLOCK32, cands[8]).apply(model), x))
+    assert a_all8 > a_fill
+    above = build_plans(model, [BLOCK32], x, target=1.01, fill_floor=(a_fill + a_all8) / 2, **kw)["block32"]
+    assert above.bits_summary()["8"] > k and above.search["met"]
+
+
+def test_plans_are_deterministic(tiny):
+    """Same inputs, same plan: the statistics' window sampling is seeded and every search run is
+    a fixed ONNX Runtime computation (one mix, one integer digest, run after run)."""
+    model, x = tiny
+    runs = [build_plans(model, [PER_CHANNEL], x, target=1.01, fill_floor=0.0, agreement=_cosine,
+                        progress=False)["channel"] for _ in range(2)]
+    assert runs[0].digest() == runs[1].digest()
+    assert runs[0].search["curve"] == runs[1].search["curve"]
+    assert [lq.bits for lq in runs[0].layers.values()] == [lq.bits for lq in runs[1].layers.values()]
+
+
+def test_weight_session_matches_a_model_with_the_plan_applied(tiny):
+    from converters.int4.evaluate import WeightSession
+    from converters.verify import run_reference
+    model, x = tiny
+    plan = plan_rtn(model, BLOCK32)
+    ev = WeightSession(model, [lq.layer.weight for lq in plan.layers.values()])
+    np.testing.assert_allclose(ev.run(x)[0], run_reference(model, x)[0], rtol=1e-5, atol=1e-5)
+    got = ev.run(x, {lq.layer.weight: lq.weight() for lq in plan.layers.values()})[0]
+    np.testing.assert_allclose(got, run_reference(plan.apply(model), x)[0], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, ev.run(x)[0], rtol=1e-5, atol=1e-5)     # the fed weights are used

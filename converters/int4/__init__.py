@@ -55,7 +55,8 @@ def plan_rtn(model: onnx.ModelProto, gran: Granularity, bits: int = 4) -> Int4Pl
 def build_plans(model: onnx.ModelProto, grans: list[Granularity], samples: np.ndarray, *, target: float,
                 agreement: Callable[[list[np.ndarray], list[np.ndarray]], float], mixed_search: bool = True,
                 progress: bool = True, trace: dict | None = None,
-                simulate: dict[str, mixed.Simulate] | None = None, size: float | None = None) -> dict[str, Int4Plan]:
+                simulate: dict[str, mixed.Simulate] | None = None, size: float | None = None,
+                fill_floor: float | None = None) -> dict[str, Int4Plan]:
     """One plan per granularity (name -> plan): 4-bit candidates by GPTQ on ``samples`` (8-bit ones
     rounded to nearest: at 8 bits rounding costs ~1/16 of the 4-bit error and GPTQ would double the
     time), then the 4/8 mix meeting ``target`` agreement on the same samples. Raises when no mix meets it.
@@ -63,6 +64,10 @@ def build_plans(model: onnx.ModelProto, grans: list[Granularity], samples: np.nd
     search score mixes in the arithmetic of the artifacts that store that granularity.
     ``size`` (0..1): choose the mix by bytes instead, as many layers at 8 bits as fit in ``size`` x
     the layers' fp32 weight bytes (the target must still be met).
+    ``fill_floor`` (without ``size``; the default rule of ``edgeinfer convert``): all-int4 is kept if it
+    meets ``target``, else as many layers at 8 bits as fit halfway in bytes between all-4 and all-8
+    bits (``mixed.default_budget``), and that mix must meet ``fill_floor`` (else the smallest longer
+    prefix that does).
     ``trace`` (a dict) receives per granularity name the candidates and the ``MixResult`` (for curves)."""
     t0 = time.perf_counter()
     layers, skipped = find_layers(model)
@@ -85,20 +90,29 @@ def build_plans(model: onnx.ModelProto, grans: list[Granularity], samples: np.nd
             plans[gran.name] = base
             continue
         sim = (simulate or {}).get(gran.name)
-        max_bytes = None if size is None else int(size * sum(4 * lq.q.size for lq in cands[4].values()))
+        fill = fill_floor if size is None else None
+        max_bytes = (int(size * sum(4 * lq.q.size for lq in cands[4].values())) if size is not None
+                     else mixed.default_budget(cands) if fill is not None else None)
         res = mixed.search(model, base, cands, stat, target, agreement, progress=progress, max_bytes=max_bytes,
-                           **({"simulate": sim} if sim else {}))
+                           fill_floor=fill, **({"simulate": sim} if sim else {}))
         if trace is not None:
             trace[gran.name] = {"candidates": cands, "mix": res}
         plan = Int4Plan(gran, {n: cands[b][n] for n, b in res.bits.items()}, skipped, "gptq")
-        plan.search = {"target": target, "agreement_on_calibration": round(res.agreement, 4), "met": res.met,
+        rule = (f"longest prefix of the ranking within {size} x the fp32 weight bytes; must meet {target}"
+                if size is not None else
+                f"all layers at 4 bits if they meet {target}; else the longest prefix of the ranking within the "
+                f"budget halfway between all-4 and all-8 bits ({max_bytes} bytes), which must meet {fill} (else "
+                "the smallest longer prefix that does)" if fill is not None else
+                f"smallest prefix of the ranking that meets {target}")
+        plan.search = {"rule": rule, "target": target, "floor": fill, "size_budget_bytes": max_bytes,
+                       "agreement_on_calibration": round(res.agreement, 4), "met": res.met,
                        "inputs": int(len(stat)), "evaluations": res.evaluations, "curve": res.curve,
                        "activations": "int8 (simulated)" if sim else "float", "size_budget": size,
                        "most_sensitive": [n for n, _ in sorted(res.sensitivity, key=lambda r: -r[1])[:5]],
                        "seconds": round(time.perf_counter() - t0, 1)}
         if not res.met:
             raise EdgeInferError(
-                f"int4 ({gran.name}): no 4/8-bit mix reaches agreement {target} with fp32 on the calibration images; "
+                f"int4 ({gran.name}): no 4/8-bit mix reaches agreement {target if fill is None else fill} with fp32 on the calibration images; "
                 f"the best mix ({plan.bits_summary()['8']} of {len(layers)} layers at 8 bits, "
                 f"{plan.weight_bytes() / 1e6:.2f} MB of weights) reaches {res.agreement:.4f}. "
                 "Lower --min-agreement, or use int8")

@@ -40,7 +40,7 @@ def _conv_rows(x: np.ndarray, layer: Layer, a: dict, max_rows: int, rng) -> np.n
         (pt, pb), (pl, pr) = pads
     else:
         pt, pl, pb, pr = a.get("pads", [0, 0, 0, 0])
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if pt or pb or pl or pr else x   # 1x1: no copy
     win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
     win = win[:, :, ::sh, ::sw, ::dh, ::dw]                       # [N, C, Ho, Wo, kh, kw], a view
     ho, wo = win.shape[2], win.shape[3]

@@ -1,13 +1,16 @@
-"""Mixed 4/8 bits by measured sensitivity, until an agreement target is met.
+"""Mixed 4/8 bits by measured sensitivity: which layers stay at 8 bits.
 
 1. the all-int4 mix is measured (``agreement`` of the simulated model with fp32 on the search
    inputs); if it meets ``target`` it is kept;
 2. each layer's sensitivity is measured alone (only that layer at 4 bits, the rest float): the
    relative squared error of the model's first output;
-3. layers are ranked by sensitivity per byte that 8 bits costs over 4, and the smallest prefix
-   of that ranking kept at 8 bits that meets ``target`` is found by bisection (the agreement
-   grows with the prefix); every measured mix is a point of the size/agreement curve.
+3. layers are ranked by sensitivity per byte that 8 bits costs over 4; then either the smallest
+   prefix of that ranking kept at 8 bits that meets ``target`` is found by bisection (the
+   agreement grows with the prefix), or, with a byte budget, the longest prefix that fits it
+   (the default rule: the budget halfway between all-4 and all-8 bits, ``default_budget``, with
+   a floor); every measured mix is a point of the size/agreement curve.
 If even all-8-bit misses the target, ``MixResult.met`` is False and the best mix is reported.
+All runs share one ONNX Runtime session (``evaluate.WeightSession``): weights are fed, not rebuilt.
 """
 from __future__ import annotations
 
@@ -20,11 +23,14 @@ import onnx
 
 from edgeinfer.progress import Progress
 
-from ..verify import run_reference
+from .evaluate import Simulate, WeightSession
 from .plan import Int4Plan, LayerQuant
 
 Agreement = Callable[[list[np.ndarray], list[np.ndarray]], float]
-Simulate = Callable[[onnx.ModelProto], onnx.ModelProto]
+# the default rule (``edgeinfer convert --quant int4`` without --min-agreement / --int4-size): all layers
+# stay at 4 bits only if they reach this agreement with fp32 on the calibration inputs (the aim of the
+# int8 recipe's search); otherwise the byte budget ``default_budget`` decides, above the shared floor
+DEFAULT_TARGET = 0.93
 
 
 def _same(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -51,22 +57,33 @@ def rel_error(ref: np.ndarray, out: np.ndarray) -> float:
     return float(((out - ref) ** 2).sum() / max((ref ** 2).sum(), 1e-30))
 
 
+def _weights(cands: dict[int, dict[str, LayerQuant]], bits: dict[str, int]) -> dict[str, np.ndarray]:
+    """Initializer name -> dequantized weight of the mix ``bits`` (node -> 4 | 8)."""
+    return {cands[b][n].layer.weight: cands[b][n].weight() for n, b in bits.items()}
+
+
+def _session(model: onnx.ModelProto, cands: dict[int, dict[str, LayerQuant]], simulate: Simulate) -> WeightSession:
+    return WeightSession(model, [lq.layer.weight for lq in cands[4].values()], None if simulate is _same else simulate)
+
+
 def rank(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, LayerQuant]], samples: np.ndarray,
-         progress: bool = True, simulate: Simulate = _same) -> tuple[list[tuple[str, float]], list[str]]:
+         progress: bool = True, simulate: Simulate = _same,
+         session: WeightSession | None = None) -> tuple[list[tuple[str, float]], list[str]]:
     """(sensitivity per layer: relative output error with only that layer at 4 bits, promotion
     order: layers by sensitivity per byte that 8 bits costs over 4, most deserving first).
     ``simulate`` turns a float graph into the arithmetic the artifact will use (e.g. int8
-    activations); the error is measured against the simulated float-weight model."""
-    ref = run_reference(simulate(model), samples)[0]
+    activations); the error is measured against the simulated float-weight model. ``session``:
+    a ``WeightSession`` of ``simulate(model)`` to reuse (else one is built)."""
+    ev = session or _session(model, cands, simulate)
+    ref = ev.run(samples)[0]
     sens = []
     with Progress("int4: layer sensitivity", len(cands[4]), progress) as bar:
         for n in cands[4]:
-            one = Int4Plan(base.granularity, {n: cands[4][n]}, base.skipped, base.method)
-            sens.append((n, rel_error(ref, run_reference(simulate(one.apply(model)), samples)[0])))
+            sens.append((n, rel_error(ref, ev.run(samples, _weights(cands, {n: 4}))[0])))
             bar.update()
     cost = {n: max(cands[8][n].nbytes - cands[4][n].nbytes, 1) for n in cands[4]}
     s = dict(sens)
-    return sens, sorted(cands[4], key=lambda n: -s[n] / cost[n])
+    return sens, sorted(cands[4], key=lambda n: (-s[n] / cost[n], n))
 
 
 def mix_of(order: list[str], k: int) -> dict[str, int]:
@@ -74,50 +91,64 @@ def mix_of(order: list[str], k: int) -> dict[str, int]:
     return {n: 8 if i < k else 4 for i, n in enumerate(order)}
 
 
+def default_budget(cands: dict[int, dict[str, LayerQuant]]) -> int:
+    """The default byte budget of a mix: halfway between every layer at 4 bits and every layer at 8."""
+    return (sum(lq.nbytes for lq in cands[4].values()) + sum(lq.nbytes for lq in cands[8].values())) // 2
+
+
 def search(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, LayerQuant]], samples: np.ndarray,
            target: float, agreement: Agreement, *, sens_samples: int = 16, progress: bool = True,
-           simulate: Simulate = _same, max_bytes: int | None = None) -> MixResult:
+           simulate: Simulate = _same, max_bytes: int | None = None, fill_floor: float | None = None) -> MixResult:
     """The mix of 4/8 bits (see module docstring). ``cands[bits][node]`` are the per-layer
     quantizations to choose from; ``agreement(reference_outputs, outputs)`` scores a model run
     as ``simulate`` makes it (default: float activations) against the float model. With ``max_bytes``
     the mix is chosen by size instead: the longest prefix of the ranking whose weights fit in
-    ``max_bytes`` (more accuracy for that size); ``met`` still says whether it reaches ``target``."""
+    ``max_bytes`` (more accuracy for that size); ``met`` still says whether it reaches ``target``.
+    With ``fill_floor`` too (the default rule): all-int4 is kept if it meets ``target``; else the
+    longest prefix within ``max_bytes``, which must meet ``fill_floor``; if it does not, the smallest
+    longer prefix that does (bisection; ``met`` False when even all-8-bit misses the floor)."""
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     nodes = list(cands[4])
-    ref = run_reference(model, samples)
+    ev = _session(model, cands, simulate)
+    plain = ev if simulate is _same else _session(model, cands, _same)
+    ref = plain.run(samples)
+    del plain
     res = MixResult({n: 4 for n in nodes}, float("nan"), False)
 
     def measure(bits: dict[str, int]) -> float:
         res.evaluations += 1
-        plan = _plan(base, cands, bits)
-        a = float(agreement(ref, run_reference(simulate(plan.apply(model)), samples)))
-        res.curve.append({"layers_8bit": sum(1 for b in bits.values() if b == 8), "weight_bytes": plan.weight_bytes(),
-                          "agreement": round(a, 4)})
+        a = float(agreement(ref, ev.run(samples, _weights(cands, bits))))
+        res.curve.append({"layers_8bit": sum(1 for b in bits.values() if b == 8),
+                          "weight_bytes": _plan(base, cands, bits).weight_bytes(), "agreement": round(a, 4)})
         return a
 
     res.agreement = measure(res.bits)
     say(f"int4: all {len(nodes)} layers at 4 bits -> agreement {res.agreement:.4f} on {len(samples)} "
         f"calibration inputs (target {target})")
-    if res.agreement >= target and max_bytes is None:
+    if res.agreement >= target and (max_bytes is None or fill_floor is not None):
         res.met = True
         return res
-    res.sensitivity, res.order = rank(model, base, cands, samples[:sens_samples], progress, simulate)
+    res.sensitivity, res.order = rank(model, base, cands, samples[:sens_samples], progress, simulate, session=ev)
     res.evaluations += len(nodes)
     mix = lambda k: mix_of(res.order, k)      # noqa: E731
+    lo = 0                                    # mix(lo) misses the goal
     if max_bytes is not None:
         k = max([0] + [k for k in range(1, len(nodes) + 1) if _plan(base, cands, mix(k)).weight_bytes() <= max_bytes])
         res.bits = mix(k)
         res.agreement = measure(res.bits) if k else res.agreement
-        res.met = res.agreement >= target
+        goal = target if fill_floor is None else fill_floor
+        res.met = res.agreement >= goal
         say(f"int4: {k} layers at 8 bits fit {max_bytes / 1e6:.2f} MB of weights -> agreement {res.agreement:.4f}")
-        return res
+        if res.met or fill_floor is None:
+            return res
+        target, lo = fill_floor, k            # the budget misses the floor: the smallest longer prefix that meets it
 
     best_a = measure(mix(len(nodes)))
     if best_a < target:
         res.bits, res.agreement = mix(len(nodes)), best_a
         say(f"int4: even all layers at 8 bits reach only {best_a:.4f} < target {target}")
         return res
-    lo, hi = 0, len(nodes)        # mix(lo) misses the target, mix(hi) meets it
+    hi = len(nodes)               # mix(hi) meets the target
     while hi - lo > 1:
         mid = (lo + hi) // 2
         a = measure(mix(mid))
