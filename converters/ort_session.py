@@ -7,10 +7,15 @@ import onnxruntime as ort
 from onnx import helper
 
 
-def cpu_session(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
-    """A quiet CPU session; ``threads`` caps intra-op threads (None: ONNX Runtime's default)."""
+def cpu_session(model: onnx.ModelProto, threads: int | None = None, fuse_qdq: bool = True) -> ort.InferenceSession:
+    """A quiet CPU session; ``threads`` caps intra-op threads (None: ONNX Runtime's default).
+    ``fuse_qdq=False`` keeps QuantizeLinear/DequantizeLinear pairs as float fake quantization: ONNX
+    Runtime otherwise quantizes the float weights next to them itself (WeightBiasQuantization)
+    and fuses everything into the host's int8 kernels (QLinearConv, QGemm)."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if not fuse_qdq:
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
     if threads:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1

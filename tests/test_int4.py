@@ -252,7 +252,16 @@ def test_simulated_int8_activations_track_the_tflite_artifact(tiny, tmp_path):
     tfl = emit_tflite(EmitRequest(model=model, precision="int4", out_path=tmp_path / "m.tflite", calibration=calib,
                                   input_layout="NHWC", int4=plan))
     xs = x[:16]
-    f, s = (np.concatenate([ort_run(m, {"x": xs[i:i + 1]})[0] for i in range(len(xs))]) for m in (weights, sim))
+    f = np.concatenate([ort_run(weights, {"x": xs[i:i + 1]})[0] for i in range(len(xs))])
+    from converters.int4.evaluate import WeightSession        # how the search runs it: float fake quantization
+    s = WeightSession(model, lambda m: int8_activations(m, calib.ranges)).run(
+        xs, {lq.layer.weight: lq.weight() for lq in plan.layers.values()})[0]
+    import onnxruntime as ort                                  # = the graph with no ONNX Runtime rewrite at all
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(sim.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(s, np.concatenate([plain.run(None, {"x": xs[i:i + 1]})[0] for i in range(len(xs))]),
+                               rtol=1e-5, atol=1e-6)
     t = run_artifact(tfl, xs)[0]
     assert np.abs(s - t).mean() < 0.5 * np.abs(f - t).mean()
     scale, zp = qparams_from_range(*calib.ranges[out_name], "int8")
@@ -316,7 +325,7 @@ def test_weight_session_matches_a_model_with_the_plan_applied(tiny):
     from converters.verify import run_reference
     model, x = tiny
     plan = plan_rtn(model, BLOCK32)
-    ev = WeightSession(model, [lq.layer.weight for lq in plan.layers.values()])
+    ev = WeightSession(model)
     np.testing.assert_allclose(ev.run(x)[0], run_reference(model, x)[0], rtol=1e-5, atol=1e-5)
     got = ev.run(x, {lq.layer.weight: lq.weight() for lq in plan.layers.values()})[0]
     np.testing.assert_allclose(got, run_reference(plan.apply(model), x)[0], rtol=1e-5, atol=1e-5)

@@ -5,8 +5,10 @@ ranges), so the 4/8-bit search must score a mix the way that artifact will run, 
 activations. ``int8_activations(model, ranges)`` returns a copy where every activation tensor the
 TFLite emitter stores as int8 is rounded to its int8 grid (``QuantizeLinear`` ->
 ``DequantizeLinear``, scale and zero point from ``quant_math.qparams_from_range`` like the
-emitter); the weights stay float initializers, so ONNX Runtime fuses nothing into int8 kernels
-and the simulation does not depend on the host's int8 arithmetic. Not simulated: the output of a
+emitter); the weights stay float initializers. Run it with ``cpu_session(fuse_qdq=False)`` (as
+``evaluate.WeightSession`` does): by default ONNX Runtime would quantize those weights itself and
+fuse them into its int8 kernels, making the figure depend on the host's int8 arithmetic (and
+on x86 without VNNI, its saturation). Not simulated: the output of a
 producer whose only reader is a Relu/Clip (TFLite fuses the activation; only the clipped tensor
 is stored), and int32 bias / fixed-point requantization rounding (below the int8 step).
 """

@@ -10,7 +10,8 @@
    (the default rule: the budget halfway between all-4 and all-8 bits, ``default_budget``, with
    a floor); every measured mix is a point of the size/agreement curve.
 If even all-8-bit misses the target, ``MixResult.met`` is False and the best mix is reported.
-All runs share one ONNX Runtime session (``evaluate.WeightSession``): weights are fed, not rebuilt.
+The graph is prepared and serialized once for all runs (``evaluate.WeightSession``); each run only
+hands its weights to ONNX Runtime as initializer overrides.
 """
 from __future__ import annotations
 
@@ -62,8 +63,8 @@ def _weights(cands: dict[int, dict[str, LayerQuant]], bits: dict[str, int]) -> d
     return {cands[b][n].layer.weight: cands[b][n].weight() for n, b in bits.items()}
 
 
-def _session(model: onnx.ModelProto, cands: dict[int, dict[str, LayerQuant]], simulate: Simulate) -> WeightSession:
-    return WeightSession(model, [lq.layer.weight for lq in cands[4].values()], None if simulate is _same else simulate)
+def _session(model: onnx.ModelProto, simulate: Simulate) -> WeightSession:
+    return WeightSession(model, None if simulate is _same else simulate)
 
 
 def rank(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, LayerQuant]], samples: np.ndarray,
@@ -74,7 +75,7 @@ def rank(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, Laye
     ``simulate`` turns a float graph into the arithmetic the artifact will use (e.g. int8
     activations); the error is measured against the simulated float-weight model. ``session``:
     a ``WeightSession`` of ``simulate(model)`` to reuse (else one is built)."""
-    ev = session or _session(model, cands, simulate)
+    ev = session or _session(model, simulate)
     ref = ev.run(samples)[0]
     sens = []
     with Progress("int4: layer sensitivity", len(cands[4]), progress) as bar:
@@ -109,8 +110,8 @@ def search(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, La
     longer prefix that does (bisection; ``met`` False when even all-8-bit misses the floor)."""
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     nodes = list(cands[4])
-    ev = _session(model, cands, simulate)
-    plain = ev if simulate is _same else _session(model, cands, _same)
+    ev = _session(model, simulate)
+    plain = ev if simulate is _same else _session(model, _same)
     ref = plain.run(samples)
     del plain
     res = MixResult({n: 4 for n in nodes}, float("nan"), False)

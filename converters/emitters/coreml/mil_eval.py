@@ -199,16 +199,26 @@ def _conv(x, weight, strides=None, pad_type="valid", pad=None, dilations=None, g
     strides = [1] * nsp if strides is None else [int(s) for s in strides]
     dilations = [1] * nsp if dilations is None else [int(d) for d in dilations]
     p = _pads(pad_type, pad, x.shape[2:], w.shape[2:], strides, dilations)
-    xp = np.pad(x, [(0, 0), (0, 0)] + p)
+    xp = np.pad(x, [(0, 0), (0, 0)] + p) if any(a or b for a, b in p) else x
     win = _windows(xp, w.shape[2:], strides, dilations)          # N, C, *O, *K
     g = int(groups)
     n, c = win.shape[:2]
     out_sp = win.shape[2:2 + nsp]
-    win = win.reshape(n, g, c // g, *out_sp, *w.shape[2:])
-    wg = w.reshape(g, w.shape[0] // g, w.shape[1], *w.shape[2:])
-    if nsp == 2:
+    if nsp == 2 and g == c == w.shape[0] and w.shape[1] == 1:    # depthwise: one multiply-add per tap
+        y = np.zeros((n, c, *out_sp), np.float32)
+        for i in range(w.shape[2]):
+            for j in range(w.shape[3]):
+                y += win[..., i, j] * w[:, 0, i, j].reshape(1, c, 1, 1)
+    elif nsp == 2 and g == 1:                                    # im2col + one matrix product
+        cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n, out_sp[0] * out_sp[1], -1)
+        y = (cols @ w.reshape(w.shape[0], -1).T).transpose(0, 2, 1)
+    elif nsp == 2:
+        win = win.reshape(n, g, c // g, *out_sp, *w.shape[2:])
+        wg = w.reshape(g, w.shape[0] // g, w.shape[1], *w.shape[2:])
         y = np.einsum("ngchwij,gocij->ngohw", win, wg, optimize=True)
     elif nsp == 1:
+        win = win.reshape(n, g, c // g, *out_sp, *w.shape[2:])
+        wg = w.reshape(g, w.shape[0] // g, w.shape[1], *w.shape[2:])
         y = np.einsum("ngchi,goci->ngoh", win, wg, optimize=True)
     else:
         raise EdgeInferError(f"MIL evaluator: conv with {nsp} spatial dims is not supported")
