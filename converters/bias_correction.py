@@ -4,7 +4,8 @@ Rounding weights shifts each output channel's mean by ``(W_q - W) . E[x]``: a sy
 that per-channel scales do not remove (it grows when scales get coarser, e.g. pair-safe weights)
 and that ONNX Runtime's ``quantize_static`` leaves in. ``correct_biases`` subtracts that shift
 from the float bias of every quantized Conv / Gemm of a QDQ model, with ``E[x]`` the per-channel
-mean of the layer's float input over the calibration images (measured once on the float model).
+mean of the layer's float input over the calibration images (measured once on the float model, on
+the first ``MEAN_PIXELS`` input pixels of them).
 
 Contract: only the float bias initializers change; weights, scales and activation ranges stay.
 A Conv/Gemm without a bias initializer of its own, and MatMul, are left as they are.
@@ -18,6 +19,14 @@ from onnx import helper, numpy_helper
 from .ort_session import tensor_probe
 
 OPS = ("Conv", "Gemm")
+MEAN_PIXELS = 200 * 224 * 224   # input means use at most this many input pixels of samples (24 images at 640 px)
+
+
+def mean_samples(samples: np.ndarray) -> np.ndarray:
+    """The leading samples the input means are measured on: all of them up to ``MEAN_PIXELS``
+    input pixels (a channel mean over millions of positions has long converged), at least 8."""
+    pixels = int(np.prod(samples.shape[2:])) if samples.ndim >= 3 else 1
+    return samples[:max(8, MEAN_PIXELS // max(pixels, 1))]
 
 
 def input_channel_means(model: onnx.ModelProto, samples: np.ndarray, tensors: list[str]) -> dict[str, np.ndarray]:
@@ -67,7 +76,7 @@ def correct_biases(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, sample
     cache = {} if cache is None else cache
     missing = sorted({src.input[0] for _, _, src in todo} - set(cache))
     if missing and len(samples):
-        cache.update(input_channel_means(float_model, samples, missing))
+        cache.update(input_channel_means(float_model, mean_samples(samples), missing))
     changed = 0
     for node, dq, src in todo:
         if src.input[0] not in cache:

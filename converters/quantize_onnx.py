@@ -141,6 +141,28 @@ def quantized_weights(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, ops
         yield node, dq, src if ok else None
 
 
+_PAIR_SAFE_CACHE: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+_PAIR_SAFE_CACHE_MAX = 2048   # weight tensors (a 640 px YOLOv8s has 64)
+
+
+def _cached_pair_safe(rows: np.ndarray, orders: list[np.ndarray], fit) -> tuple[np.ndarray, np.ndarray]:
+    """``fit(rows, orders)``, memoised on the bytes of ``rows`` and ``orders``: the keep-float search
+    re-quantizes the same float weights once per candidate, and the fit is the costly part."""
+    import hashlib
+    h = hashlib.blake2b(digest_size=20)
+    h.update(str((rows.dtype, rows.shape)).encode())
+    h.update(np.ascontiguousarray(rows).tobytes())
+    for o in orders:
+        h.update(np.ascontiguousarray(o, np.int64).tobytes())
+    key = h.digest()
+    if key not in _PAIR_SAFE_CACHE:
+        if len(_PAIR_SAFE_CACHE) >= _PAIR_SAFE_CACHE_MAX:
+            _PAIR_SAFE_CACHE.clear()
+        _PAIR_SAFE_CACHE[key] = fit(rows, orders)
+    q, s = _PAIR_SAFE_CACHE[key]
+    return q.copy(), s.copy()
+
+
 def make_pair_safe(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> int:
     """Re-quantize, in place, the int8 weights of every GEMM-lowered Conv/Gemm/MatMul of the QDQ
     ``qmodel`` with ``quant_math.pair_safe_per_channel`` from the float weights of ``float_model``
@@ -165,7 +187,7 @@ def make_pair_safe(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> int
         if found is None:
             continue
         rows, orders = found
-        q_rows, scales = pair_safe_per_channel(rows, orders)
+        q_rows, scales = _cached_pair_safe(rows, orders, pair_safe_per_channel)
         if node.op_type == "Conv":
             q = q_rows.reshape(w.shape)
         else:

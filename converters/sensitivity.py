@@ -159,6 +159,16 @@ def _label(c: Candidate) -> str:
     return names[0] if len(names) == 1 else f"[{names[0]} .. {names[-1]}] ({len(names)} nodes)"
 
 
+def _checked(candidates: Iterable[Candidate], model: onnx.ModelProto) -> list[Candidate]:
+    """The non-empty candidates, refused if they name nodes the model does not have."""
+    cands = [c for c in candidates if _names(c)]
+    known = {n.name for n in model.graph.node}
+    unknown = sorted({n for c in cands for n in _names(c)} - known)
+    if unknown:
+        raise EdgeInferError(f"sensitivity candidates name nodes not in the model: {', '.join(unknown[:5])}")
+    return cands
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -218,35 +228,40 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
         return report
 
     always: list[Candidate] = []     # evaluated even past the time budget: the known int8 failure points
+    rank_later = False               # the SQNR ranking run happens only if the always-candidates fall short
     if candidates is None:
-        nodes = quantized_nodes(naive)
         always = [*mixed_range_concats(model, calib.ranges), *head_groups(model)]   # smallest first
-        if top_k is None:
-            candidates = [*head_groups(model), *reversed(nodes)]
-        else:
-            from .int8_error import node_error_ranking
-            ranking = node_error_ranking(model, naive, eval_inputs[:ranking_inputs(eval_inputs)], nodes=nodes,
-                                         progress=progress)
-            report.ranking = [(_label(r.nodes), round(r.lost_db, 2)) for r in ranking[:top_k]]
-            log("  worst int8 nodes (SQNR lost): " + ", ".join(f"{n} {db:.1f} dB" for n, db in report.ranking[:5]))
-            candidates = [*always, *(r.nodes for r in ranking[:top_k])]
-    cands = [c for c in candidates if _names(c)]
-    known = {n.name for n in model.graph.node}
-    unknown = sorted({n for c in cands for n in _names(c)} - known)
-    if unknown:
-        raise EdgeInferError(f"sensitivity candidates name nodes not in the model: {', '.join(unknown[:5])}")
+        candidates = [*always, *reversed(quantized_nodes(naive))] if top_k is None else list(always)
+        rank_later = top_k is not None
+    cands = _checked(candidates, model)
 
-    with Progress("scanning int8 nodes", len(cands), progress) as bar:
-        for c in cands:
+    def ranked_candidates() -> list[Candidate]:
+        from .int8_error import node_error_ranking
+        ranking = node_error_ranking(model, naive, eval_inputs[:ranking_inputs(eval_inputs)],
+                                     nodes=quantized_nodes(naive), progress=progress)
+        report.ranking = [(_label(r.nodes), round(r.lost_db, 2)) for r in ranking[:top_k]]
+        log("  worst int8 nodes (SQNR lost): " + ", ".join(f"{n} {db:.1f} dB" for n, db in report.ranking[:5]))
+        return [r.nodes for r in ranking[:top_k] if r.nodes not in always]
+
+    with Progress("scanning int8 nodes", len(cands) + (top_k or 0) * rank_later, progress) as bar:
+        i = 0
+        while True:
+            if i == len(cands):
+                if not rank_later or out_of_time():
+                    break
+                rank_later = False
+                cands += ranked_candidates()
+                continue
+            c = cands[i]
             if c not in always and out_of_time():
-                cands = cands[:len(report.scan)]
-                log(f"  time budget {time_budget:.0f} s reached: scanned {len(cands)} candidates")
+                log(f"  time budget {time_budget:.0f} s reached: scanned {i} candidates")
                 break
             report.scan.append((_label(c), measure(_names(c))))
             bar.update()
+            i += 1
             if report.scan[-1][1] >= target:   # this candidate alone meets the target: nothing to add
-                cands = cands[:len(report.scan)]
                 break
+        cands = cands[:len(report.scan)]
     best = max(report.scan, key=lambda r: r[1], default=None)
     if best is not None:
         log(f"  best single node kept in float: {best[0]} -> {best[1]:.4f}")

@@ -136,4 +136,20 @@ def test_detector_keep_float_is_the_one_call_for_the_pipeline(setup):
     rep = detector_keep_float(model, cal, big, post, progress=False)
     assert rep.excluded[0] == "head_concat" and len(rep.excluded) <= 2 and rep.float_metric == pytest.approx(1.0)
     assert rep.final_metric > rep.naive_metric + 0.25
-    assert rep.ranking and rep.evaluations <= 2 + len(head_groups(model)) + 8 + 2 * 8   # ranked, not exhaustive
+    # head_concat (an always-scanned candidate) met the target alone: no SQNR ranking run, 3 evaluations
+    assert rep.ranking == [] and rep.evaluations == 3 and rep.scan == [("head_concat", pytest.approx(1.0))]
+
+
+def test_ranking_run_only_when_the_always_scanned_candidates_fall_short(setup):
+    """Target out of reach of the head groups (tolerance 0): the SQNR ranking run adds ranked nodes
+    to the scan; past the time budget it is skipped and only the head groups are scanned."""
+    model, calib, evals, ref, cal = setup
+    groups = head_groups(model)
+    rep = sensitivity_search(model, calib, evals, _score_agreement(ref), tolerance=0.0, calibration=cal,
+                             progress=False)
+    always = ["head_concat"] + [f"[{g[0]} .. {g[-1]}] ({len(g)} nodes)" for g in groups]  # mixed-range concat first
+    assert rep.ranking and len(rep.scan) > len(always)
+    assert [s for s, _ in rep.scan[:len(always)]] == always
+    late = sensitivity_search(model, calib, evals, _score_agreement(ref), tolerance=0.0, calibration=cal,
+                              progress=False, time_budget=0.0)
+    assert late.ranking == [] and [s for s, _ in late.scan] == always and late.out_of_time
