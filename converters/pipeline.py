@@ -35,7 +35,7 @@ from .intake.shapes import hw_hint
 from .load import opset_of
 from .model_info import (classify_postprocess, input_spec, merged_preprocess, metadata, output_specs, resolve_labels,
                          resolve_preprocess, resolve_task)
-from .verify import check_min_agreement, run_reference, verify_artifact
+from .verify import below_default_floor, check_min_agreement, run_reference, verify_artifact
 
 PRECISION_ORDER = ("fp32", "fp16", "int8", "int4")
 SEARCH_INPUTS = 32        # calibration images the keep-float search evaluates on
@@ -246,13 +246,25 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
                                   time_budget=opts.search_seconds)
         metric = "map50_agreement on calibration images"
     else:
+        tolerance = max(0.0, 1.0 - opts.min_agreement)
         rep = classifier_keep_float(model, calib, samples, opts.min_agreement, progress=opts.progress,
                                     time_budget=opts.search_seconds)
         metric = "top1_agreement on calibration images"
     entry = {"kept_float": rep.excluded, "metric": metric, "float": rep.float_metric, "naive_int8": rep.naive_metric,
              "final": rep.final_metric, "evaluations": rep.evaluations, "ranked_by_sqnr_lost": rep.ranking,
-             "out_of_time": rep.out_of_time, "arithmetic": "pair-safe int8 on this host's ORT (= exact-int)"}
+             "out_of_time": rep.out_of_time, "arithmetic": "pair-safe int8 on this host's ORT (= exact-int)",
+             "target": rep.float_metric - tolerance, "met": bool(rep.final_metric >= rep.float_metric - tolerance)}
     return list(rep.excluded), entry
+
+
+def search_missed(mixed: dict[str, Any] | None) -> str | None:
+    """A warning line when the keep-float search ended below its target (the manifest's
+    ``mixed_precision`` entry), else None."""
+    if not mixed or mixed.get("met") is not False:
+        return None
+    return (f"int8: the keep-float search reached {mixed['metric']} {mixed['final']:.4f}, below its target "
+            f"{mixed['target']:.4f}: the int8 artifacts lose more than the target allows (ship fp16/fp32, or check "
+            "the int8 figures on your own images)")
 
 
 def _int4_plan(model, calib_samples: np.ndarray | None, calib: CalibrationResult | None,
@@ -391,6 +403,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
             manifest = dict(base_manifest, profile=profile.to_manifest(), artifacts=[], warnings=[])
             if facts.get("synthetic"):
                 manifest["warnings"].append("calibrated on RANDOM inputs (--calib-synthetic): accuracy is not representative")
+            if search_missed(mixed):
+                manifest["warnings"].append(search_missed(mixed))
             for fmt, precision in plans[profile.name]:
                 name = f"{stem}-{precision}{FILE_SUFFIX[fmt]}"
                 _say(opts, f"[{profile.name}] emitting {fmt} {precision}")
@@ -425,6 +439,9 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                     from .int4 import check_floor
                     check_floor(figures, task, opts.min_agreement, name, req.int4)
                 check_min_agreement(figures, task, opts.min_agreement, name)
+                low = below_default_floor(figures, task, opts.min_agreement)
+                if low and precision == "int8":
+                    manifest["warnings"].append(f"{name}: {low}")
                 emulated = None
                 if opts.verify_on == "emulated":
                     from .verify_emulated import verify_emulated

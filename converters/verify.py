@@ -125,6 +125,19 @@ def verify_artifact(artifact: EmittedArtifact, samples: np.ndarray, reference: l
     return figures
 
 
+def below_default_floor(figures: dict[str, Any], task: str, minimum: float | None) -> str | None:
+    """Without ``--min-agreement``: a warning line when the artifact's agreement figure is below
+    ``DEFAULT_AGREEMENT_FLOOR`` (the bundle is still written), else None."""
+    key = AGREEMENT_KEY.get(task)
+    value = figures.get(key) if key else None
+    if minimum is not None or value is None or value >= DEFAULT_AGREEMENT_FLOOR:
+        return None
+    n = figures.get("inputs")
+    on = f" on {n} held-out inputs" if n else ""
+    return (f"{key} with the float model is {value:.4f}{on}, below {DEFAULT_AGREEMENT_FLOOR}; check it on your own "
+            "images before shipping (--min-agreement X makes this an error)")
+
+
 def check_min_agreement(figures: dict[str, Any], task: str, minimum: float | None, artifact_name: str) -> None:
     if minimum is None:
         return

@@ -153,3 +153,15 @@ def test_ranking_run_only_when_the_always_scanned_candidates_fall_short(setup):
     late = sensitivity_search(model, calib, evals, _score_agreement(ref), tolerance=0.0, calibration=cal,
                               progress=False, time_budget=0.0)
     assert late.ranking == [] and [s for s, _ in late.scan] == always and late.out_of_time
+
+
+def test_a_missed_target_and_a_low_int8_figure_become_warnings():
+    from converters.pipeline import search_missed
+    from converters.verify import below_default_floor
+    entry = {"metric": "map50_agreement on calibration images", "final": 0.9203, "target": 0.99, "met": False}
+    assert "0.9203, below its target 0.9900" in search_missed(entry)
+    assert search_missed(dict(entry, met=True)) is None and search_missed(None) is None
+    low = below_default_floor({"map50_agreement": 0.663, "inputs": 13}, "detect", None)
+    assert "map50_agreement" in low and "0.6630 on 13 held-out inputs, below 0.9" in low
+    assert below_default_floor({"map50_agreement": 0.663}, "detect", 0.5) is None     # --min-agreement decides
+    assert below_default_floor({"top1_agreement": 0.95}, "classify", None) is None
