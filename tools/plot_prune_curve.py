@@ -144,6 +144,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=900.0, help="distillation seconds per point")
     ap.add_argument("--lr", type=float, help="distillation learning rate (default: DistillConfig's)")
     ap.add_argument("--feature-weight", type=float, help="distillation feature-loss weight (default: DistillConfig's)")
+    ap.add_argument("--train-size", type=int, help="distillation training resolution in pixels (default: DistillConfig's)")
+    ap.add_argument("--batch", type=int, help="distillation batch size (default: DistillConfig's)")
     ap.add_argument("--extra-recovery", type=int, default=600,
                     help="eval photos added (unlabelled) to the recovery data; the rest of eval is scored")
     ap.add_argument("--channel-multiple", type=int, default=8,
@@ -164,7 +166,8 @@ def main(argv=None) -> int:
         real = (saved["fp32_top1"], saved["rows"])
     elif args.real:
         from converters.prune.distill import DistillConfig
-        knobs = {k: v for k, v in (("lr", args.lr), ("feature_weight", args.feature_weight)) if v is not None}
+        knobs = {k: v for k, v in (("lr", args.lr), ("feature_weight", args.feature_weight),
+                                   ("train_size", args.train_size), ("batch", args.batch)) if v is not None}
         real = real_rows(args.real, [float(c) for c in args.cuts.split(",")], args.recover.split(","),
                          DistillConfig(time_budget=args.budget, **knobs), args.extra_recovery, args.save_dir,
                          args.channel_multiple)

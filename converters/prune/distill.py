@@ -240,13 +240,13 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
     head = max(1, min(10, len(losses) // 4))
     report = {"steps": step, "epochs": round(step / steps_per_epoch, 3), "images": int(len(x_all)),
               "batch": cfg.batch, "train_size": int(size_hw[0]), "lr": cfg.lr, "relative_lr": cfg.relative_lr, "seconds": round(seconds, 1),
-              "cpu_seconds": round(cpu, 1), "threads": int(torch.get_num_threads()),
+              "steps_per_second": round(step / max(seconds, 1e-9), 4), "cpu_seconds": round(cpu, 1), "threads": int(torch.get_num_threads()),
               "time_budget": cfg.time_budget, "stopped_by_budget": stopped, "seed": cfg.seed,
               "augment": {"crop_scale": list(cfg.crop_scale), "flip": cfg.flip},
               "feature_loss": {"weight": cfg.feature_weight, "tensors": len(feats)},
               "loss_first": float(np.mean(losses[:head])), "loss_last": float(np.mean(losses[-head:])),
               "held_out": {"images": n_hold, "kl_before": kl_before, "kl_after": kl_after, "reverted": reverted},
               "notes": notes}
-    progress(f"distillation: {step} steps in {seconds:.0f} s (CPU {cpu:.0f} s), loss {report['loss_first']:.4f} -> {report['loss_last']:.4f}"
+    progress(f"distillation: {step} steps in {seconds:.0f} s ({step / max(seconds, 1e-9):.3f} steps/s; CPU {cpu:.0f} s), loss {report['loss_first']:.4f} -> {report['loss_last']:.4f}"
              + (f", held-out KL {kl_before:.4f} -> {kl_after:.4f} on {n_hold} images" if n_hold else ""))
     return trained, report
