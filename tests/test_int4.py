@@ -330,3 +330,21 @@ def test_weight_session_matches_a_model_with_the_plan_applied(tiny):
     got = ev.run(x, {lq.layer.weight: lq.weight() for lq in plan.layers.values()})[0]
     np.testing.assert_allclose(got, run_reference(plan.apply(model), x)[0], rtol=1e-5, atol=1e-5)
     assert not np.allclose(got, ev.run(x)[0], rtol=1e-5, atol=1e-5)     # the fed weights are used
+
+
+@pytest.mark.parametrize("c,k,stride,pads,groups,dil", [(4, 3, 1, [1, 1, 1, 1], 4, 1), (3, 3, 2, [0, 1, 1, 0], 1, 1),
+                                                        (6, 3, 1, [2, 2, 2, 2], 2, 2), (5, 1, 1, [0, 0, 0, 0], 1, 1)])
+def test_conv_windows_match_a_padded_im2col(c, k, stride, pads, groups, dil):
+    """The statistics' unfolded conv windows (gathered at sampled positions, zeros outside the
+    input) are the rows of a plain im2col of the padded input."""
+    from converters.int4.hessian import _conv_rows
+    from converters.int4.layers import Layer
+    x = np.random.default_rng(0).standard_normal((2, c, 7, 6)).astype(np.float32)
+    layer = Layer("n", "Conv", "w", (c, c // groups, k, k), "x", groups=groups, kernel=k * k)
+    rows = _conv_rows(x, layer, {"strides": [stride] * 2, "dilations": [dil] * 2, "pads": pads}, 10 ** 6,
+                      np.random.default_rng(0))
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    ext = (k - 1) * dil + 1
+    want = [xp[b, :, i:i + ext:dil, j:j + ext:dil].reshape(groups, -1)
+            for b in range(2) for i in range(0, xp.shape[2] - ext + 1, stride) for j in range(0, xp.shape[3] - ext + 1, stride)]
+    np.testing.assert_array_equal(rows, np.stack(want))

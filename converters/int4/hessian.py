@@ -23,8 +23,8 @@ BATCH = 8
 
 def _conv_rows(x: np.ndarray, layer: Layer, a: dict, max_rows: int, rng) -> np.ndarray:
     """At most ``max_rows`` random output positions of a conv, unfolded: [R, G, Cg*kh*kw] (NCHW input).
-    Windows are gathered only at the sampled positions (a full im2col of an early depthwise layer
-    would hold hundreds of MB)."""
+    Windows are gathered only at the sampled positions, padding included (zeros outside the input):
+    neither a full im2col nor a padded copy of the batch is made."""
     kh, kw = layer.shape[2], layer.shape[3]
     sh, sw = a.get("strides", [1, 1])
     dh, dw = a.get("dilations", [1, 1])
@@ -40,17 +40,21 @@ def _conv_rows(x: np.ndarray, layer: Layer, a: dict, max_rows: int, rng) -> np.n
         (pt, pb), (pl, pr) = pads
     else:
         pt, pl, pb, pr = a.get("pads", [0, 0, 0, 0])
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if pt or pb or pl or pr else x   # 1x1: no copy
-    win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
-    win = win[:, :, ::sh, ::sw, ::dh, ::dw]                       # [N, C, Ho, Wo, kh, kw], a view
-    ho, wo = win.shape[2], win.shape[3]
+    ho = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    wo = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
     total = n * ho * wo
     pos = np.sort(rng.choice(total, max_rows, replace=False)) if total > max_rows else np.arange(total)
     bi, rem = np.divmod(pos, ho * wo)
     yi, xi = np.divmod(rem, wo)
-    rows = win[bi, :, yi, xi]                                      # [R, C, kh, kw]
+    yy = yi[:, None] * sh - pt + np.arange(kh) * dh                 # [R, kh] input rows of each window
+    xx = xi[:, None] * sw - pl + np.arange(kw) * dw                 # [R, kw]
+    rows = x[bi[:, None, None], :, np.clip(yy, 0, h - 1)[:, :, None], np.clip(xx, 0, w - 1)[:, None, :]]   # [R, kh, kw, C]
+    inside = ((yy >= 0) & (yy < h))[:, :, None] & ((xx >= 0) & (xx < w))[:, None, :]
+    if not inside.all():
+        rows = rows * inside[..., None]
+    rows = rows.transpose(0, 3, 1, 2)                                # [R, C, kh, kw]
     g = layer.groups
-    return rows.reshape(len(pos), g, (c // g) * kh * kw)
+    return np.ascontiguousarray(rows).reshape(len(pos), g, (c // g) * kh * kw)
 
 
 def _rows(x: np.ndarray, layer: Layer, a: dict | None, max_rows: int, rng) -> np.ndarray:
