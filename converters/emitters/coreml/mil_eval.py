@@ -497,6 +497,7 @@ class MilProgram:
         self._blob_readers: dict[str, Any] = {}
         self._reader_cls = _BlobStorageReader
         self.op_types = [o.type for o in self.block.operations]
+        self._consts: dict[str, Any] = {}
 
     # -- values
     def _tensor_dtype(self, vtype) -> Any:
@@ -568,8 +569,11 @@ class MilProgram:
                 raise EdgeInferError(f"MIL evaluator: missing input {name!r}")
             env[name] = np.asarray(feeds[name]).astype(self._tensor_dtype(inp.type))
         for o in self.block.operations:
-            if o.type == "const":
-                env[o.outputs[0].name] = self.value(o.attributes["val"])
+            if o.type == "const":                    # decoded once per program (blobs are read once)
+                name = o.outputs[0].name
+                if name not in self._consts:
+                    self._consts[name] = self.value(o.attributes["val"])
+                env[name] = self._consts[name]
                 continue
             fn = OPS.get(o.type)
             if fn is None:
