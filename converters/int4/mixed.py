@@ -3,7 +3,9 @@
 1. the all-int4 mix is measured (``agreement`` of the simulated model with fp32 on the search
    inputs); if it meets ``target`` it is kept;
 2. each layer's sensitivity is measured alone (only that layer at 4 bits, the rest float): the
-   relative squared error of the model's first output;
+   relative squared error of the model's first output, on the first ``sens_samples`` (8) inputs
+   (MobileNetV2: 8, 16 and 4 photos left the same 3 layers at 4 bits under the default budget and
+   the same first 32 layers; 8 costs 28 s of CPU against 45 s for 16);
 3. layers are ranked by sensitivity per byte that 8 bits costs over 4; then either the smallest
    prefix of that ranking kept at 8 bits that meets ``target`` is found by bisection (the
    agreement grows with the prefix), or, with a byte budget, the longest prefix that fits it
@@ -98,7 +100,7 @@ def default_budget(cands: dict[int, dict[str, LayerQuant]]) -> int:
 
 
 def search(model: onnx.ModelProto, base: Int4Plan, cands: dict[int, dict[str, LayerQuant]], samples: np.ndarray,
-           target: float, agreement: Agreement, *, sens_samples: int = 16, progress: bool = True,
+           target: float, agreement: Agreement, *, sens_samples: int = 8, progress: bool = True,
            simulate: Simulate = _same, max_bytes: int | None = None, fill_floor: float | None = None) -> MixResult:
     """The mix of 4/8 bits (see module docstring). ``cands[bits][node]`` are the per-layer
     quantizations to choose from; ``agreement(reference_outputs, outputs)`` scores a model run
