@@ -188,7 +188,9 @@ def test_stats_equal_what_coremltools_would_measure(cases, batch, key, tmp_path)
             continue
         lo, hi = seen[name]
         tol = 1e-2 * max(abs(lo), abs(hi), 1e-3)
-        assert s["rmin"] == pytest.approx(lo, abs=tol) and s["rmax"] == pytest.approx(hi, abs=tol), name
+        # a HardSwish input's low end is raised to -3 on purpose (converters.activation_ranges)
+        raised = s["rmin"] == pytest.approx(-3.0, abs=1e-6) and lo < -3.0
+        assert (raised or s["rmin"] == pytest.approx(lo, abs=tol)) and s["rmax"] == pytest.approx(hi, abs=tol), name
         compared += 1
     assert compared >= 6
     if "residual" in key:

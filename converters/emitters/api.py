@@ -33,6 +33,7 @@ class CalibrationResult:
     skipped: int = 0                  # unreadable images skipped
     synthetic: bool = False           # True when no real data was given (explicit user flag)
     channel_means: dict[str, np.ndarray] = field(default_factory=dict)  # per-channel input means, measured on demand
+    tightened: dict[str, int] = field(default_factory=dict)   # activation rule -> ranges it raised (converters.activation_ranges)
 
 
 @dataclass

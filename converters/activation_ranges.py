@@ -1,0 +1,88 @@
+"""Activation-aware int8 ranges: a tensor read only by an activation whose low end is flat (SiLU,
+HardSwish, x * HardSigmoid(x)) spends no 8-bit steps on values the activation maps to ~0.
+
+A YOLOv8 convolution output that min/max calibration puts at -63..67 keeps only -4..67 after
+this: its step shrinks by ~45 % and SiLU(x) for x < -4 moves by at most a quarter of that step.
+Contract: only the LOW end moves, only up (never past zero), only for tensors whose every
+consumer belongs to one recognised activation; graph inputs and outputs are never changed.
+One function per activation pattern, registered in ``RULES``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import helper
+
+LEVELS = 255
+# SiLU's clipped tail may move an output by at most this fraction of the int8 step
+# (YOLOv8s 640, 150 photos: 0.25 -> mAP agreement 0.973, 0.5 -> 0.970, 0.1 -> 0.966, min/max 0.933)
+SILU_TAIL_STEPS = 0.25
+
+def _silu_low_end(lo: float, hi: float) -> float:
+    """The highest low end -T >= lo with |SiLU(-T)| <= SILU_TAIL_STEPS * (hi + T) / LEVELS."""
+    ts = np.linspace(0.5, -lo, 512)
+    ok = np.abs(-ts / (1.0 + np.exp(ts))) <= SILU_TAIL_STEPS * (hi + ts) / LEVELS
+    return -float(ts[int(np.argmax(ok))]) if ok.any() else lo
+
+
+def _hard_sigmoid_zero(node: onnx.NodeProto) -> float:
+    """Where HardSigmoid(alpha, beta) reaches 0: x = -beta / alpha (ONNX defaults 0.2, 0.5)."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return -float(attrs.get("beta", 0.5)) / float(attrs.get("alpha", 0.2))
+
+
+def _gated(tensor: str, consumers: list, gate_op: str) -> onnx.NodeProto | None:
+    """The gate node when ``consumers`` are exactly gate_op(tensor) and Mul(tensor, gate output)."""
+    if len(consumers) != 2:
+        return None
+    gate = next((c for c in consumers if c.op_type == gate_op), None)
+    mul = next((c for c in consumers if c.op_type == "Mul"), None)
+    if gate is None or mul is None or list(gate.input) != [tensor]:
+        return None
+    return gate if sorted(mul.input) == sorted([tensor, gate.output[0]]) else None
+
+
+def silu(tensor: str, consumers: list, lo: float, hi: float) -> float | None:
+    """x * Sigmoid(x): flat enough below ``_silu_low_end``."""
+    return _silu_low_end(lo, hi) if _gated(tensor, consumers, "Sigmoid") is not None and lo < -0.5 else None
+
+
+def hard_swish(tensor: str, consumers: list, lo: float, hi: float) -> float | None:
+    """HardSwish(x), exactly 0 below -3."""
+    return -3.0 if len(consumers) == 1 and consumers[0].op_type == "HardSwish" else None
+
+
+def gated_hard_sigmoid(tensor: str, consumers: list, lo: float, hi: float) -> float | None:
+    """x * HardSigmoid(x) (HardSwish as older exporters write it), exactly 0 below -beta/alpha."""
+    gate = _gated(tensor, consumers, "HardSigmoid")
+    return _hard_sigmoid_zero(gate) if gate is not None else None
+
+
+RULES: dict[str, Callable[[str, list, float, float], "float | None"]] = {
+    "silu": silu, "hardswish": hard_swish, "x*hardsigmoid": gated_hard_sigmoid}
+
+
+def tighten_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
+                   ) -> tuple[dict[str, tuple[float, float]], dict[str, int]]:
+    """``ranges`` with the low end of every pre-activation tensor raised by its ``RULES`` entry,
+    and how many tensors each rule changed."""
+    ends = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for name in set(n.input):
+            consumers.setdefault(name, []).append(n)
+    out, counts = dict(ranges), {}
+    for name, (lo, hi) in ranges.items():
+        if name in ends or lo >= 0 or name not in consumers:
+            continue
+        for rule, low_end in RULES.items():
+            new = low_end(name, consumers[name], lo, hi)
+            if new is not None:
+                if min(new, 0.0) > lo:
+                    out[name] = (min(new, 0.0), hi)
+                    counts[rule] = counts.get(rule, 0) + 1
+                break
+    return out, counts
+
