@@ -395,6 +395,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         "mixed_precision": mixed,
     }
 
+    missed = search_missed(mixed)
     bundles, manifests = [], []
     done: dict[str, tuple[Path, dict[str, Any], str]] = {}   # identical requests across profiles: emit once
     # every bundle is built in its temp dir first; they are renamed into place only when ALL succeeded
@@ -404,8 +405,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
             manifest = dict(base_manifest, profile=profile.to_manifest(), artifacts=[], warnings=[])
             if facts.get("synthetic"):
                 manifest["warnings"].append("calibrated on RANDOM inputs (--calib-synthetic): accuracy is not representative")
-            if search_missed(mixed):
-                manifest["warnings"].append(search_missed(mixed))
+            if missed:
+                manifest["warnings"].append(missed)
             for fmt, precision in plans[profile.name]:
                 name = f"{stem}-{precision}{FILE_SUFFIX[fmt]}"
                 _say(opts, f"[{profile.name}] emitting {fmt} {precision}")

@@ -23,7 +23,7 @@ from .quant_math import quantize_weights_per_channel
 
 logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
 
-ACTIVATION_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+ACTIVATION_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16}
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -39,7 +39,7 @@ def tensors_range(calib: CalibrationResult) -> TensorsData:
 
 def quantize_int8(model: onnx.ModelProto, calib: CalibrationResult, *, per_channel: bool = True,
                   nodes_to_exclude=(), activation_dtype: str = "int8", pair_safe: bool = False,
-                  bias_correction: bool = True) -> onnx.ModelProto:
+                  bias_correction: bool = True, uint16_tensors=()) -> onnx.ModelProto:
     """Static QDQ int8: per-channel symmetric int8 weights, activations from the shared ranges.
 
     ``pair_safe``: weights re-quantized so x86 u8s8 kernels without VNNI cannot saturate
@@ -50,14 +50,16 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationResult, *, per_chann
     if calib is None:
         raise EdgeInferError("int8 needs calibration data: pass --calib DIR (or --calib-synthetic to accept random inputs)")
     if activation_dtype not in ACTIVATION_TYPES:
-        raise EdgeInferError(f"activation dtype {activation_dtype!r} is not one of int8, uint8")
+        raise EdgeInferError(f"activation dtype {activation_dtype!r} is not one of {', '.join(ACTIVATION_TYPES)}")
+    wide = {t: [{"quant_type": QuantType.QUInt16}] for t in uint16_tensors if t in calib.ranges}
     quantizer = QDQQuantizer(
         onnx.ModelProto.FromString(model.SerializeToString()),
         per_channel, False, QuantType.QInt8, ACTIVATION_TYPES[activation_dtype], tensors_range(calib),
         [], list(nodes_to_exclude), sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
         # biases stay float: the int32 copy plus its per-channel scales cost ~1% of the file and
         # ONNX Runtime's CPU kernels run as fast either way (measured by tools/bench_onnx.py)
-        {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": False},
+        {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": False,
+         **({"UseQDQContribOps": True, "TensorQuantOverrides": wide} if wide or activation_dtype == "uint16" else {})},
     )
     qmodel = quantizer.quantize_model()
     sort_nodes(qmodel)   # the quantizer appends its Q/DQ nodes; the checker wants dependency order

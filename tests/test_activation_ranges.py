@@ -86,3 +86,14 @@ def test_calibrate_applies_it_and_int8_silu_error_drops():
     assert minmax["pre"][0] < calib.ranges["pre"][0]
     raw = type(calib)(**{**calib.__dict__, "ranges": minmax, "tightened": {}})
     assert _int8_error(model, calib) < 0.85 * _int8_error(model, raw)
+
+
+def test_uint16_tensors_get_16_bit_qdq_the_rest_8_bit():
+    model = _conv_act("silu")
+    calib = calibrate(model, _samples(), "minmax", progress=False)
+    q = quantize_int8(model, calib, activation_dtype="uint8", bias_correction=False, uint16_tensors={"act"})
+    zp = {i.name: i.data_type for i in q.graph.initializer}
+    qnode = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "act")
+    other = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "pre")
+    assert zp[qnode.input[2]] == TensorProto.UINT16 and zp[other.input[2]] == TensorProto.UINT8
+    assert cpu_session(q, fuse_qdq=False).run(["y"], {"x": calib.samples})[0].shape == (16, 4, 8, 8)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from converters.images import list_images  # noqa: E402
 from converters.sensitivity import detection_agreement  # noqa: E402
 from edgeinfer.predictor import Predictor  # noqa: E402
 from edgeinfer.progress import Progress  # noqa: E402
@@ -68,9 +69,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args(argv)
 
-    calib_names = {p.name for p in Path(args.calib).iterdir()}
-    photos = sorted(p for p in Path(args.eval).iterdir()
-                    if p.suffix.lower() in (".jpeg", ".jpg", ".png") and p.name not in calib_names)[:args.n]
+    calib_names = {p.name for p in list_images(args.calib)}
+    photos = [p for p in list_images(args.eval) if p.name not in calib_names][:args.n]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods.split(","):

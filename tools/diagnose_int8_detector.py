@@ -9,6 +9,7 @@ Variants (all with the converter's recipe: per-channel pair-safe int8 weights, b
 uint8 activations from min/max ranges of the first 51 calibration photos, the decode tail after the
 head's last convolutions kept in float, as the converter's search keeps it):
 - ``int8``: the recipe as shipped;
+- ``plain min/max``: the same without the activation-aware low ends (``converters.activation_ranges``);
 - ``weights only``: the same file with every activation Quantize/Dequantize pair removed (8-bit
   weights, float activations);
 - ``16-bit activations``: every activation as uint16 (ONNX Runtime's 16-bit QDQ, com.microsoft ops);
@@ -21,6 +22,7 @@ Photos: preprocessed by an fp32 bundle's own letterbox (``convert --quant fp32``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import subprocess
 import sys
@@ -32,22 +34,16 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from converters.bias_correction import correct_biases  # noqa: E402
-from converters.calibrate import calibrate  # noqa: E402
+from converters.calibrate import calibrate, collect_ranges  # noqa: E402
 from converters.clean import clean_model  # noqa: E402
-from converters.load import sort_nodes  # noqa: E402
-from converters.quantize_onnx import make_pair_safe, quantize_int8, tensors_range  # noqa: E402
+from converters.images import list_images  # noqa: E402
+from converters.quantize_onnx import quantize_int8  # noqa: E402
 from converters.sensitivity import detection_agreement, head_groups, run_outputs  # noqa: E402
 from edgeinfer.predictor import Predictor  # noqa: E402
 from edgeinfer.preprocess import Transform  # noqa: E402
 from edgeinfer.progress import Progress  # noqa: E402
 
 CALIB_USED = 51   # what `convert` calibrates on from 64 photos (it holds 13 out for verification)
-
-
-def photos(folder: str, skip: set[str] = frozenset()) -> list[Path]:
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.name not in skip)
 
 
 def preprocessed(bundle: Path, artifact: str, paths: list[Path], what: str) -> np.ndarray:
@@ -81,22 +77,9 @@ def without_activation_qdq(qmodel: onnx.ModelProto) -> onnx.ModelProto:
 
 def mixed_16bit(model, calib, keep_float: list[str], tensors16: set[str]) -> onnx.ModelProto:
     """The recipe with the activations in ``tensors16`` (all when it holds '*') as uint16."""
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     every = "*" in tensors16
-    overrides = {} if every else {t: [{"quant_type": QuantType.QUInt16}] for t in tensors16 if t in calib.ranges}
-    quantizer = QDQQuantizer(
-        onnx.ModelProto.FromString(model.SerializeToString()), True, False, QuantType.QInt8,
-        QuantType.QUInt16 if every else QuantType.QUInt8, tensors_range(calib), [], keep_float,
-        sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
-        {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": False, "UseQDQContribOps": True,
-         "TensorQuantOverrides": overrides})
-    qmodel = quantizer.quantize_model()
-    sort_nodes(qmodel)
-    make_pair_safe(qmodel, model)
-    correct_biases(qmodel, model, calib.samples, calib.channel_means)
-    return qmodel
+    return quantize_int8(model, calib, nodes_to_exclude=keep_float, activation_dtype="uint16" if every else "uint8",
+                         pair_safe=True, uint16_tensors=() if every else tensors16)
 
 
 def stage_tensors(model: onnx.ModelProto, lo: int, hi: int) -> set[str]:
@@ -117,8 +100,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", default="0-9,10-21,22,0-4,0-2", help="comma-separated A-B node-name stages for 16-bit rows")
     args = ap.parse_args(argv)
 
-    calib_paths = photos(args.calib)
-    eval_paths = photos(args.eval, {p.name for p in calib_paths})[:args.n]
+    calib_paths = list_images(args.calib)
+    eval_paths = [p for p in list_images(args.eval) if p.name not in {c.name for c in calib_paths}][:args.n]
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "edgeinfer.cli", "convert", args.model, "--profile", "generic-x86-64",
                         "--quant", "fp32", "--formats", "onnx", "--task", "detect", "--decoder", "yolov8", "--preset",
@@ -135,7 +118,10 @@ def main(argv=None) -> int:
     calib = calibrate(model, calib_x, "minmax")
     tail = list(head_groups(model)[0])
     shipped = quantize_int8(model, calib, nodes_to_exclude=tail, activation_dtype="uint8", pair_safe=True)
+    plain = dataclasses.replace(calib, ranges=collect_ranges(model, calib_x, "minmax", progress=False), tightened={})
     variants = [("int8 (the recipe as shipped)", lambda: shipped),
+                ("int8 with plain min/max ranges", lambda: quantize_int8(
+                    model, plain, nodes_to_exclude=tail, activation_dtype="uint8", pair_safe=True)),
                 ("weights only (float activations)", lambda: without_activation_qdq(onnx.ModelProto.FromString(
                     shipped.SerializeToString()))),
                 ("16-bit activations everywhere", lambda: mixed_16bit(model, calib, tail, {"*"}))]
