@@ -44,6 +44,16 @@ def input_channel_means(model: onnx.ModelProto, samples: np.ndarray, tensors: li
     return {t: s / max(len(samples), 1) for t, s in sums.items()}
 
 
+def cached_input_means(float_model: onnx.ModelProto, samples: np.ndarray, tensors, cache: dict[str, np.ndarray]
+                       ) -> dict[str, np.ndarray]:
+    """``cache`` (updated in place) holding the per-channel means of every one of ``tensors``,
+    the missing ones measured in one pass over ``mean_samples(samples)``."""
+    missing = sorted(set(tensors) - set(cache))
+    if missing and len(samples):
+        cache.update(input_channel_means(float_model, mean_samples(samples), missing))
+    return cache
+
+
 def output_shift(op_type: str, attrs: dict, weight_error: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """Expected change of each output channel caused by ``weight_error`` (dequantized minus
     float weight, the op's own layout) for inputs of per-channel mean ``mean`` (padding ignored)."""
@@ -73,10 +83,7 @@ def correct_biases(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, sample
     todo = [(node, dq, src) for node, dq, src in quantized_weights(qmodel, float_model, OPS)
             if src is not None and not any(a.name == "transA" and a.i for a in node.attribute)
             and len(node.input) >= 3 and node.input[2] in q_inits and uses[node.input[2]] == 1]
-    cache = {} if cache is None else cache
-    missing = sorted({src.input[0] for _, _, src in todo} - set(cache))
-    if missing and len(samples):
-        cache.update(input_channel_means(float_model, mean_samples(samples), missing))
+    cache = cached_input_means(float_model, samples, {src.input[0] for _, _, src in todo}, {} if cache is None else cache)
     changed = 0
     for node, dq, src in todo:
         if src.input[0] not in cache:

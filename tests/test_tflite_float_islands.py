@@ -62,7 +62,8 @@ def test_kept_float_concat_output_matches_ort_qdq(tmp_path, with_int8_consumer):
     # for the Concat would make them 0 or ~2.3 apart)
     assert np.abs(out[:, 4:] - ref32[:, 4:]).max() < 0.02
     if not with_int8_consumer:   # (ORT's QDQ model also rounds the output to the Concat scale when an int8 op reads it)
-        assert np.abs(out[:, 4:] - ref8[:, 4:]).max() <= 2 / 256 + 1e-6
+        # (3 steps: both apply bias correction, but TFLite's integer requantization rounds on its own)
+        assert np.abs(out[:, 4:] - ref8[:, 4:]).max() <= 3 / 256 + 1e-6
     assert len(np.unique(out[:, 4:])) > 50
     assert np.abs(out[:, :4] - ref8[:, :4]).max() <= 2 * box_step
     be = open_backend("tflite", art.path, BackendOptions(threads=1))

@@ -84,6 +84,7 @@ class Converter:
         self.skip: set[int] = set()
         self.int4_ops: set[str] = set()
         self.int4_plan = None                      # converters.int4.Int4Plan in int4 mode
+        self.channel_means: dict = {}              # ONNX tensor -> per-channel float mean (int8 bias correction)
         self.pinned_batch = False
         self.float_nodes: list[str] = []
         self.float_node_ids: set[int] = set()

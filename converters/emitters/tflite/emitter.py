@@ -54,6 +54,18 @@ def _kept_float(node, float_nodes: set[str]) -> bool:
     return bool(float_nodes) and (node.name in float_nodes or (len(node.output) > 0 and node.output[0] in float_nodes))
 
 
+def weighted_input_means(model, calib) -> dict:
+    """Per-channel means of the float inputs of every Conv and Gemm with a constant weight, on the
+    calibration images (cached on ``calib``, shared with the ONNX emitter's bias correction)."""
+    from ...bias_correction import cached_input_means
+    if calib.samples is None or not len(calib.samples):
+        return {}
+    consts = {t.name for t in model.graph.initializer}
+    tensors = {n.input[0] for n in model.graph.node
+               if n.op_type in ("Conv", "Gemm") and len(n.input) > 1 and n.input[1] in consts}
+    return cached_input_means(model, calib.samples, tensors, calib.channel_means)
+
+
 def build(request: EmitRequest) -> tuple[bytes, Converter, str]:
     """Convert ``request.model``; returns (.tflite bytes, converter state, io dtype)."""
     mode = _mode(request)
@@ -72,6 +84,8 @@ def build(request: EmitRequest) -> tuple[bytes, Converter, str]:
                                  "pass --calib images")
         ranges = request.calibration.ranges
     ctx = Converter(model, mode, ranges, io_dtype)
+    if mode == "int8" and request.options.get("bias_correction", True):
+        ctx.channel_means = weighted_input_means(request.model, request.calibration)
     if mode == "int4":
         from ...int4 import plan_for
         ctx.int4_plan = plan_for(request.int4, model, "tflite")

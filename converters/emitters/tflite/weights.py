@@ -34,12 +34,33 @@ def planned(ctx: Converter, node, layout) -> tuple[np.ndarray, np.ndarray, int] 
     return np.ascontiguousarray(layout(q)), lq.scales[:, 0].astype(np.float32), lq.bits
 
 
+def _conv_shift(err: np.ndarray, mean: np.ndarray) -> np.ndarray | None:        # OHWI
+    return err.reshape(err.shape[0], -1, err.shape[3]).sum(axis=1) @ mean if mean.size == err.shape[3] else None
+
+
+def _depthwise_shift(err: np.ndarray, mean: np.ndarray) -> np.ndarray | None:   # [1, kh, kw, C * multiplier]
+    if err.shape[3] % mean.size:
+        return None
+    return err.reshape(-1, err.shape[3]).sum(axis=0) * np.repeat(mean, err.shape[3] // mean.size)
+
+
+def _dense_shift(err: np.ndarray, mean: np.ndarray) -> np.ndarray | None:       # [N, K]
+    return err @ mean if mean.size == err.shape[1] else None
+
+
+# expected output change per output channel of an int8 weight error, for inputs of mean ``mean``
+BIAS_SHIFT = {"CONV_2D": _conv_shift, "DEPTHWISE_CONV_2D": _depthwise_shift, "FULLY_CONNECTED": _dense_shift}
+
+
 def weights(ctx: Converter, w: np.ndarray, bias: np.ndarray | None, axis: int | None, x_tensor: int,
-            hint: str, op: str, pre: tuple[np.ndarray, np.ndarray, int] | None = None) -> tuple[int, int]:
+            hint: str, op: str, pre: tuple[np.ndarray, np.ndarray, int] | None = None,
+            in_mean: np.ndarray | None = None) -> tuple[int, int]:
     """(filter tensor, bias tensor or -1) for a conv / fully-connected op.
 
     ``w`` is already in the TFLite layout, ``axis`` its output-channel axis (None = per-tensor).
     ``pre``: the int4 plan's (integers in the same layout, per-channel scales, bits), stored as given.
+    ``in_mean``: per-channel mean of the op's float input on the calibration images; int8 weights
+    then get bias correction (``converters.bias_correction``): the bias absorbs ``BIAS_SHIFT[op]``.
     """
     w = np.asarray(w, np.float32)
     if ctx.mode in ("fp32", "fp16"):
@@ -57,6 +78,12 @@ def weights(ctx: Converter, w: np.ndarray, bias: np.ndarray | None, axis: int | 
     else:                                          # int8 (also what an int4 plan leaves unplanned)
         use4 = False
         q, s = _quantize(w, axis, 8)
+        if in_mean is not None and bias is not None:
+            err = q.astype(np.float64) * (s.reshape([-1 if a == (axis or 0) else 1 for a in range(w.ndim)])
+                                          if axis is not None else s[0]) - w
+            shift = BIAS_SHIFT[op](err, np.asarray(in_mean, np.float64).ravel())
+            if shift is not None and shift.shape == np.shape(bias):
+                bias = np.asarray(bias, np.float64) - shift
     if use4:
         ctx.int4_ops.add(op)
     wt = ctx.b.add_const(hint + "_weights", q, quant_params(s, np.zeros_like(s, np.int64), axis or 0), int4=use4)

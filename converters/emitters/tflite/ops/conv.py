@@ -16,6 +16,8 @@ def conv(ctx: Converter, index: int, node) -> None:
         raise ctx.error(f"only 2-D convolution is supported (weight rank {w.ndim})")
     bias = ctx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[0], np.float32)
     x = ctx.get(node.input[0])
+    # bias correction where the ONNX recipe applies it too: nodes with a bias of their own
+    mean = ctx.channel_means.get(node.input[0]) if len(node.input) > 2 and node.input[2] else None
     group = int(attrs(node).get("group", 1))
     cout, cin_g, kh, kw = w.shape
     cin = x.shape[1]
@@ -27,25 +29,27 @@ def conv(ctx: Converter, index: int, node) -> None:
     hint = node.name or node.output[0]
     pre = planned(ctx, node, lambda q: q)                                  # int4 plan integers, OIHW
     if group == 1:
-        _conv2d(ctx, xin, w, bias, out.tensor, padding, sh, sw, dh, dw, act, hint, pre)
+        _conv2d(ctx, xin, w, bias, out.tensor, padding, sh, sw, dh, dw, act, hint, pre, mean)
     elif group == cin and cin_g == 1:
         o = fb.DepthwiseConv2DOptionsT()
         o.padding, o.strideH, o.strideW, o.dilationHFactor, o.dilationWFactor = padding, sh, sw, dh, dw
         o.depthMultiplier, o.fusedActivationFunction = cout // cin, act
         dw_layout = lambda a: a.reshape(cout, kh, kw).transpose(1, 2, 0)[None]   # noqa: E731 [1, kh, kw, cout]
         pre = None if pre is None else (np.ascontiguousarray(dw_layout(pre[0])), pre[1], pre[2])
-        wt, bt = weights(ctx, dw_layout(w), bias, 3, xin, hint, "DEPTHWISE_CONV_2D", pre=pre)
+        wt, bt = weights(ctx, dw_layout(w), bias, 3, xin, hint, "DEPTHWISE_CONV_2D", pre=pre,
+                         in_mean=mean)
         ctx.b.add_op("DEPTHWISE_CONV_2D", [xin, wt, bt], [out.tensor], o)
     else:
         _grouped(ctx, xin, w, bias, group, out.tensor, padding, (sh, sw, dh, dw), act, hint, pre)
 
 
-def _conv2d(ctx: Converter, xin: int, w, bias, out: int, padding, sh, sw, dh, dw, act, hint, pre=None) -> None:
+def _conv2d(ctx: Converter, xin: int, w, bias, out: int, padding, sh, sw, dh, dw, act, hint, pre=None,
+            in_mean=None) -> None:
     o = fb.Conv2DOptionsT()
     o.padding, o.strideH, o.strideW, o.dilationHFactor, o.dilationWFactor = padding, sh, sw, dh, dw
     o.fusedActivationFunction = act
     pre = None if pre is None else (np.ascontiguousarray(pre[0].transpose(0, 2, 3, 1)), pre[1], pre[2])
-    wt, bt = weights(ctx, w.transpose(0, 2, 3, 1), bias, 0, xin, hint, "CONV_2D", pre=pre)   # OHWI
+    wt, bt = weights(ctx, w.transpose(0, 2, 3, 1), bias, 0, xin, hint, "CONV_2D", pre=pre, in_mean=in_mean)   # OHWI
     ctx.b.add_op("CONV_2D", [xin, wt, bt], [out], o)
 
 

@@ -16,7 +16,10 @@ def _fully_connected(ctx: Converter, index: int, node, x_tensor: int, w_nk: np.n
     # per-tensor weights in the integer modes: per-channel FULLY_CONNECTED is newer than tflite-runtime 2.14
     axis = 0 if ctx.mode in ("fp32", "fp16") else None
     pre = planned(ctx, node, lambda q: q)                                   # int4 plan integers, [N, K]
-    wt, bt = weights(ctx, w_nk, bias, axis, x_tensor, node.name or node.output[0], "FULLY_CONNECTED", pre=pre)
+    has_bias = node.op_type == "Gemm" and len(node.input) > 2 and bool(node.input[2])
+    mean = ctx.channel_means.get(node.input[0]) if has_bias else None
+    wt, bt = weights(ctx, w_nk, bias, axis, x_tensor, node.name or node.output[0], "FULLY_CONNECTED", pre=pre,
+                     in_mean=mean)
     ctx.b.add_op("FULLY_CONNECTED", [x_tensor, wt, bt], [out.tensor], o)
 
 
