@@ -354,15 +354,21 @@ class TorchGraph(torch.nn.Module):
 
     def features(self, x, names=()):
         """(graph outputs, {name: tensor} for ``names``)."""
+        env = self.run_nodes({self.input_name: x}, 0, len(self.nodes))
+        return [env[o] for o in self.output_names], {k: env[k] for k in names}
+
+    def run_nodes(self, inputs: dict, start: int, stop: int) -> dict:
+        """Run ``nodes[start:stop]`` on ``inputs`` (tensor name -> value) and the initializers;
+        returns every tensor then known (a span of the graph, e.g. one block)."""
         env = dict(self._values)
-        env[self.input_name] = x
-        for nd in self.nodes:
+        env.update(inputs)
+        for nd in self.nodes[start:stop]:
             ins = [env[i] if i else None for i in nd.proto.input]
             outs = OPS[nd.op_type](nd, ins)
             for name, val in zip(nd.proto.output, outs):
                 if name:
                     env[name] = val
-        return [env[o] for o in self.output_names], {k: env[k] for k in names}
+        return env
 
     def forward(self, x):
         return self.features(x)[0]

@@ -1,15 +1,16 @@
 """Accuracy vs MACs under structured pruning: the digits sample, and a real pretrained model on real photos.
 
     .venv/bin/python tools/plot_prune_curve.py [-o docs/prune_curve.png] [--max-ratio 0.7] [--step 0.1]
-        [--real /work/realdata --cuts 0.2,0.35 --recover lsq,distill --budget 900 --extra-recovery 600
-         --json rows.json --save-dir pruned/]
+        [--real /work/realdata --cuts 0.2,0.35 --recover lsq,distill,blockwise --budget 900
+         --blockwise-budget 600 --extra-recovery 600 --json rows.json --save-dir pruned/]
 
 Digits panel: held-out top-1 for uniform ratios 0..--max-ratio, without / with least-squares
 reconstruction (no training). Real panel (``--real DIR``, the layout of /work/realdata: a model
 ``mobilenet_v2.onnx`` with edgeinfer metadata, ``calib/`` and ``eval/`` with ``labels.tsv``):
 per MAC cut (``--prune-flops``, per-group allocation by measured sensitivity) and per recovery
 (``lsq``: least squares only; ``distill``: that plus label-free distillation from the unpruned
-model, ``--budget`` seconds), top-1 on the scored photos and top-1 agreement with the unpruned
+model, ``--budget`` seconds; ``blockwise``: that plus block-by-block training on cached block
+outputs of the unpruned model, ``--blockwise-budget`` seconds), top-1 on the scored photos and top-1 agreement with the unpruned
 model. Recovery data (unlabelled): the calib photos plus ``--extra-recovery`` N of the eval photos
 (N = 600 takes 3 of every 4 in labels.tsv order); the other eval photos (every 4th, >= 200) are
 the scored ones, disjoint from everything pruning and recovery see. Labels are read only to
@@ -86,7 +87,7 @@ def cpu_seconds() -> float:
 
 
 def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, extra: int,
-              save_dir: Path | None, multiple: int = 8) -> tuple[float, list[dict]]:
+              save_dir: Path | None, multiple: int = 8, blockwise_cfg=None) -> tuple[float, list[dict]]:
     model = onnx.load(root / "mobilenet_v2.onnx")
     meta = {p.key: p.value for p in model.metadata_props}
     cfg = PreprocessConfig.from_dict(json.loads(meta["edgeinfer.preprocess"]))
@@ -103,14 +104,17 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
         lsq = None
         for rec in recovers:
             t0, c0 = time.perf_counter(), cpu_seconds()
-            if rec == "distill" and lsq is not None:    # the same least-squares start prune_model would build
+            if rec in ("distill", "blockwise") and lsq is not None:   # the least-squares start prune_model would build
+                from converters.prune.blockwise import blockwise
                 from converters.prune.distill import distill
                 from converters.prune.graph import prepare
                 rep = lsq[1]
-                pm, rep.distillation = distill(prepare(model), lsq[0], rep.kept, recovery, distill_cfg)
+                train, train_cfg = (distill, distill_cfg) if rec == "distill" else (blockwise, blockwise_cfg)
+                pm, rep.distillation = train(prepare(model), lsq[0], rep.kept, recovery, train_cfg)
                 seconds, cpu = lsq[2] + time.perf_counter() - t0, lsq[3] + cpu_seconds() - c0
             else:
-                pc = PruneConfig(flops_target=cut, recover=rec, distill=distill_cfg, channel_multiple=multiple)
+                pc = PruneConfig(flops_target=cut, recover=rec, distill=distill_cfg, blockwise=blockwise_cfg,
+                                 channel_multiple=multiple)
                 pm, rep = prune_model(model, pc, recovery)
                 seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
                 if rec == "lsq":
@@ -125,7 +129,8 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
             print(f"  cut {cut:.2f} {rec:<8} MACs -{100 * row['macs_drop']:.1f}%  top-1 {row['top1']:.2f}% "
                   f"({row['top1'] - base:+.2f} pt)  agreement {row['agreement']:.3f}  wall {seconds:.0f} s, "
                   f"CPU {cpu:.0f} s, load {row['load']}"
-                  + (f"  (distillation: wall {d['seconds']:.0f} s, CPU {d['cpu_seconds']:.0f} s)" if d else ""), flush=True)
+                  + (f"  ({d.get('method', 'distillation')}: wall {d['seconds']:.0f} s, CPU {d['cpu_seconds']:.0f} s)"
+                     if d else ""), flush=True)
             if save_dir:
                 save_dir.mkdir(parents=True, exist_ok=True)
                 onnx.save(pm, save_dir / f"mobilenet_v2-flops{cut:g}-{rec}.onnx")
@@ -142,6 +147,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cuts", default="0.2,0.35")
     ap.add_argument("--recover", default="lsq,distill")
     ap.add_argument("--budget", type=float, default=900.0, help="distillation seconds per point")
+    ap.add_argument("--blockwise-budget", type=float, default=600.0, help="block-wise recovery seconds per point")
+    ap.add_argument("--blockwise-lr", type=float, help="block-wise learning rate (default: BlockwiseConfig's)")
+    ap.add_argument("--blockwise-epochs", type=float, help="block-wise passes per block, at most (default: BlockwiseConfig's)")
     ap.add_argument("--lr", type=float, help="distillation learning rate (default: DistillConfig's)")
     ap.add_argument("--feature-weight", type=float, help="distillation feature-loss weight (default: DistillConfig's)")
     ap.add_argument("--train-size", type=int, help="distillation training resolution in pixels (default: DistillConfig's)")
@@ -165,12 +173,14 @@ def main(argv=None) -> int:
         saved = json.loads(args.rows.read_text())["real"]
         real = (saved["fp32_top1"], saved["rows"])
     elif args.real:
+        from converters.prune.blockwise import BlockwiseConfig
         from converters.prune.distill import DistillConfig
+        bw = {k: v for k, v in (("lr", args.blockwise_lr), ("epochs", args.blockwise_epochs)) if v is not None}
         knobs = {k: v for k, v in (("lr", args.lr), ("feature_weight", args.feature_weight),
                                    ("train_size", args.train_size), ("batch", args.batch)) if v is not None}
         real = real_rows(args.real, [float(c) for c in args.cuts.split(",")], args.recover.split(","),
                          DistillConfig(time_budget=args.budget, **knobs), args.extra_recovery, args.save_dir,
-                         args.channel_multiple)
+                         args.channel_multiple, BlockwiseConfig(time_budget=args.blockwise_budget, **bw))
     if args.json:
         args.json.write_text(json.dumps({"digits": digits, "real": real and {"fp32_top1": real[0], "rows": real[1]}}, indent=1))
 
@@ -187,11 +197,12 @@ def main(argv=None) -> int:
     if real:
         base, rows = real
         ax = axes[0][1]
-        for rec, style in (("lsq", "s--"), ("distill", "o-")):
+        for rec, style in (("lsq", "s--"), ("distill", "o-"), ("blockwise", "^-")):
             pts = sorted((r["macs"] / 1e6, r["top1"]) for r in rows if r["recover"] == rec)
             if pts:        # every curve starts at the unpruned model
                 pts.append((rows[0]["macs"] / (1.0 - rows[0]["macs_drop"]) / 1e6, base))
-                ax.plot(*zip(*pts), style, label={"lsq": "least squares only", "distill": "+ distillation"}[rec])
+                ax.plot(*zip(*pts), style, label={"lsq": "least squares only", "distill": "+ distillation",
+                                           "blockwise": "+ block-wise reconstruction"}[rec])
         ax.axhline(base, color="grey", lw=0.8, ls=":", label=f"unpruned ({base:.1f}%)")
         ax.set(ylim=(0, 100), xlabel="MACs per image (millions)", ylabel=f"top-1 on {rows[0]['scored']} held-out real photos (%)")
         ax.set_title(f"MobileNetV2 (pretrained), per-group allocation, {rows[0]['recovery_images']} unlabelled photos",

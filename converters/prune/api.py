@@ -8,7 +8,9 @@ lowest (``allocate``; ``ratio`` R sets the budget to the MACs a uniform cut R wo
 ratio searched for ``flops_target``; counts are rounded to ``channel_multiple``, never below
 ``min_channels`` -> physical removal (``surgery``) -> recovery: ``"lsq"`` least-squares refit of
 the layers whose inputs shrank (``reconstruct``), ``"distill"`` that refit then label-free
-distillation from the unpruned model in PyTorch (``distill``, the optional ``[train]`` extra).
+distillation from the unpruned model in PyTorch (``distill``, the optional ``[train]`` extra),
+``"blockwise"`` that refit then block-by-block training against the unpruned model's block
+outputs (``blockwise``, also PyTorch).
 ``enforce_floor`` refuses a pruned model whose agreement with the unpruned one is too low.
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .reconstruct import LayerFit, reconstruct
 from .runner import progress
 
 
-RECOVERY = ("none", "lsq", "distill")
+RECOVERY = ("none", "lsq", "distill", "blockwise")
 ALLOCATION = ("sensitivity", "uniform")
 
 
@@ -43,7 +45,7 @@ class PruneConfig:
     criterion: str = "activation"        # "l1" | "l2" | "bn" | "activation" (needs calib_samples)
     channel_multiple: int = 1            # kept channel counts are multiples of this (SIMD width)
     min_channels: int = 1                # never keep fewer channels than this in a group
-    recover: str = "lsq"                 # "none" | "lsq" (least-squares refit) | "distill" (lsq, then distillation)
+    recover: str = "lsq"                 # "none" | "lsq" (least-squares refit) | "distill" / "blockwise" (lsq, then training)
     allocation: str = "sensitivity"      # "sensitivity" (per-group, measured) | "uniform" (same ratio everywhere)
     exclude: tuple[str, ...] = ()        # node names left whole
     ridge: float = 0.1                   # reconstruction ridge (relative to feature energy), towards the pruned weights
@@ -51,10 +53,11 @@ class PruneConfig:
     max_group_ratio: float = 0.75        # sensitivity allocation: no group loses more than this fraction
     sensitivity_samples: int = 32        # calibration images the sensitivity scan runs on
     distill: Any = None                  # converters.prune.distill.DistillConfig (None: its defaults)
+    blockwise: Any = None                # converters.prune.blockwise.BlockwiseConfig (None: its defaults)
 
     @property
     def reconstruct(self) -> bool:
-        return self.recover in ("lsq", "distill")
+        return self.recover in ("lsq", "distill", "blockwise")
 
     def validate(self) -> "PruneConfig":
         if (self.ratio is None) == (self.flops_target is None):
@@ -104,7 +107,7 @@ class PruneReport:
     allocation: str = "uniform"
     recover: str = "lsq"
     sensitivity: list[allocate.Curve] = field(default_factory=list)
-    distillation: dict[str, Any] | None = None
+    distillation: dict[str, Any] | None = None   # the training report of "distill" or "blockwise" (its "method")
     floor: dict[str, Any] | None = None              # agreement with the unpruned model on held-out images
     cut_at: Callable[[float], onnx.ModelProto] | None = field(default=None, repr=False)  # MAC drop -> model, no recovery
     kept: dict[str, np.ndarray] = field(default_factory=dict, repr=False)   # tensor -> kept channels (for ``distill``)
@@ -151,7 +154,12 @@ class PruneReport:
             a = np.mean([f.error_after for f in self.reconstruction])
             lines.append(f"  reconstruction: {len(self.reconstruction)} layers refit, "
                          f"mean relative output error {b:.3f} -> {a:.3f}")
-        if self.distillation:
+        if self.distillation and self.distillation.get("method") == "blockwise":
+            d = self.distillation
+            lines.append(f"  block-wise recovery: {d['blocks']} blocks, {d['steps']} steps on {d['images']} images in "
+                         f"{d['seconds']:.0f} s, held-out KL {d['held_out']['kl_before']} -> {d['held_out']['kl_after']}"
+                         + (" (stopped by the time budget)" if d["stopped_by_budget"] else ""))
+        elif self.distillation:
             d = self.distillation
             lines.append(f"  distillation: {d['steps']} steps ({d['epochs']:.2f} epochs of {d['images']} images) at "
                          f"{d['train_size']} px in {d['seconds']:.0f} s, loss {d['loss_first']:.4f} -> {d['loss_last']:.4f}"
@@ -245,7 +253,7 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
                 progress_bar: bool = True) -> tuple[onnx.ModelProto, PruneReport]:
     """Structured pruning of ``model``; returns (pruned model, report). Never changes graph I/O.
 
-    With ``recover="distill"`` the returned model is already cleaned (BatchNorm folded)."""
+    With ``recover="distill"`` or ``"blockwise"`` the returned model is already cleaned (BatchNorm folded)."""
     config.validate()
     _check_inputs(model, config, calib_samples)
     base = prepare(model)
@@ -287,6 +295,10 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
         from .distill import distill
         pruned, distilled = distill(base, pruned, kept, np.asarray(calib_samples, np.float32), config.distill,
                                     progress_bar)
+    elif config.recover == "blockwise" and kept:
+        from .blockwise import blockwise
+        pruned, distilled = blockwise(base, pruned, kept, np.asarray(calib_samples, np.float32), config.blockwise,
+                                      progress_bar)
     try:
         onnx.checker.check_model(pruned)
     except onnx.checker.ValidationError as exc:   # a bug here must never ship a broken graph
