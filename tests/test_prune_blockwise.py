@@ -85,3 +85,25 @@ def test_blockwise_stops_at_its_time_budget():
     _, rep = _prune(m, _smooth(64), "blockwise", epochs=100_000, time_budget=2.0)
     d = rep.distillation
     assert d["stopped_by_budget"] and d["seconds"] < 30 and 0 < d["steps"] < 3 * 100_000 * 4
+
+
+def test_crops_train_local_blocks_and_whole_maps_where_a_global_op_mixes_the_map():
+    """Feature-map crops are used where a crop's output equals the whole map's (away from the cut
+    edges); a squeeze-excitation block (global pooling inside) is checked and trains whole."""
+    g = G(seed=4)
+    x = g.relu(g.bn(g.conv("input", 3, 16, stride=2), 16))
+    h = g.relu(g.bn(g.conv(x, 16, 32, k=1), 32))
+    h = g.relu(g.bn(g.conv(h, 32, 32, k=3, group=32, stride=2), 32))
+    local = g.bn(g.conv(h, 32, 16, k=1), 16)            # feeds the pooling, the Mul and the Add
+    s = g.op("Sigmoid", [g.conv(g.op("GlobalAveragePool", [local]), 16, 16, k=1)])
+    h = g.relu(g.bn(g.conv(g.op("Mul", [local, s]), 16, 32, k=1), 32))
+    se = g.op("Add", [local, g.bn(g.conv(h, 32, 16, k=1), 16)])
+    m = g.model(g.gemm(g.op("Flatten", [g.op("GlobalAveragePool", [se])], axis=1), 16, 10), in_shape=(None, 3, 64, 64))
+    calib = np.repeat(np.repeat(np.random.default_rng(0).standard_normal((64, 3, 16, 16)), 4, axis=2), 4,
+                      axis=3).astype(np.float32)
+    _, rep = _prune(m, calib, "blockwise", epochs=3)
+    first, *rest = rep.distillation["per_block"]        # stem + expand + depthwise, then project + SE + add, head
+    assert [r["ends_at"] for r in rest] == [se, "logits"]
+    assert first["crop"] == [32, 4, 2]                   # 32 of 64 input pixels, stride 4, 2 output pixels of margin
+    assert rest[0]["crop"] is None and rest[1]["crop"] is None
+    assert first["held_out_after"] < first["held_out_before"]

@@ -19,6 +19,10 @@ Sequentially, block by block:
 - only the block's weights train (Adam with a step relative to each tensor's RMS, cosine decay,
   ``epochs`` passes over the cached images, shuffled by ``seed``), loss = relative squared error
   to the teacher's tensor (intermediate blocks) or KL of the logits (last block);
+- large feature maps train on random crops (``crop`` of the side, one window per batch, on the
+  block's stride grid): the loss covers only the part of the crop's output that equals the whole
+  map's (a margin from the convolutions' reach is left out at cut edges), checked on a probe image
+  per block, so a block with a global op (squeeze-excitation pooling) trains on whole maps;
 - a held-out share of the images (``holdout``) measures the block's error before and after; a
   block that got worse there is restored.
 The time budget is shared among blocks in proportion to their MACs (the forward passes that fill
@@ -60,6 +64,8 @@ class BlockwiseConfig:
     lr: float = 1e-3                      # with relative_lr: the step as a fraction of each tensor's RMS
     relative_lr: bool = True
     layers_per_block: int = 3             # trainable layers (Conv/Gemm/MatMul) before a cut point closes a block
+    crop: float = 0.5                     # train on random crops of this side fraction of a block's feature maps (1 = whole)
+    min_crop: int = 16                    # ... never smaller than this many pixels (smaller maps train whole)
     cache_dtype: str = "float16"
     holdout: float = 0.1                  # images kept out of training to check each block (none below 20 images)
     seed: int = 0
@@ -76,6 +82,10 @@ class BlockwiseConfig:
                 raise EdgeInferError(f"blockwise {name} must be an integer >= 1, got {v!r}")
         if self.cache_dtype not in CACHE_DTYPES:
             raise EdgeInferError(f"blockwise cache_dtype must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}")
+        if not (isinstance(self.crop, (int, float)) and 0.0 < self.crop <= 1.0):
+            raise EdgeInferError(f"blockwise crop must be in (0, 1], got {self.crop!r}")
+        if isinstance(self.min_crop, bool) or not isinstance(self.min_crop, int) or self.min_crop < 1:
+            raise EdgeInferError(f"blockwise min_crop must be an integer >= 1, got {self.min_crop!r}")
         if not (isinstance(self.holdout, (int, float)) and 0.0 <= self.holdout < 0.5):
             raise EdgeInferError(f"blockwise holdout must be in [0, 0.5), got {self.holdout!r}")
         return self
@@ -93,6 +103,41 @@ class Block:
     params: list[int] = field(default_factory=list)            # indices into the student's parameters
     macs: int = 0
     last: bool = False                         # ends at the graph outputs: matched on logits
+    crop: tuple[int, int, int] | None = None   # (input crop side, stride, output margin) when trained on crops
+
+
+def _reach(nodes: list[onnx.NodeProto]) -> tuple[int, int]:
+    """(total stride, receptive radius in input pixels) of a chain of Conv/pool nodes."""
+    from .graph import attr
+    stride, radius = 1, 0
+    for n in nodes:
+        if n.op_type in ("Conv", "MaxPool", "AveragePool"):
+            k = list(attr(n, "kernel_shape", [1, 1]) or [1, 1])
+            d = list(attr(n, "dilations", [1] * len(k)))
+            radius += max((kk // 2) * dd for kk, dd in zip(k, d)) * stride
+            stride *= max(attr(n, "strides", [1] * len(k)))
+    return stride, radius
+
+
+def crop_plan(blk: Block, nodes: list[onnx.NodeProto], in_shape, out_shape, crop: float,
+              min_crop: int, check) -> tuple[int, int, int] | None:
+    """(input crop side, stride, output margin) for training ``blk`` on crops, or None (whole maps).
+
+    A crop's output matches the whole map's away from its cut edges (``margin`` output pixels,
+    from the convolutions' reach); ``check(side, stride, margin)`` confirms it on a probe image,
+    so a block with a global op (pooling over the map, attention) trains on whole maps."""
+    if blk.last or len(in_shape) != 4 or len(out_shape) != 4 or crop >= 1.0:
+        return None
+    h, w = in_shape[2:]
+    stride, radius = _reach(nodes[blk.s_span[0]:blk.s_span[1]])
+    if h % stride or w % stride or (h // stride, w // stride) != tuple(out_shape[2:]):
+        return None
+    margin = -(-radius // stride) + 1
+    side = max(min_crop, int(round(min(h, w) * crop)))
+    side -= side % stride
+    if side >= min(h, w) or side // stride <= 2 * margin + 1:
+        return None
+    return (side, stride, margin) if check(side, stride, margin) else None
 
 
 def cut_points(model: onnx.ModelProto) -> dict[str, int]:
@@ -168,6 +213,20 @@ def plan_blocks(student: onnx.ModelProto, teacher: onnx.ModelProto, param_names:
     return blocks
 
 
+def window(y0: int, x0: int, plan: tuple[int, int, int], hw) -> tuple[tuple, tuple, tuple]:
+    """(input crop, exact part of the crop's output, the same part in whole-map output coordinates)
+    as index tuples for [N, C, H, W] tensors; edges on the map's border are exact."""
+    side, stride, margin = plan
+    ins, outs, full = [], [], []
+    for o, n in ((y0, hw[0]), (x0, hw[1])):
+        lo = margin if o > 0 else 0
+        hi = margin if o + side < n else 0
+        ins.append(slice(o, o + side))
+        outs.append(slice(lo, side // stride - hi))
+        full.append(slice(o // stride + lo, (o + side) // stride - hi))
+    return ((Ellipsis, *ins), (Ellipsis, *outs), (Ellipsis, *full))
+
+
 def _relative_error(s, t, energy: float):
     return ((s - t) ** 2).mean() / energy
 
@@ -202,6 +261,17 @@ def blockwise(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str
     if not blocks:
         raise EdgeInferError("blockwise recovery found no block to train in this model; use --recover lsq or distill")
     t_logits, s_logits = _logit_inputs(teacher_onnx), _logit_inputs(student_onnx)
+    for blk in blocks:
+        in_shape, out_shape = tuple(probe_s[blk.inp].shape), tuple(probe_s[blk.outs[0]].shape)
+
+        def exact(side, stride, margin, blk=blk, hw=in_shape[2:]):
+            y0 = x0 = stride * ((min(hw) - side) // (2 * stride))
+            src, part, whole = window(y0, x0, (side, stride, margin), hw)
+            with torch.no_grad():
+                y = student.run_nodes({blk.inp: probe_s[blk.inp][src]}, *blk.s_span)[blk.outs[0]][part]
+            ref = probe_s[blk.outs[0]][whole]
+            return tuple(y.shape) == tuple(ref.shape) and bool(torch.allclose(y, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max() + 1e-6)))
+        blk.crop = crop_plan(blk, list(student_onnx.graph.node), in_shape, out_shape, cfg.crop, cfg.min_crop, exact)
 
     n_hold = int(round(cfg.holdout * len(x_all))) if len(x_all) >= 20 else 0
     perm = rng.permutation(len(x_all))
@@ -263,10 +333,13 @@ def blockwise(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str
             peak_mb = max(peak_mb, sum(v.numel() * v.element_size() for v in (s_in, t_in, *targets.values())) / 2**20)
             energy = {o: max(float(v[:n_train].float().pow(2).mean()), 1e-12) for o, v in targets.items()}
 
-            def loss_of(env, idx) -> Any:
+            def loss_of(env, idx, part=None, whole=None) -> Any:
                 if blk.last:
                     t_env = {o: targets[o][idx].float() for o in targets}
                     return _logit_loss(F, s_logits, s_logits, t_env, env, 1.0)
+                if part is not None:
+                    return sum(_relative_error(env[o][part], targets[o][idx][whole].float(), energy[o])
+                               for o in targets) / len(targets)
                 return sum(_relative_error(env[o], targets[o][idx].float(), energy[o]) for o in targets) / len(targets)
 
             def held() -> float | None:
@@ -308,8 +381,14 @@ def blockwise(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str
                 if pos == 0 and step:
                     order = rng.permutation(n_train)
                 idx = torch.from_numpy(np.sort(order[pos:pos + cfg.batch]))
-                xb = s_in[idx].float().contiguous(memory_format=torch.channels_last) if s_in.dim() == 4 else s_in[idx].float()
-                loss = loss_of(student.run_nodes({blk.inp: xb}, *blk.s_span), idx)
+                xb, part, whole = s_in[idx], None, None
+                if blk.crop:                    # one random window per batch, on the stride grid
+                    hw, (side, stride, _) = xb.shape[2:], blk.crop
+                    y0, x0 = (stride * int(rng.integers(0, (n - side) // stride + 1)) for n in hw)
+                    src, part, whole = window(y0, x0, blk.crop, hw)
+                    xb = xb[src]
+                xb = xb.float().contiguous(memory_format=torch.channels_last) if xb.dim() == 4 else xb.float()
+                loss = loss_of(student.run_nodes({blk.inp: xb}, *blk.s_span), idx, part, whole)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -326,7 +405,7 @@ def blockwise(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str
                         p.copy_(s)
             steps_total += step
             name = blk.outs[0] if not blk.last else "logits"
-            rows.append({"block": b, "ends_at": name, "tensors": len(params), "macs": blk.macs, "steps": step,
+            rows.append({"block": b, "ends_at": name, "crop": list(blk.crop) if blk.crop else None, "tensors": len(params), "macs": blk.macs, "steps": step,
                          "seconds": round(time.perf_counter() - tb0, 1), "narrowed_target": bool(blk.sel),
                          "loss_first": float(np.mean(losses[:5])) if losses else None,
                          "loss_last": float(np.mean(losses[-5:])) if losses else None,
