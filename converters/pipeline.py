@@ -38,7 +38,8 @@ from .model_info import (classify_postprocess, input_spec, merged_preprocess, me
 from .verify import below_default_floor, check_min_agreement, run_reference, verify_artifact
 
 PRECISION_ORDER = ("fp32", "fp16", "int8", "int4")
-SEARCH_INPUTS = 32        # calibration images the keep-float search evaluates on
+SEARCH_INPUTS = 32        # calibration images the keep-float search evaluates on, at most ...
+SEARCH_PIXELS = 16 * 640 * 640   # ... and at most this many input pixels of them (16 at 640 px, 32 up to 452 px)
 SYNTHETIC_COUNT = 32
 
 
@@ -69,7 +70,7 @@ class ConvertOptions:
     emitter_options: dict[str, Any] = field(default_factory=dict)   # e.g. tflite_io_dtype, tflite_layout
     exclude_nodes: list[str] = field(default_factory=list)
     auto_keep_float: bool = True                # detectors (and --min-agreement): search int8-sensitive nodes
-    search_seconds: float = 90.0                # time budget of that search
+    search_seconds: float = 45.0                # time budget of that search
     input_shape: list[int] | None = None        # fixes dynamic input dims (the model's own order)
     trust_pickle: bool = False                  # allow pickled PyTorch checkpoints (runs their code)
     opset: int | None = None                    # ONNX opset of the export of PyTorch sources
@@ -239,7 +240,8 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
         return [], None
     from .sensitivity import classifier_keep_float, detector_keep_float
     _say(opts, f"searching int8-sensitive nodes to keep in float (time budget {opts.search_seconds:.0f} s)")
-    samples = calib.samples[:SEARCH_INPUTS]
+    pixels = int(np.prod(calib.samples.shape[2:]))
+    samples = calib.samples[:max(8, min(SEARCH_INPUTS, SEARCH_PIXELS // max(pixels, 1)))]
     if task == "detect":
         tolerance = 0.01 if opts.min_agreement is None else max(0.0, 1.0 - opts.min_agreement)
         rep = detector_keep_float(model, calib, samples, post, tolerance=tolerance, progress=opts.progress,

@@ -145,7 +145,7 @@ def main() -> None:
               help="Training time budget in seconds (distill: default 900; blockwise: default 600).")
 @click.option("--keep-float", help="Node names kept in float in int8 artifacts, comma-separated.")
 @click.option("--no-auto-keep-float", is_flag=True, help="Skip the search for int8-sensitive nodes (detectors, --min-agreement).")
-@click.option("--search-seconds", type=click.FloatRange(min=1.0), default=90.0, show_default=True,
+@click.option("--search-seconds", type=click.FloatRange(min=1.0), default=45.0, show_default=True,
               help="Time budget of the int8 keep-float search.")
 @click.option("--min-agreement", type=float, help="Target agreement with fp32 (0..1): int8 keeps the most sensitive "
               "nodes in float to reach it; fail if an artifact stays below.")

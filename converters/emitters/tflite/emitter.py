@@ -55,14 +55,15 @@ def _kept_float(node, float_nodes: set[str]) -> bool:
 
 
 def weighted_input_means(model, calib) -> dict:
-    """Per-channel means of the float inputs of every Conv and Gemm with a constant weight, on the
-    calibration images (cached on ``calib``, shared with the ONNX emitter's bias correction)."""
+    """Per-channel means of the float inputs of every Conv and Gemm with a constant weight and a
+    bias (the ones bias correction changes), on the calibration images (cached on ``calib``, shared
+    with the ONNX emitter's bias correction)."""
     from ...bias_correction import cached_input_means
     if calib.samples is None or not len(calib.samples):
         return {}
     consts = {t.name for t in model.graph.initializer}
     tensors = {n.input[0] for n in model.graph.node
-               if n.op_type in ("Conv", "Gemm") and len(n.input) > 1 and n.input[1] in consts}
+               if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[1] in consts and n.input[2]}
     return cached_input_means(model, calib.samples, tensors, calib.channel_means)
 
 
