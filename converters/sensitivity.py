@@ -86,7 +86,7 @@ def cosine_agreement(reference: Outputs) -> MetricFn:
 
 
 def detection_agreement(reference: Outputs, postprocess: dict, transforms, key: str = "map50_agreement",
-                        eval_score_threshold: float = 0.001) -> MetricFn:
+                        eval_score_threshold: float | None = None) -> MetricFn:
     """Metric factory for detectors, needing no labels: COCO mAP of a model's detections against
     the reference (fp32) model's detections on the same inputs (``edgeinfer.detection.metrics.
     map_agreement``). The reference keeps the bundle's ``score_threshold``; the tested model is
@@ -96,8 +96,10 @@ def detection_agreement(reference: Outputs, postprocess: dict, transforms, key: 
     from edgeinfer.detection.metrics import map_agreement
     from edgeinfer.detection.postprocess import DetectPostprocessor
 
+    from .verify import EVAL_SCORE_THRESHOLD
     ref_post = DetectPostprocessor(postprocess)
-    test_post = ref_post.with_overrides(score_threshold=min(eval_score_threshold, ref_post.config["score_threshold"]))
+    low = EVAL_SCORE_THRESHOLD if eval_score_threshold is None else eval_score_threshold
+    test_post = ref_post.with_overrides(score_threshold=min(low, ref_post.config["score_threshold"]))
     per_input = list(transforms) if isinstance(transforms, (list, tuple)) else [transforms] * len(reference)
     ref_results = [ref_post(outs, t) for outs, t in zip(reference, per_input)]
 
