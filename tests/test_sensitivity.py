@@ -165,3 +165,25 @@ def test_a_missed_target_and_a_low_int8_figure_become_warnings():
     assert "map50_agreement" in low and "0.6630 on 13 held-out inputs, below 0.9" in low
     assert below_default_floor({"map50_agreement": 0.663}, "detect", 0.5) is None     # --min-agreement decides
     assert below_default_floor({"top1_agreement": 0.95}, "classify", None) is None
+
+
+def test_verify_and_search_score_a_box_just_under_the_threshold_the_same_way():
+    """A box the artifact scores 0.24 where fp32 said 0.26 (threshold 0.25) is found, ranked low:
+    agreement stays high in the manifest's figure and in the search's metric (COCO convention)."""
+    from converters.verify import detect_agreement
+    post = {"kind": "detect", "decoder": "yolov8", "score_threshold": 0.25, "iou_threshold": 0.45,
+            "max_detections": 100}
+
+    def head(scores):   # [1, 4 + 1, 16]: boxes (cx, cy, w, h) in pixels, one class; two boxes scored
+        out = np.zeros((1, 5, 16), np.float32)
+        out[0, :2, :2] = [[10, 60], [10, 60]]
+        out[0, 2:4] = 8.0
+        out[0, 4, :2] = scores
+        return out
+    ref = [head([0.9, 0.26])]
+    art = [head([0.9, 0.24])]
+    verify_figure = detect_agreement(ref, art, postprocess=post, labels=None, input_hw=(80, 80))["map50_agreement"]
+    search_figure = detection_agreement([ref], post, Transform((80, 80)))([art])
+    assert verify_figure == pytest.approx(search_figure) and verify_figure > 0.99
+    assert detect_agreement(ref, [head([0.9, 0.0])], postprocess=post, labels=None,
+                            input_hw=(80, 80))["map50_agreement"] < 0.6
