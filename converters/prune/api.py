@@ -157,7 +157,8 @@ class PruneReport:
         if self.distillation and self.distillation.get("method") == "blockwise":
             d = self.distillation
             lines.append(f"  block-wise recovery: {d['blocks']} blocks, {d['steps']} steps on {d['images']} images in "
-                         f"{d['seconds']:.0f} s, held-out KL {d['held_out']['kl_before']} -> {d['held_out']['kl_after']}"
+                         f"{d['seconds']:.0f} s" + (f", held-out KL {d['held_out']['kl_before']:.4f} -> {d['held_out']['kl_after']:.4f}"
+                                             if d["held_out"]["images"] else "")
                          + (" (stopped by the time budget)" if d["stopped_by_budget"] else ""))
         elif self.distillation:
             d = self.distillation
