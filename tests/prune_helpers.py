@@ -115,3 +115,12 @@ def weight_shape(model, node_name, index=1):
 
 def group_of(an, layer):
     return next(g for g in an.groups if layer in g.producers)
+
+
+def kl_to(model, x):
+    """``pruned -> mean KL(model || pruned)`` of the class distributions on ``x`` (a recovery score)."""
+    def log_softmax(z):
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    t = log_softmax(run(model, x))
+    return lambda pruned: float((np.exp(t) * (t - log_softmax(run(pruned, x)))).sum(axis=1).mean())

@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from converters.prune import PruneConfig, prune_model
-from prune_helpers import G, run
+from prune_helpers import G, kl_to, run
 
 torch = pytest.importorskip("torch")
 
@@ -57,12 +57,7 @@ def test_cut_points_are_the_residual_sums():
 def test_blockwise_lowers_block_errors_beats_least_squares_and_is_deterministic():
     m, adds = _inverted_residual_net()
     calib, test = _smooth(200), _smooth(64, seed=3)
-
-    def log_softmax(z):
-        z = z - z.max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    t = log_softmax(run(m, test))
-    kl = lambda p: float((np.exp(t) * (t - log_softmax(run(p, test)))).sum(axis=1).mean())   # KL(unpruned || pruned)
+    kl = kl_to(m, test)                    # KL(unpruned || pruned)
     none, _ = _prune(m, calib, "none")
     lsq, _ = _prune(m, calib, "lsq")
     b1, rep = _prune(m, calib, "blockwise")

@@ -10,7 +10,7 @@ from converters.prune import PruneConfig, prune_model
 from converters.prune.allocate import Curve, allocate
 from converters.prune.api import enforce_floor
 from edgeinfer.errors import EdgeInferError
-from prune_helpers import G, run
+from prune_helpers import G, kl_to, run
 
 
 def _two_branch_net(seed=0):
@@ -111,11 +111,7 @@ def test_distillation_improves_on_least_squares_and_is_deterministic():
     b = g.relu(g.bn(g.conv(a, 24, 24), 24))
     m = g.model(g.gemm(g.op("Flatten", [g.op("GlobalAveragePool", [b])], axis=1), 24, 10))
     calib, test = _smooth(64), _smooth(32, seed=3)
-    def log_softmax(z):
-        z = z - z.max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    t = log_softmax(run(m, test))
-    err = lambda p: float((np.exp(t) * (t - log_softmax(run(p, test)))).sum(axis=1).mean())   # KL(teacher || pruned)
+    err = kl_to(m, test)                   # KL(teacher || pruned)
     lsq, _ = prune_model(m, PruneConfig(ratio=0.5, criterion="l1", allocation="uniform"), calib, progress_bar=False)
     d1, rep = _distill(m, calib)
     d2, _ = _distill(m, calib)

@@ -46,7 +46,7 @@ from edgeinfer.errors import EdgeInferError
 from edgeinfer.progress import Progress
 
 from ..clean import clean_model
-from .distill import _cpu, _logit_inputs, _logit_loss
+from .distill import _cpu, _logit_inputs, _logit_loss, train_step
 from .flops import layer_macs
 from .graph import GraphView, infer_shapes
 from .runner import progress
@@ -389,12 +389,8 @@ def blockwise(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str
                     xb = xb[src]
                 xb = xb.float().contiguous(memory_format=torch.channels_last) if xb.dim() == 4 else xb.float()
                 loss = loss_of(student.run_nodes({blk.inp: xb}, *blk.s_span), idx, part, whole)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
+                train_step(opt, loss, losses, bar)
                 step += 1
-                bar.update()
             for p in params:
                 p.requires_grad_(False)
             err_after = held() if losses else err_before

@@ -125,6 +125,15 @@ def _logit_loss(F, logits: dict[str, str], s_logits: dict[str, str], t_env, s_en
     return loss
 
 
+def train_step(opt, loss, losses: list, bar) -> None:
+    """One optimizer step on ``loss``; its value appended to ``losses``, the bar advanced."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    losses.append(float(loss.detach()))
+    bar.update()
+
+
 def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, np.ndarray], samples: np.ndarray,
             config: DistillConfig | None = None, progress_bar: bool = True) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Train ``pruned`` to match ``original`` on ``samples``; returns (cleaned trained model, report dict)."""
@@ -213,12 +222,8 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
             for f in feats:
                 t = t_env[f].index_select(1, kept_t[f]) if f in kept_t else t_env[f]
                 loss = loss + cfg.feature_weight * ((s_env[f] - t) ** 2).mean() / (t.pow(2).mean() + 1e-8) / len(feats)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+            train_step(opt, loss, losses, bar)
             step += 1
-            bar.update()
             now = time.perf_counter()
             if not bar.live and now - last_note > 60:      # logs get a line a minute (the bar needs a terminal)
                 last_note = now
