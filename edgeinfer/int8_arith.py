@@ -72,7 +72,9 @@ def host_arithmetic(engine: str = "ort") -> str:
 
 def saturation_warning(entry: dict) -> str | None:
     """A one-line warning when this host would run the int8 ONNX artifact ``entry`` with saturation."""
-    details = entry.get("details") or {}
+    if not isinstance(entry, dict):
+        return None
+    details = entry.get("details") if isinstance(entry.get("details"), dict) else {}   # an untrusted manifest
     if entry.get("format") != "onnx" or entry.get("precision") != "int8" or details.get("pair_safe_weights", True):
         return None
     host = host_int8_kernels()

@@ -285,3 +285,10 @@ def test_bias_correction_removes_the_mean_shift_of_weight_rounding(group):
 
     plain, corrected = shift(bias_correction=False), shift()
     assert corrected < 0.3 * plain
+
+
+def test_saturation_warning_tolerates_a_malformed_manifest_entry():
+    from edgeinfer.int8_arith import saturation_warning
+    assert saturation_warning({"format": "onnx", "precision": "int8", "details": 0.5, "file": "m.onnx"}) in (None, saturation_warning(
+        {"format": "onnx", "precision": "int8", "details": {}, "file": "m.onnx"}))
+    assert saturation_warning(0.5) is None
