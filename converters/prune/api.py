@@ -338,5 +338,6 @@ def enforce_floor(pruned: onnx.ModelProto, report: PruneReport, agreement: Calla
     raise EdgeInferError(
         f"pruned model's {metric} with the unpruned model is {value:.3f} on {images} held-out images, below the "
         f"floor {floor:g}; the largest cut that met it here was --prune-flops {lo:.2f} (measured without "
-        f"recovery{'; try --recover distill' if report.recover != 'distill' else ''}), or set {floor_flag} "
+        f"recovery{'; try --recover blockwise (the best measured) or distill' if report.recover not in ('distill', 'blockwise') else ''}), "
+        f"or set {floor_flag} "
         f"to accept less")
