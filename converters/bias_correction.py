@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .images import within_pixels
 from .ort_session import tensor_probe
 
 OPS = ("Conv", "Gemm")
@@ -25,8 +26,7 @@ MEAN_PIXELS = 200 * 224 * 224   # input means use at most this many input pixels
 def mean_samples(samples: np.ndarray) -> np.ndarray:
     """The leading samples the input means are measured on: all of them up to ``MEAN_PIXELS``
     input pixels (a channel mean over millions of positions has long converged), at least 8."""
-    pixels = int(np.prod(samples.shape[2:])) if samples.ndim >= 3 else 1
-    return samples[:max(8, MEAN_PIXELS // max(pixels, 1))]
+    return samples[:within_pixels(samples, MEAN_PIXELS, 8)]
 
 
 def input_channel_means(model: onnx.ModelProto, samples: np.ndarray, tensors: list[str]) -> dict[str, np.ndarray]:

@@ -22,6 +22,14 @@ class ImageSet:
     skipped: list[Path]
 
 
+def within_pixels(samples: np.ndarray, budget: int, least: int = 1, most: int | None = None) -> int:
+    """How many leading images of ``samples`` (an NCHW batch) hold at most ``budget`` input pixels,
+    clamped to [``least``, ``most``]: costly passes over large inputs use fewer of them."""
+    pixels = int(np.prod(samples.shape[2:])) if samples.ndim >= 3 else 1
+    n = budget // max(pixels, 1)
+    return int(max(least, n if most is None else min(most, n)))
+
+
 def list_images(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():

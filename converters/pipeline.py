@@ -240,8 +240,7 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
         return [], None
     from .sensitivity import classifier_keep_float, detector_keep_float
     _say(opts, f"searching int8-sensitive nodes to keep in float (time budget {opts.search_seconds:.0f} s)")
-    pixels = int(np.prod(calib.samples.shape[2:]))
-    samples = calib.samples[:max(8, min(SEARCH_INPUTS, SEARCH_PIXELS // max(pixels, 1)))]
+    samples = calib.samples[:image_io.within_pixels(calib.samples, SEARCH_PIXELS, 8, SEARCH_INPUTS)]
     if task == "detect":
         tolerance = 0.01 if opts.min_agreement is None else max(0.0, 1.0 - opts.min_agreement)
         rep = detector_keep_float(model, calib, samples, post, tolerance=tolerance, progress=opts.progress,

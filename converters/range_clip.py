@@ -15,6 +15,7 @@ import onnx
 
 from edgeinfer.progress import Progress
 
+from .images import within_pixels
 from .ort_session import tensor_probe
 
 VALUES_PER_IMAGE = 1024      # uniform sample of each tensor per image
@@ -68,8 +69,7 @@ def mse_range(values: np.ndarray, lo: float, hi: float, levels: int = LEVELS) ->
 
 
 def sample_count(samples: np.ndarray) -> int:
-    pixels = int(np.prod(samples.shape[2:])) if samples.ndim >= 3 else 1
-    return int(max(1, min(len(samples), SAMPLE_PIXELS // max(pixels, 1))))
+    return within_pixels(samples, SAMPLE_PIXELS, 1, len(samples))
 
 
 def mse_clip_ranges(model: onnx.ModelProto, samples: np.ndarray, ranges: dict[str, tuple[float, float]],
