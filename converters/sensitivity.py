@@ -46,8 +46,8 @@ RANKING_PIXELS = 8 * 224 * 224   # the instrumented ranking run sees about this 
 
 def ranking_inputs(inputs: np.ndarray) -> int:
     """How many inputs the ranking run uses: 8 at 224 x 224, fewer for larger inputs (2 at 640), at least 2."""
-    pixels = int(np.prod(inputs.shape[2:])) if inputs.ndim >= 3 else 1
-    return int(max(2, min(8, RANKING_PIXELS // max(pixels, 1))))
+    from .images import within_pixels
+    return within_pixels(inputs, RANKING_PIXELS, 2, 8)
 
 
 @dataclass
@@ -85,21 +85,19 @@ def cosine_agreement(reference: Outputs) -> MetricFn:
     return metric
 
 
-def detection_agreement(reference: Outputs, postprocess: dict, transforms, key: str = "map50_agreement",
-                        eval_score_threshold: float | None = None) -> MetricFn:
+def detection_agreement(reference: Outputs, postprocess: dict, transforms, key: str = "map50_agreement") -> MetricFn:
     """Metric factory for detectors, needing no labels: COCO mAP of a model's detections against
     the reference (fp32) model's detections on the same inputs (``edgeinfer.detection.metrics.
     map_agreement``). The reference keeps the bundle's ``score_threshold``; the tested model is
-    decoded down to ``eval_score_threshold`` so its AP is ranked over the whole score range.
+    decoded by ``verify.ranked_postprocessor`` so its AP is ranked over the whole score range.
     ``transforms``: one ``Transform`` per input, or a single one for all (e.g.
     ``Transform((S, S))``: boxes stay in model-input pixels, which is enough for agreement)."""
     from edgeinfer.detection.metrics import map_agreement
     from edgeinfer.detection.postprocess import DetectPostprocessor
 
-    from .verify import EVAL_SCORE_THRESHOLD
+    from .verify import ranked_postprocessor
     ref_post = DetectPostprocessor(postprocess)
-    low = EVAL_SCORE_THRESHOLD if eval_score_threshold is None else eval_score_threshold
-    test_post = ref_post.with_overrides(score_threshold=min(low, ref_post.config["score_threshold"]))
+    test_post = ranked_postprocessor(ref_post)
     per_input = list(transforms) if isinstance(transforms, (list, tuple)) else [transforms] * len(reference)
     ref_results = [ref_post(outs, t) for outs, t in zip(reference, per_input)]
 

@@ -87,13 +87,18 @@ def classify_agreement(ref: list[np.ndarray], out: list[np.ndarray], **_: Any) -
 EVAL_SCORE_THRESHOLD = 0.001
 
 
+def ranked_postprocessor(post):
+    """The tested side of a detector's mAP agreement: ``post`` (a ``DetectPostprocessor``) with
+    detections ranked down to ``EVAL_SCORE_THRESHOLD``, as COCO mAP is computed; the reference side
+    keeps the bundle's score threshold."""
+    return post.with_overrides(score_threshold=min(EVAL_SCORE_THRESHOLD, post.config["score_threshold"]))
+
+
 def detect_agreement(ref: list[np.ndarray], out: list[np.ndarray], *, postprocess: dict, labels, input_hw) -> dict[str, float]:
     from edgeinfer.detection.metrics import map_agreement
     from edgeinfer.detection.postprocess import DetectPostprocessor
     post = DetectPostprocessor(postprocess, labels)
-    # the reference keeps the bundle's score threshold; the artifact's detections are ranked down to
-    # EVAL_SCORE_THRESHOLD, as COCO mAP is computed (and as the keep-float search scores them)
-    test_post = post.with_overrides(score_threshold=min(EVAL_SCORE_THRESHOLD, post.config["score_threshold"]))
+    test_post = ranked_postprocessor(post)
     t = Transform((input_hw[1], input_hw[0]))
     ref_res = [post([o[i:i + 1] for o in ref], t) for i in range(len(ref[0]))]
     out_res = [test_post([o[i:i + 1] for o in out], t) for i in range(len(out[0]))]
