@@ -138,11 +138,14 @@ def main() -> None:
 @click.option("--prune-min-channels", type=click.IntRange(min=1))
 @click.option("--prune-allocation", type=click.Choice(["sensitivity", "uniform"]), default="sensitivity", show_default=True,
               help="Spread the cut by measured per-group sensitivity, or cut every group alike.")
-@click.option("--recover", type=click.Choice(["none", "lsq", "distill", "blockwise"]), default="lsq", show_default=True,
+@click.option("--recover", type=click.Choice(["none", "lsq", "distill", "blockwise", "blockwise+distill"]), default="lsq",
+              show_default=True,
               help="After pruning: least-squares refit, or that plus training against the unpruned model (needs "
-              "edgeinfer[train]): end-to-end distillation, or block by block on cached block outputs.")
+              "edgeinfer[train]): end-to-end distillation, block by block on cached block outputs, or block by "
+              "block then an end-to-end pass on cached teacher logits.")
 @click.option("--recover-budget", type=click.FloatRange(min=1.0),
-              help="Training time budget in seconds (distill: default 900; blockwise: default 600).")
+              help="Training time budget in seconds (distill: default 900; blockwise: default 600; "
+              "blockwise+distill: default 900, two thirds block by block).")
 @click.option("--keep-float", help="Node names kept in float in int8 artifacts, comma-separated.")
 @click.option("--no-auto-keep-float", is_flag=True, help="Skip the search for int8-sensitive nodes (detectors, --min-agreement).")
 @click.option("--search-seconds", type=click.FloatRange(min=1.0), default=45.0, show_default=True,
@@ -252,16 +255,20 @@ def _input_shape(text):
 def _prune_config(profiles, ratio, flops, criterion, min_channels, allocation, recover, recover_budget):
     from converters.prune import PruneConfig
     from converters.prune.blockwise import BlockwiseConfig
-    from converters.prune.distill import DistillConfig
+    from converters.prune.distill import DistillConfig, final_pass_config
     from .profiles import load_profile
     prof = load_profile(profiles[0]).data.get("prune", {})
-    if recover_budget is not None and recover not in ("distill", "blockwise"):
-        raise EdgeInferError("--recover-budget limits training: pass it with --recover distill or blockwise")
+    if recover_budget is not None and recover not in ("distill", "blockwise", "blockwise+distill"):
+        raise EdgeInferError("--recover-budget limits training: pass it with --recover distill, blockwise or "
+                             "blockwise+distill")
+    distill = DistillConfig(time_budget=recover_budget) if recover_budget else None
+    blockwise = BlockwiseConfig(time_budget=recover_budget) if recover_budget else None
+    if recover == "blockwise+distill" and recover_budget:
+        blockwise, distill = BlockwiseConfig(time_budget=recover_budget * 2 / 3), final_pass_config(recover_budget / 3)
     return PruneConfig(ratio=ratio, flops_target=flops, criterion=criterion,
                        channel_multiple=prof.get("channel_multiple", 1),
                        min_channels=min_channels or prof.get("min_channels", 1), recover=recover, allocation=allocation,
-                       distill=DistillConfig(time_budget=recover_budget) if recover_budget else None,
-                       blockwise=BlockwiseConfig(time_budget=recover_budget) if recover_budget else None)
+                       distill=distill, blockwise=blockwise)
 
 
 @main.command()

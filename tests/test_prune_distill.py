@@ -54,6 +54,24 @@ def test_sensitivity_allocation_cuts_the_cheap_group_and_reports_it():
     assert err(pruned) < 0.5 * err(uniform)
 
 
+def test_sensitivity_is_measured_after_the_least_squares_refit_that_will_run():
+    """A 1x1 conv without activation carries a 3-dim input in 16 channels: cutting half of them
+    loses output that the consumer's refit restores (up to its ridge and the padded border). The scan sees that cut as free when
+    the recovery refits (and as costly when nothing will repair it)."""
+    g = G(seed=2)
+    lin = g.conv("input", 3, 16, k=1)
+    m = g.model(g.gemm(g.op("Flatten", [g.op("GlobalAveragePool", [g.relu(g.conv(lin, 16, 16))])], axis=1), 16, 10))
+    calib = _smooth(48)
+
+    def curve(**kw):
+        _, rep = prune_model(m, PruneConfig(flops_target=0.2, **kw), calib, progress_bar=False)
+        return next(c for c in rep.sensitivity if lin.split("_out")[0] in c.name)
+    plain, refit = curve(recover="none"), curve(recover="lsq")
+    assert plain.errors[1] > 0.1 and refit.errors[1] < 0.2 * plain.errors[1], (plain.errors, refit.errors)
+    off = curve(recover="lsq", sensitivity_refit=False)
+    assert off.errors == plain.errors
+
+
 def test_allocation_spreads_and_protects():
     cfg = PruneConfig(ratio=0.3, max_group_ratio=0.5)
     steep = Curve(0, "narrow", 16, [0.25, 0.5, 0.75], [0.8, 1.0, 1.0], [0.05, 0.1, 0.15])   # saturating: still costly
@@ -122,6 +140,31 @@ def test_distillation_improves_on_least_squares_and_is_deterministic():
     assert d["steps"] == 40 and d["loss_last"] < d["loss_first"] and not d["stopped_by_budget"]
     assert not any(n.op_type == "BatchNormalization" for n in d1.graph.node)   # returned cleaned
     onnx.checker.check_model(d1, full_check=True)
+
+
+def test_cached_teacher_views_are_the_teachers_logits_and_training_uses_them():
+    from converters.prune.distill import DistillConfig, fixed_views, teacher_cache
+    from converters.torch_graph import TorchGraph
+    g = G(seed=5)
+    a = g.relu(g.bn(g.conv("input", 3, 24), 24))
+    b = g.relu(g.bn(g.conv(a, 24, 24), 24))
+    m = g.model(g.gemm(g.op("Flatten", [g.op("GlobalAveragePool", [b])], axis=1), 24, 10))
+    x = _smooth(6, seed=4)
+    cfg = DistillConfig(views=3, crop_scale=(0.5, 1.0), flip=True)
+    views = fixed_views(len(x), 8, 8, cfg, np.random.default_rng(0))
+    assert views[0][:2] == [(0, 0, 8, 8, False), (0, 0, 8, 8, True)] and len(views[0]) == 3
+    cache = teacher_cache(torch, TorchGraph(m).eval(), [m.graph.output[0].name], torch.from_numpy(x), views, (8, 8), 4)
+    got = cache[m.graph.output[0].name].numpy()
+    assert got.shape == (6, 3, 10)
+    np.testing.assert_allclose(got[:, 0], run(m, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[:, 1], run(m, np.ascontiguousarray(x[..., ::-1])), rtol=1e-4, atol=1e-4)
+    calib, test = _smooth(64), _smooth(32, seed=3)
+    err = kl_to(m, test)
+    lsq, _ = prune_model(m, PruneConfig(ratio=0.5, criterion="l1", allocation="uniform"), calib, progress_bar=False)
+    d, rep = _distill(m, calib, views=2, flip=True, threads=1)
+    assert rep.distillation["augment"]["teacher_cached"] and err(d) < 0.8 * err(lsq), (err(d), err(lsq))
+    with pytest.raises(EdgeInferError, match="feature_weight"):
+        DistillConfig(views=2, feature_weight=1.0).validate()
 
 
 def test_distillation_stops_at_its_time_budget():

@@ -1,8 +1,8 @@
 """Accuracy vs MACs under structured pruning: the digits sample, and a real pretrained model on real photos.
 
     .venv/bin/python tools/plot_prune_curve.py [-o docs/prune_curve.png] [--max-ratio 0.7] [--step 0.1]
-        [--real /work/realdata --cuts 0.2,0.35 --recover lsq,distill,blockwise --budget 900
-         --blockwise-budget 600 --extra-recovery 600 --json rows.json --save-dir pruned/]
+        [--real /work/realdata --cuts 0.2,0.35 --recover lsq,distill,blockwise,blockwise+distill
+         --budget 900 --blockwise-budget 600 --final-budget 300 --extra-recovery 600 --json rows.json --save-dir pruned/]
 
 Digits panel: held-out top-1 for uniform ratios 0..--max-ratio, without / with least-squares
 reconstruction (no training). Real panel (``--real DIR``, the layout of /work/realdata: a model
@@ -10,7 +10,8 @@ reconstruction (no training). Real panel (``--real DIR``, the layout of /work/re
 per MAC cut (``--prune-flops``, per-group allocation by measured sensitivity) and per recovery
 (``lsq``: least squares only; ``distill``: that plus label-free distillation from the unpruned
 model, ``--budget`` seconds; ``blockwise``: that plus block-by-block training on cached block
-outputs of the unpruned model, ``--blockwise-budget`` seconds), top-1 on the scored photos and top-1 agreement with the unpruned
+outputs of the unpruned model, ``--blockwise-budget`` seconds; ``blockwise+distill``: that plus an
+end-to-end pass on cached teacher logits of fixed views, ``--final-budget`` seconds), top-1 on the scored photos and top-1 agreement with the unpruned
 model. Recovery data (unlabelled): the calib photos plus ``--extra-recovery`` N of the eval photos
 (N = 600 takes 3 of every 4 in labels.tsv order); the other eval photos (every 4th, >= 200) are
 the scored ones, disjoint from everything pruning and recovery see. Labels are read only to
@@ -87,7 +88,7 @@ def cpu_seconds() -> float:
 
 
 def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, extra: int,
-              save_dir: Path | None, multiple: int = 8, blockwise_cfg=None) -> tuple[float, list[dict]]:
+              save_dir: Path | None, multiple: int = 8, blockwise_cfg=None, final_cfg=None) -> tuple[float, list[dict]]:
     model = onnx.load(root / "mobilenet_v2.onnx")
     meta = {p.key: p.value for p in model.metadata_props}
     cfg = PreprocessConfig.from_dict(json.loads(meta["edgeinfer.preprocess"]))
@@ -101,20 +102,32 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
           f"unlabelled photos ({len(calib)} calib + {len(recovery) - len(calib)} eval, disjoint from the scored ones)")
     rows = []
     for cut in cuts:
-        lsq = None
+        lsq = bw = None
         for rec in recovers:
             t0, c0 = time.perf_counter(), cpu_seconds()
-            if rec in ("distill", "blockwise") and lsq is not None:   # the least-squares start prune_model would build
+            if rec in ("distill", "blockwise", "blockwise+distill") and lsq is not None:
+                # the least-squares (and block-wise) start prune_model would build, measured once per cut
                 from converters.prune.blockwise import blockwise
                 from converters.prune.distill import distill
                 from converters.prune.graph import prepare
                 rep = lsq[1]
-                train, train_cfg = (distill, distill_cfg) if rec == "distill" else (blockwise, blockwise_cfg)
-                pm, rep.distillation = train(prepare(model), lsq[0], rep.kept, recovery, train_cfg)
-                seconds, cpu = lsq[2] + time.perf_counter() - t0, lsq[3] + cpu_seconds() - c0
+                if rec == "blockwise+distill" and bw is not None:
+                    start, rep.distillation, s0, cpu0 = bw
+                else:
+                    train, train_cfg = (distill, distill_cfg) if rec == "distill" else (blockwise, blockwise_cfg)
+                    start, rep.distillation = train(prepare(model), lsq[0], rep.kept, recovery, train_cfg)
+                    s0, cpu0 = lsq[2] + time.perf_counter() - t0, lsq[3] + cpu_seconds() - c0
+                    t0, c0 = time.perf_counter(), cpu_seconds()
+                    if rec == "blockwise":
+                        bw = (start, rep.distillation, s0, cpu0)
+                pm = start
+                if rec == "blockwise+distill":
+                    pm, final = distill(prepare(model), start, rep.kept, recovery, final_cfg)
+                    rep.distillation = {**rep.distillation, "final_distillation": final}
+                seconds, cpu = s0 + time.perf_counter() - t0, cpu0 + cpu_seconds() - c0
             else:
-                pc = PruneConfig(flops_target=cut, recover=rec, distill=distill_cfg, blockwise=blockwise_cfg,
-                                 channel_multiple=multiple)
+                pc = PruneConfig(flops_target=cut, recover=rec, distill=final_cfg if rec == "blockwise+distill"
+                                 else distill_cfg, blockwise=blockwise_cfg, channel_multiple=multiple)
                 pm, rep = prune_model(model, pc, recovery)
                 seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
                 if rec == "lsq":
@@ -148,6 +161,9 @@ def main(argv=None) -> int:
     ap.add_argument("--recover", default="lsq,distill")
     ap.add_argument("--budget", type=float, default=900.0, help="distillation seconds per point")
     ap.add_argument("--blockwise-budget", type=float, default=600.0, help="block-wise recovery seconds per point")
+    ap.add_argument("--final-budget", type=float, default=300.0,
+                    help="blockwise+distill: seconds of the end-to-end pass on cached teacher logits after the blocks")
+    ap.add_argument("--final-lr", type=float, help="blockwise+distill: relative step of that pass (default: final_pass_config's)")
     ap.add_argument("--blockwise-lr", type=float, help="block-wise learning rate (default: BlockwiseConfig's)")
     ap.add_argument("--blockwise-epochs", type=float, help="block-wise passes per block, at most (default: BlockwiseConfig's)")
     ap.add_argument("--lr", type=float, help="distillation learning rate (default: DistillConfig's)")
@@ -174,13 +190,16 @@ def main(argv=None) -> int:
         real = (saved["fp32_top1"], saved["rows"])
     elif args.real:
         from converters.prune.blockwise import BlockwiseConfig
-        from converters.prune.distill import DistillConfig
+        from converters.prune.distill import DistillConfig, final_pass_config
+        final = final_pass_config(args.final_budget)
+        if args.final_lr is not None:
+            final.lr = args.final_lr
         bw = {k: v for k, v in (("lr", args.blockwise_lr), ("epochs", args.blockwise_epochs)) if v is not None}
         knobs = {k: v for k, v in (("lr", args.lr), ("feature_weight", args.feature_weight),
                                    ("train_size", args.train_size), ("batch", args.batch)) if v is not None}
         real = real_rows(args.real, [float(c) for c in args.cuts.split(",")], args.recover.split(","),
                          DistillConfig(time_budget=args.budget, **knobs), args.extra_recovery, args.save_dir,
-                         args.channel_multiple, BlockwiseConfig(time_budget=args.blockwise_budget, **bw))
+                         args.channel_multiple, BlockwiseConfig(time_budget=args.blockwise_budget, **bw), final)
     if args.json:
         args.json.write_text(json.dumps({"digits": digits, "real": real and {"fp32_top1": real[0], "rows": real[1]}}, indent=1))
 
@@ -197,12 +216,13 @@ def main(argv=None) -> int:
     if real:
         base, rows = real
         ax = axes[0][1]
-        for rec, style in (("lsq", "s--"), ("distill", "o-"), ("blockwise", "^-")):
+        for rec, style in (("lsq", "s--"), ("distill", "o-"), ("blockwise", "^-"), ("blockwise+distill", "D-")):
             pts = sorted((r["macs"] / 1e6, r["top1"]) for r in rows if r["recover"] == rec)
             if pts:        # every curve starts at the unpruned model
                 pts.append((rows[0]["macs"] / (1.0 - rows[0]["macs_drop"]) / 1e6, base))
                 ax.plot(*zip(*pts), style, label={"lsq": "least squares only", "distill": "+ distillation",
-                                           "blockwise": "+ block-wise reconstruction"}[rec])
+                                           "blockwise": "+ block-wise reconstruction",
+                                           "blockwise+distill": "+ block-wise, then end-to-end KL"}[rec])
         ax.axhline(base, color="grey", lw=0.8, ls=":", label=f"unpruned ({base:.1f}%)")
         ax.set(ylim=(0, 100), xlabel="MACs per image (millions)", ylabel=f"top-1 on {rows[0]['scored']} held-out real photos (%)")
         ax.set_title(f"MobileNetV2 (pretrained), per-group allocation, {rows[0]['recovery_images']} unlabelled photos",

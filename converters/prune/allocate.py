@@ -5,6 +5,9 @@ and runs the cut model on calibration images: the sensitivity of a group at a ra
 relative output error ``||y - y0|| / ||y0||`` against the unpruned model (mean over images), and
 its gain is the fraction of the model's MACs that cut removes. No labels are read.
 
+With ``refit`` the cut is first repaired by the recovery's least-squares refit (on the same
+images), so the error is the one the recovered model keeps.
+
 ``allocate(curves, lam, cfg)`` then chooses, per group, the ratio maximising
 ``lam * gain(r) - error(r) ** 2`` (both interpolated linearly between the measured ratios, on a
 grid of 1/32; errors of independent cuts add in quadrature, so the squared error is the cost
@@ -83,8 +86,13 @@ def single_group_plan(an: Analysis, scores: np.ndarray, group: int, keep: int) -
 
 
 def measure(an: Analysis, scores: np.ndarray, cfg, samples: np.ndarray, keep_count: Callable,
-            progress: bool = True) -> list[Curve]:
-    """Sensitivity curve of every prunable group (each cut alone at ``LEVELS``)."""
+            progress: bool = True, refit: Callable | None = None) -> list[Curve]:
+    """Sensitivity curve of every prunable group (each cut alone at ``LEVELS``).
+
+    ``refit(cut_model, kept) -> model`` (optional) is applied to each cut before its error is
+    measured: the recovery that will run (the least-squares refit) repairs some cuts far better
+    than others (inverted-residual hidden channels: their one consumer is refit; residual streams:
+    the lost channels themselves are gone), so the allocation must see the error *after* it."""
     macs0 = flops.count(an.view.model, shapes_ready=True).macs
     ref = _outputs(an.view.model, samples)
     todo = []
@@ -103,7 +111,9 @@ def measure(an: Analysis, scores: np.ndarray, cfg, samples: np.ndarray, keep_cou
         for g, keeps in todo:
             c = Curve(g.index, g.name, g.size, [], [], [])
             for r, k in keeps:
-                m, _ = surgery.apply(an, single_group_plan(an, scores, g.index, k))
+                m, kept = surgery.apply(an, single_group_plan(an, scores, g.index, k))
+                if refit is not None:
+                    m = refit(m, kept)
                 c.ratios.append(r)
                 c.errors.append(rel_error(ref, _outputs(m, samples)))
                 c.gains.append(1.0 - flops.count(m, shapes_ready=True).macs / macs0)

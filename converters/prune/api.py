@@ -29,10 +29,10 @@ from .graph import GraphView, node_names, prepare
 from .groups import Analysis, analyze
 from .importance import CRITERIA, class_scores
 from .reconstruct import LayerFit, reconstruct
-from .runner import progress
+from .runner import progress, quiet
 
 
-RECOVERY = ("none", "lsq", "distill", "blockwise")
+RECOVERY = ("none", "lsq", "distill", "blockwise", "blockwise+distill")
 ALLOCATION = ("sensitivity", "uniform")
 
 
@@ -52,12 +52,13 @@ class PruneConfig:
     protect_channels: int = 0            # sensitivity allocation: groups narrower than this stay whole
     max_group_ratio: float = 0.75        # sensitivity allocation: no group loses more than this fraction
     sensitivity_samples: int = 32        # calibration images the sensitivity scan runs on
+    sensitivity_refit: bool = True       # with a least-squares recovery, measure each cut after that refit
     distill: Any = None                  # converters.prune.distill.DistillConfig (None: its defaults)
     blockwise: Any = None                # converters.prune.blockwise.BlockwiseConfig (None: its defaults)
 
     @property
     def reconstruct(self) -> bool:
-        return self.recover in ("lsq", "distill", "blockwise")
+        return self.recover != "none"
 
     def validate(self) -> "PruneConfig":
         if (self.ratio is None) == (self.flops_target is None):
@@ -160,6 +161,12 @@ class PruneReport:
                          f"{d['seconds']:.0f} s" + (f", held-out KL {d['held_out']['kl_before']:.4f} -> {d['held_out']['kl_after']:.4f}"
                                              if d["held_out"]["images"] else "")
                          + (" (stopped by the time budget)" if d["stopped_by_budget"] else ""))
+            f = d.get("final_distillation")
+            if f:
+                lines.append(f"  end-to-end pass: {f['steps']} steps ({f['epochs']:.2f} epochs, teacher logits cached for "
+                             f"{f['augment']['fixed_views']} views per image) in {f['seconds']:.0f} s"
+                             + (f", held-out KL {f['held_out']['kl_before']:.4f} -> {f['held_out']['kl_after']:.4f}"
+                                + (" (undone)" if f["held_out"]["reverted"] else "") if f["held_out"]["images"] else ""))
         elif self.distillation:
             d = self.distillation
             lines.append(f"  distillation: {d['steps']} steps ({d['epochs']:.2f} epochs of {d['images']} images) at "
@@ -243,10 +250,15 @@ def _measured(an: Analysis, scores: np.ndarray, cfg: PruneConfig, samples: np.nd
     h = hashlib.sha256(an.view.model.SerializeToString())
     for part in (samples, scores):
         h.update(np.ascontiguousarray(part).tobytes())
-    h.update(repr((cfg.criterion, cfg.channel_multiple, cfg.min_channels, cfg.protect_channels, cfg.exclude)).encode())
+    refit = cfg.reconstruct and cfg.sensitivity_refit
+    h.update(repr((cfg.criterion, cfg.channel_multiple, cfg.min_channels, cfg.protect_channels, cfg.exclude,
+                   refit, cfg.ridge)).encode())
     key = h.hexdigest()
     if key not in _SENSITIVITY:
-        _SENSITIVITY[key] = allocate.measure(an, scores, cfg, samples, keep_count, bar)
+        def repair(m: onnx.ModelProto, kept: dict) -> onnx.ModelProto:
+            with quiet():
+                return reconstruct(an.view.model, m, kept, samples, ridge=cfg.ridge, max_samples=len(samples))[0]
+        _SENSITIVITY[key] = allocate.measure(an, scores, cfg, samples, keep_count, bar, repair if refit else None)
     return _SENSITIVITY[key]
 
 
@@ -296,10 +308,15 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
         from .distill import distill
         pruned, distilled = distill(base, pruned, kept, np.asarray(calib_samples, np.float32), config.distill,
                                     progress_bar)
-    elif config.recover == "blockwise" and kept:
+    elif config.recover.startswith("blockwise") and kept:
         from .blockwise import blockwise
         pruned, distilled = blockwise(base, pruned, kept, np.asarray(calib_samples, np.float32), config.blockwise,
                                       progress_bar)
+        if config.recover == "blockwise+distill":
+            from .distill import distill, final_pass_config
+            pruned, final = distill(base, pruned, kept, np.asarray(calib_samples, np.float32),
+                                    config.distill or final_pass_config(), progress_bar)
+            distilled = {**distilled, "final_distillation": final}
     try:
         onnx.checker.check_model(pruned)
     except onnx.checker.ValidationError as exc:   # a bug here must never ship a broken graph
@@ -338,6 +355,6 @@ def enforce_floor(pruned: onnx.ModelProto, report: PruneReport, agreement: Calla
     raise EdgeInferError(
         f"pruned model's {metric} with the unpruned model is {value:.3f} on {images} held-out images, below the "
         f"floor {floor:g}; the largest cut that met it here was --prune-flops {lo:.2f} (measured without "
-        f"recovery{'; try --recover blockwise (the best measured) or distill' if report.recover not in ('distill', 'blockwise') else ''}), "
+        f"recovery{'; try --recover blockwise (the best measured) or distill' if report.recover in ('none', 'lsq') else ''}), "
         f"or set {floor_flag} "
         f"to accept less")

@@ -54,6 +54,8 @@ class DistillConfig:
     seed: int = 0
     threads: int | None = None            # torch intra-op threads (None = torch's default)
     holdout: float = 0.1                  # images kept out of training to check it helped (none below 20 images)
+    views: int = 0                        # > 0: that many fixed views per image (whole, mirror, then random crops),
+                                          # the teacher's logits on them computed once (no teacher pass per step)
 
     def validate(self) -> "DistillConfig":
         if not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
@@ -66,30 +68,78 @@ class DistillConfig:
             raise EdgeInferError(f"distill train_size must be an integer >= 8 pixels, got {self.train_size!r}")
         if not (isinstance(self.holdout, (int, float)) and 0.0 <= self.holdout < 0.5):
             raise EdgeInferError(f"distill holdout must be in [0, 0.5), got {self.holdout!r}")
+        if isinstance(self.views, bool) or not isinstance(self.views, int) or self.views < 0:
+            raise EdgeInferError(f"distill views must be an integer >= 0, got {self.views!r}")
+        if self.views and self.feature_weight > 0:
+            raise EdgeInferError("distill views caches the teacher's logits only: set feature_weight 0 or views 0")
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise EdgeInferError(f"distill crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale!r}")
         return self
 
 
+def final_pass_config(time_budget: float | None = 300.0) -> DistillConfig:
+    """The end-to-end pass after block-wise recovery: KL on cached teacher logits of fixed views
+    (whole image, mirror, two random resized crops), a small relative step (the blocks are already
+    close; a large one undoes them on unseen images)."""
+    return DistillConfig(time_budget=time_budget, epochs=4.0, lr=1e-4, views=4, crop_scale=(0.5, 1.0), flip=True)
+
+
+def _view_params(rng: np.random.Generator, h: int, w: int, cfg: DistillConfig) -> tuple[int, int, int, int, bool]:
+    """(y0, x0, crop height, crop width, flip) of one random resized crop + flip."""
+    area = rng.uniform(*cfg.crop_scale) * h * w
+    aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    ch = int(min(h, max(8, round(math.sqrt(area / aspect)))))
+    cw = int(min(w, max(8, round(math.sqrt(area * aspect)))))
+    y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    return y0, x0, ch, cw, bool(cfg.flip and rng.random() < 0.5)
+
+
+def _view(torch, img, params, size_hw):
+    """One view of ``img`` [C, H, W] (``_view_params``), resized to ``size_hw``: [1, C, h, w]."""
+    import torch.nn.functional as F
+    y0, x0, ch, cw, flip = params
+    v = img[None, :, y0:y0 + ch, x0:x0 + cw]
+    if flip:
+        v = torch.flip(v, dims=[3])
+    if (ch, cw) != tuple(size_hw):
+        v = F.interpolate(v, size=size_hw, mode="bilinear", align_corners=False, antialias=True)
+    return v
+
+
 def _views(torch, x, rng: np.random.Generator, cfg: DistillConfig, size_hw):
     """A random resized crop + flip of each image, resized to ``size_hw`` (one view per image)."""
-    import torch.nn.functional as F
     h, w = x.shape[2], x.shape[3]
+    return torch.cat([_view(torch, img, _view_params(rng, h, w, cfg), size_hw) for img in x]
+                     ).contiguous(memory_format=torch.channels_last)
+
+
+def fixed_views(n_images: int, h: int, w: int, cfg: DistillConfig, rng: np.random.Generator) -> list[list[tuple]]:
+    """``cfg.views`` view parameters per image, drawn once: the whole image, its mirror (with
+    ``flip``), then random resized crops + flips."""
     out = []
-    for img in x:
-        area = rng.uniform(*cfg.crop_scale) * h * w
-        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        ch = int(min(h, max(8, round(math.sqrt(area / aspect)))))
-        cw = int(min(w, max(8, round(math.sqrt(area * aspect)))))
-        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        v = img[None, :, y0:y0 + ch, x0:x0 + cw]
-        if cfg.flip and rng.random() < 0.5:
-            v = torch.flip(v, dims=[3])
-        if (ch, cw) != tuple(size_hw):
-            v = F.interpolate(v, size=size_hw, mode="bilinear", align_corners=False, antialias=True)
-        out.append(v)
-    return torch.cat(out).contiguous(memory_format=torch.channels_last)
+    for _ in range(n_images):
+        vs = [(0, 0, h, w, False)] + ([(0, 0, h, w, True)] if cfg.flip else [])
+        while len(vs) < cfg.views:
+            vs.append(_view_params(rng, h, w, cfg))
+        out.append(vs[:cfg.views])
+    return out
+
+
+def teacher_cache(torch, teacher, names: list[str], x_all, views: list[list[tuple]], size_hw,
+                  batch: int) -> dict[str, "torch.Tensor"]:
+    """The teacher's ``names`` tensors for every (image, view), computed once: {name: [images, views, ...]}.
+    Training then never runs the teacher."""
+    n, k = len(views), len(views[0])
+    flat = [(i, j) for i in range(n) for j in range(k)]
+    parts: dict[str, list] = {t: [] for t in names}
+    with torch.no_grad():
+        for s in range(0, len(flat), batch):
+            xb = torch.cat([_view(torch, x_all[i], views[i][j], size_hw) for i, j in flat[s:s + batch]])
+            _, env = teacher.features(xb.contiguous(memory_format=torch.channels_last), names)
+            for t in names:
+                parts[t].append(env[t].detach().clone())
+    return {t: torch.cat(v).reshape(n, k, *v[0].shape[1:]) for t, v in parts.items()}
 
 
 def _logit_inputs(model: onnx.ModelProto) -> dict[str, str]:
@@ -196,6 +246,13 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
     t0, cpu0 = time.perf_counter(), _cpu()
     losses, step, stopped = [], 0, False
     order = rng.permutation(len(x_all))
+    cache = None
+    if cfg.views:
+        t_cache = time.perf_counter()
+        views = fixed_views(len(x_all), int(x_all.shape[2]), int(x_all.shape[3]), cfg, rng)
+        cache = teacher_cache(torch, teacher, t_names, x_all, views, size_hw, cfg.batch)
+        progress(f"distillation: teacher logits cached for {len(x_all)} images x {cfg.views} views "
+                 f"in {time.perf_counter() - t_cache:.0f} s")
     progress(f"distillation: {len(x_all)} images, {total} steps of {cfg.batch} at {size_hw[0]} px"
              + (f", time budget {cfg.time_budget:.0f} s" if cfg.time_budget else ""))
     deadline = t0 + cfg.time_budget if cfg.time_budget else None
@@ -214,9 +271,16 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
             if pos + cfg.batch > len(x_all) and step:
                 order = rng.permutation(len(x_all))
             idx = order[pos:pos + cfg.batch] if pos + cfg.batch <= len(x_all) else order[:cfg.batch]
-            x = _views(torch, x_all[torch.from_numpy(np.sort(idx))], rng, cfg, size_hw)
-            with torch.no_grad():
-                _, t_env = teacher.features(x, t_names)
+            idx = np.sort(idx)
+            if cache is not None:
+                pick = rng.integers(0, cfg.views, len(idx))
+                x = torch.cat([_view(torch, x_all[i], views[i][j], size_hw) for i, j in zip(idx, pick)]
+                              ).contiguous(memory_format=torch.channels_last)
+                t_env = {t: v[torch.from_numpy(idx), torch.from_numpy(pick)] for t, v in cache.items()}
+            else:
+                x = _views(torch, x_all[torch.from_numpy(idx)], rng, cfg, size_hw)
+                with torch.no_grad():
+                    _, t_env = teacher.features(x, t_names)
             _, s_env = student.features(x, s_names)
             loss = _logit_loss(F, logits, s_logits, t_env, s_env, cfg.temperature)
             for f in feats:
@@ -247,7 +311,8 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
               "batch": cfg.batch, "train_size": int(size_hw[0]), "lr": cfg.lr, "relative_lr": cfg.relative_lr, "seconds": round(seconds, 1),
               "steps_per_second": round(step / max(seconds, 1e-9), 4), "cpu_seconds": round(cpu, 1), "threads": int(torch.get_num_threads()),
               "time_budget": cfg.time_budget, "stopped_by_budget": stopped, "seed": cfg.seed,
-              "augment": {"crop_scale": list(cfg.crop_scale), "flip": cfg.flip},
+              "augment": {"crop_scale": list(cfg.crop_scale), "flip": cfg.flip,
+                          "fixed_views": cfg.views, "teacher_cached": bool(cfg.views)},
               "feature_loss": {"weight": cfg.feature_weight, "tensors": len(feats)},
               "loss_first": float(np.mean(losses[:head])), "loss_last": float(np.mean(losses[-head:])),
               "held_out": {"images": n_hold, "kl_before": kl_before, "kl_after": kl_after, "reverted": reverted},

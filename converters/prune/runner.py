@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
@@ -55,6 +56,17 @@ _PROGRESS = {"enabled": True}
 def set_progress(enabled: bool) -> None:
     """Turn the [prune] progress lines on stderr on or off (the CLI's --quiet)."""
     _PROGRESS["enabled"] = bool(enabled)
+
+
+@contextmanager
+def quiet():
+    """No [prune] progress lines inside the block (e.g. a refit repeated for every sensitivity point)."""
+    was = _PROGRESS["enabled"]
+    _PROGRESS["enabled"] = False
+    try:
+        yield
+    finally:
+        _PROGRESS["enabled"] = was
 
 
 def progress(msg: str) -> None:
