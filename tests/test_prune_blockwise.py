@@ -102,3 +102,22 @@ def test_crops_train_local_blocks_and_whole_maps_where_a_global_op_mixes_the_map
     assert first["crop"] == [32, 4, 2]                   # 32 of 64 input pixels, stride 4, 2 output pixels of margin
     assert rest[0]["crop"] is None and rest[1]["crop"] is None
     assert first["held_out_after"] < first["held_out_before"]
+
+
+def test_blockwise_then_end_to_end_pass_on_cached_logits_is_reported_and_kept_only_if_it_helps():
+    from converters.prune.distill import DistillConfig
+    m, _ = _inverted_residual_net()
+    calib, test = _smooth(120), _smooth(64, seed=3)
+    kl = kl_to(m, test)
+    b, _ = _prune(m, calib, "blockwise")
+    final = DistillConfig(time_budget=None, epochs=4, lr=1e-3, views=2, flip=True, crop_scale=(1.0, 1.0), threads=1)
+    cfg = BlockwiseConfig(time_budget=None, epochs=10, lr=1e-2, threads=1)
+    bd, rep = prune_model(m, PruneConfig(ratio=0.5, criterion="l1", allocation="uniform", recover="blockwise+distill",
+                                         blockwise=cfg, distill=final), calib, progress_bar=False)
+    f = rep.to_dict()["distillation"]["final_distillation"]
+    assert f["augment"]["teacher_cached"] and f["augment"]["fixed_views"] == 2 and f["steps"] > 0
+    held = f["held_out"]
+    assert not held["reverted"] and held["kl_after"] < held["kl_before"], held
+    assert kl(bd) < kl(b), (kl(bd), kl(b))
+    assert "end-to-end pass" in rep.format()
+    onnx.checker.check_model(bd, full_check=True)

@@ -52,7 +52,8 @@ class PruneConfig:
     protect_channels: int = 0            # sensitivity allocation: groups narrower than this stay whole
     max_group_ratio: float = 0.75        # sensitivity allocation: no group loses more than this fraction
     sensitivity_samples: int = 32        # calibration images the sensitivity scan runs on
-    sensitivity_refit: bool = True       # with a least-squares recovery, measure each cut after that refit
+    sensitivity_refit: bool = True       # with a least-squares recovery, measure each cut after that refit ...
+    sensitivity_fit_samples: int = 64    # ... fit on these many other calibration images
     distill: Any = None                  # converters.prune.distill.DistillConfig (None: its defaults)
     blockwise: Any = None                # converters.prune.blockwise.BlockwiseConfig (None: its defaults)
 
@@ -79,7 +80,7 @@ class PruneConfig:
             raise EdgeInferError(f"prune allocation {self.allocation!r} is not one of {', '.join(ALLOCATION)}")
         if not (isinstance(self.max_group_ratio, (int, float)) and 0.0 < self.max_group_ratio < 1.0):
             raise EdgeInferError(f"prune max_group_ratio must be in (0, 1), got {self.max_group_ratio!r}")
-        for name in ("protect_channels", "sensitivity_samples"):
+        for name in ("protect_channels", "sensitivity_samples", "sensitivity_fit_samples"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise EdgeInferError(f"prune {name} must be an integer >= 0, got {v!r}")
@@ -245,10 +246,14 @@ def _check_inputs(model: onnx.ModelProto, config: PruneConfig, calib_samples) ->
 _SENSITIVITY: dict[str, list[allocate.Curve]] = {}   # in-process memo: a curve sweep re-measures nothing
 
 
-def _measured(an: Analysis, scores: np.ndarray, cfg: PruneConfig, samples: np.ndarray, bar: bool) -> list[allocate.Curve]:
+def _measured(an: Analysis, scores: np.ndarray, cfg: PruneConfig, samples: np.ndarray, fit_samples: np.ndarray,
+              bar: bool) -> list[allocate.Curve]:
+    """Sensitivity curves on ``samples``; with a least-squares recovery each cut is first refit on
+    ``fit_samples`` (other images: a refit judged on its own images looks free, e.g. a classifier
+    with more inputs than images fits them exactly)."""
     import hashlib
     h = hashlib.sha256(an.view.model.SerializeToString())
-    for part in (samples, scores):
+    for part in (samples, fit_samples, scores):
         h.update(np.ascontiguousarray(part).tobytes())
     refit = cfg.reconstruct and cfg.sensitivity_refit
     h.update(repr((cfg.criterion, cfg.channel_multiple, cfg.min_channels, cfg.protect_channels, cfg.exclude,
@@ -257,7 +262,7 @@ def _measured(an: Analysis, scores: np.ndarray, cfg: PruneConfig, samples: np.nd
     if key not in _SENSITIVITY:
         def repair(m: onnx.ModelProto, kept: dict) -> onnx.ModelProto:
             with quiet():
-                return reconstruct(an.view.model, m, kept, samples, ridge=cfg.ridge, max_samples=len(samples))[0]
+                return reconstruct(an.view.model, m, kept, fit_samples, ridge=cfg.ridge)[0]
         _SENSITIVITY[key] = allocate.measure(an, scores, cfg, samples, keep_count, bar, repair if refit else None)
     return _SENSITIVITY[key]
 
@@ -284,8 +289,11 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
             return plan(an, scores, _search_ratio(an, scores, config, before.macs, target), config)
         kept_class = plan(an, scores, ratio, config)
     else:
-        sens = np.asarray(calib_samples[:config.sensitivity_samples], np.float32)
-        curves = _measured(an, scores, config, sens, progress_bar)
+        n_sens = min(config.sensitivity_samples, len(calib_samples))
+        sens = np.asarray(calib_samples[:n_sens], np.float32)
+        n_fit = config.sensitivity_fit_samples
+        fit = np.asarray(calib_samples[n_sens:n_sens + n_fit] if len(calib_samples) - n_sens >= 16 else sens, np.float32)
+        curves = _measured(an, scores, config, sens, fit, progress_bar)
         target = config.flops_target if config.flops_target is not None else \
             _uniform_drop(an, scores, config, config.ratio, before.macs)
         ratio = config.ratio if config.ratio is not None else 0.0
