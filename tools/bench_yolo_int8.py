@@ -11,7 +11,9 @@ Data (not in the repository): the model is the fine-tuned YOLOv8s fall detector 
 Each convert runs as a child process: wall time, its CPU time (user+sys) and the load average are
 printed (the machine is shared: CPU time / cores is the quiet-machine estimate). Agreement is COCO
 mAP@0.5 of the int8 artifact's detections against the fp32 artifact's on the same photos
-(`converters.sensitivity.detection_agreement`: no labels), for the ONNX and the TFLite int8 files.
+(`converters.sensitivity.detection_agreement`: no labels), for the ONNX and the TFLite int8 files, with
+a bootstrap interval over the photos (``--bootstrap``: how far the figure moves with the photo sample).
+``--bundle DIR`` evaluates a bundle already converted instead of converting.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -58,6 +62,44 @@ def outputs(bundle: Path, artifact: str, photos: list[Path]) -> tuple[list, list
     return outs, transforms
 
 
+def bootstrap_interval(ref_results: list, test_results: list, rounds: int, seed: int = 0) -> tuple[float, float]:
+    """The 5th and 95th percentile of mAP@0.5 agreement over ``rounds`` resamplings (with replacement)
+    of the photos: both result lists are resampled with the same photo indices."""
+    from edgeinfer.detection.metrics import map_agreement
+    rng = np.random.default_rng(seed)
+    n = len(ref_results)
+    values = []
+    for _ in range(rounds):
+        idx = rng.integers(0, n, n)
+        values.append(map_agreement([ref_results[i] for i in idx], [test_results[i] for i in idx])["map50_agreement"])
+    return float(np.percentile(values, 5)), float(np.percentile(values, 95))
+
+
+def evaluate(bundle: Path, stem: str, photos: list[Path], rounds: int) -> dict:
+    """int8-vs-fp32 agreement of each int8 artifact of ``bundle`` on ``photos`` (+ bootstrap interval)."""
+    from edgeinfer.detection.postprocess import DetectPostprocessor
+
+    from converters.verify import ranked_postprocessor
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    ref, transforms = outputs(bundle, f"{stem}-fp32.onnx", photos)
+    metric = detection_agreement(ref, manifest["postprocess"], transforms)
+    ref_post = DetectPostprocessor(manifest["postprocess"])
+    test_post = ranked_postprocessor(ref_post)
+    ref_results = [ref_post(o, t) for o, t in zip(ref, transforms)]
+    row = {"kept_float": (manifest.get("mixed_precision") or {}).get("kept_float"),
+           "calibration": manifest["calibration"]["method"],
+           "fp32_boxes": sum(len(r.detections) for r in ref_results)}
+    for fmt in ("onnx", "tflite"):
+        name = f"{stem}-int8.{fmt}"
+        if (bundle / name).exists():
+            got, _ = outputs(bundle, name, photos)
+            row[f"{fmt}_int8_map50_agreement"] = round(metric(got), 4)
+            if rounds:
+                lo, hi = bootstrap_interval(ref_results, [test_post(o, t) for o, t in zip(got, transforms)], rounds)
+                row[f"{fmt}_int8_interval_90"] = [round(lo, 4), round(hi, 4)]
+    return row
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
@@ -67,35 +109,35 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="minmax,mse", help="--calib-method values, one convert each")
     ap.add_argument("--profile", default="generic-x86-64")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--bootstrap", type=int, default=200, help="resamplings for the 90%% interval (0: none)")
+    ap.add_argument("--bundle", default=None, help="evaluate this converted bundle instead of converting")
     args = ap.parse_args(argv)
 
     calib_names = {p.name for p in list_images(args.calib)}
     photos = [p for p in list_images(args.eval) if p.name not in calib_names][:args.n]
+    stem = Path(args.model).stem
     rows = []
+    if args.bundle:
+        rows.append({"method": "(given bundle)", **evaluate(Path(args.bundle), stem, photos, args.bootstrap)})
+        print(json.dumps(rows[-1]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for method in args.methods.split(","):
+        for method in ([] if args.bundle else args.methods.split(",")):
             out = Path(tmp) / method
             print(f"converting with --calib-method {method} ...", file=sys.stderr, flush=True)
             timing = convert(args.model, args.calib, out, method, args.profile)
-            bundle = next(out.iterdir())
-            manifest = json.loads((bundle / "manifest.json").read_text())
-            ref, transforms = outputs(bundle, f"{Path(args.model).stem}-fp32.onnx", photos)
-            metric = detection_agreement(ref, manifest["postprocess"], transforms)
             row = {"method": method, **{k: round(v, 1) for k, v in timing.items()},
-                   "kept_float": (manifest.get("mixed_precision") or {}).get("kept_float"),
-                   "calibration": manifest["calibration"]["method"]}
-            for fmt in ("onnx", "tflite"):
-                name = f"{Path(args.model).stem}-int8.{fmt}"
-                if (bundle / name).exists():
-                    got, _ = outputs(bundle, name, photos)
-                    row[f"{fmt}_int8_map50_agreement"] = round(metric(got), 4)
+                   **evaluate(next(out.iterdir()), stem, photos, args.bootstrap)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\n{len(photos)} held-out real photos, {os.cpu_count()} cores; agreement = mAP@0.5 of int8 vs fp32 detections")
-    print(f"{'calibration':<12} {'convert wall s':>14} {'CPU s':>7} {'load':>5} {'ONNX int8':>10} {'TFLite int8':>12}  kept in float")
+    print(f"{'calibration':<12} {'convert wall s':>14} {'CPU s':>7} {'load':>5} {'fp32 boxes':>10} "
+          f"{'ONNX int8 [90% interval]':>26} {'TFLite int8 [90% interval]':>28}  kept in float")
     for r in rows:
-        print(f"{r['calibration']:<12} {r['wall_s']:>14.1f} {r['cpu_s']:>7.1f} {r['load_before']:>5.1f} "
-              f"{r.get('onnx_int8_map50_agreement', float('nan')):>10.4f} {r.get('tflite_int8_map50_agreement', float('nan')):>12.4f}"
+        cells = [f"{r.get(f'{fmt}_int8_map50_agreement', float('nan')):.4f} "
+                 + ("[{:.3f}, {:.3f}]".format(*r[f"{fmt}_int8_interval_90"]) if f"{fmt}_int8_interval_90" in r else "")
+                 for fmt in ("onnx", "tflite")]
+        print(f"{r['calibration']:<12} {r.get('wall_s', float('nan')):>14.1f} {r.get('cpu_s', float('nan')):>7.1f} "
+              f"{r.get('load_before', float('nan')):>5.1f} {r['fp32_boxes']:>10} {cells[0]:>26} {cells[1]:>28}"
               f"  {', '.join(r['kept_float'] or []) or '-'}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
