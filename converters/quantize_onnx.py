@@ -24,6 +24,11 @@ from .quant_math import quantize_weights_per_channel
 logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
 
 ACTIVATION_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16}
+# ONNX Runtime (1.32) on x86 cannot load an int8-activation QDQ graph at opset >= 21 when a quantized
+# tensor passes a Reshape/Slice: its QDQ propagation gives the QuantizeLinear it inserts output_dtype=INT8,
+# then its S8->U8 pass makes that node's zero point uint8 (onnxruntime#25526). Opset 21 and 22 only add
+# element types (int4, bfloat16, ...) to the ops, so a graph that type-checks at 20 means the same there.
+QDQ_OPSET = 20
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -68,7 +73,31 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationResult, *, per_chann
     if bias_correction and calib.samples is not None and len(calib.samples):
         from .bias_correction import correct_biases
         correct_biases(qmodel, model, calib.samples, calib.channel_means)
+    lower_qdq_opset(qmodel)
     return qmodel
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def lower_qdq_opset(qmodel: onnx.ModelProto) -> bool:
+    """Relabel ``qmodel``'s default-domain opset above ``QDQ_OPSET`` down to it (in place) when the
+    graph passes the full ONNX type check there; True when it was lowered. A graph that uses what
+    only the newer opsets allow (int4 tensors, bfloat16, blocked quantization) keeps its opset."""
+    if default_opset(qmodel) <= QDQ_OPSET:
+        return False
+    trial = onnx.ModelProto.FromString(qmodel.SerializeToString())
+    for o in trial.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = QDQ_OPSET
+    try:
+        onnx.checker.check_model(trial, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
+        return False
+    del qmodel.opset_import[:]
+    qmodel.opset_import.extend(trial.opset_import)
+    return True
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:

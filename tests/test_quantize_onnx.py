@@ -6,6 +6,7 @@ from numpy.testing import assert_allclose
 
 from converters.calibrate import calibrate, collect_ranges
 from converters.clean import clean_model, count_ops
+from converters.ort_session import cpu_session
 from converters.quantize_onnx import gemm_to_matmul, quantize_int8, to_fp16
 from edgeinfer.errors import EdgeInferError
 from model_zoo import build_mlp, build_tiny_cnn
@@ -86,3 +87,55 @@ def test_histogram_methods_take_any_sample_count(cnn, method):
     odd = np.random.default_rng(3).standard_normal((13, 3, 16, 16)).astype(np.float32)
     ranges = collect_ranges(cnn, odd, method, progress=False)
     assert all(lo <= hi for lo, hi in ranges.values())
+
+
+def _reshape_slice_tail(opset: int) -> onnx.ModelProto:
+    """Conv -> Reshape -> Slice -> Add, as a YOLOv8 export's box decode reads its DFL output."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 1, 1)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+             numpy_helper.from_array(np.array([1, 8, 64], np.int64), "shape"),
+             *(numpy_helper.from_array(np.array([v], np.int64), n) for v, n in ((2, "st"), (4, "en"), (1, "ax"))),
+             numpy_helper.from_array(np.full((1, 1, 64), 0.5, np.float32), "c")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv"),
+             helper.make_node("Reshape", ["y", "shape"], ["r"], name="reshape"),
+             helper.make_node("Slice", ["r", "st", "en", "ax"], ["s"], name="slice"),
+             helper.make_node("Add", ["c", "s"], ["out"], name="add")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 64])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("act", ["int8", "uint8"])
+def test_int8_graph_of_an_opset22_export_loads_in_onnx_runtime(act):
+    """ORT on x86 refused int8-activation QDQ graphs at opset 21+ whose quantized tensor passes a
+    Slice kept in float (onnxruntime#25526; a real Ultralytics YOLOv8n export hit it): the int8
+    graph is relabelled to opset 20 and loads, computing what the float-faked QDQ graph computes."""
+    from converters.quantize_onnx import QDQ_OPSET, default_opset
+    model = _reshape_slice_tail(22)
+    x = np.random.default_rng(1).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    q = quantize_int8(model, calibrate(model, x, progress=False), activation_dtype=act, nodes_to_exclude=["slice", "add"],
+                     pair_safe=True)
+    assert default_opset(q) == QDQ_OPSET
+    onnx.checker.check_model(q, full_check=True)
+    got = _run(q, x[:1])
+    assert got.shape == (1, 2, 64)
+    step = max(float(onnx.numpy_helper.to_array(t)) for t in q.graph.initializer
+               if t.name.endswith("_scale") and not t.dims)   # the activation scales
+    faked = cpu_session(q, fuse_qdq=False).run(None, {"x": x[:1]})[0]
+    assert np.abs(got - faked).max() <= 1.01 * step   # at most one rounding step apart
+    assert np.abs(got - _run(model, x[:1])).max() < 0.05 * np.abs(_run(model, x[:1])).max()
+
+
+def test_int8_graph_keeps_an_opset_the_ops_need():
+    """A graph valid only at its own opset (int4 DequantizeLinear needs opset 21) is not relabelled."""
+    from onnx import TensorProto, helper
+
+    from converters.quantize_onnx import lower_qdq_opset
+    w = helper.make_tensor("w", TensorProto.INT4, [4], [1, -2, 3, -4])
+    s = helper.make_tensor("s", TensorProto.FLOAT, [], [0.5])
+    g = helper.make_graph([helper.make_node("DequantizeLinear", ["w", "s"], ["y"])], "g", [],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [w, s])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    assert not lower_qdq_opset(model) and model.opset_import[0].version == 21

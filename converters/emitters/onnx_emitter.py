@@ -26,6 +26,10 @@ def _int8(req: EmitRequest) -> tuple[onnx.ModelProto, list[str]]:
                                         nodes_to_exclude=req.options.get("nodes_to_exclude", ()), activation_dtype=act,
                                         pair_safe=pair_safe)
     notes = [f"static QDQ: per-channel int8 weights, {act} activations ({req.calibration.method} calibration)"]
+    source_opset = quantize_onnx.default_opset(req.model)
+    if quantize_onnx.default_opset(model) < source_opset:
+        notes.append(f"opset {source_opset} -> {quantize_onnx.QDQ_OPSET} (same ops, same meaning): ONNX Runtime on x86 "
+                     "fails to load int8 QDQ graphs at opset 21+ (onnxruntime#25526)")
     notes.append("bias correction: Conv/Gemm biases absorb the mean output shift of weight rounding on the calibration images")
     if pair_safe:
         notes.append("pair-safe weights (|w[2j]|+|w[2j+1]| <= 128 per output channel): x86 CPUs without VNNI cannot "
