@@ -66,25 +66,37 @@ RULES: dict[str, Callable[[str, list, float, float], "float | None"]] = {
     "silu": silu, "hardswish": hard_swish, "x*hardsigmoid": gated_hard_sigmoid}
 
 
-def tighten_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
-                   ) -> tuple[dict[str, tuple[float, float]], dict[str, int]]:
-    """``ranges`` with the low end of every pre-activation tensor raised by its ``RULES`` entry,
-    and how many tensors each rule changed."""
+def _rule_targets(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]):
+    """(tensor, rule name, the rule's low end) for every pre-activation tensor of ``ranges`` a rule covers."""
     ends = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
     consumers: dict[str, list] = {}
     for n in model.graph.node:
         for name in set(n.input):
             consumers.setdefault(name, []).append(n)
-    out, counts = dict(ranges), {}
     for name, (lo, hi) in ranges.items():
         if name in ends or lo >= 0 or name not in consumers:
             continue
         for rule, low_end in RULES.items():
             new = low_end(name, consumers[name], lo, hi)
             if new is not None:
-                if min(new, 0.0) > lo:
-                    out[name] = (min(new, 0.0), hi)
-                    counts[rule] = counts.get(rule, 0) + 1
+                yield name, rule, new
                 break
+
+
+def tighten_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
+                   ) -> tuple[dict[str, tuple[float, float]], dict[str, int]]:
+    """``ranges`` with the low end of every pre-activation tensor raised by its ``RULES`` entry,
+    and how many tensors each rule changed."""
+    out, counts = dict(ranges), {}
+    for name, rule, new in _rule_targets(model, ranges):
+        lo, hi = ranges[name]
+        if min(new, 0.0) > lo:
+            out[name] = (min(new, 0.0), hi)
+            counts[rule] = counts.get(rule, 0) + 1
     return out, counts
 
+
+def activation_floors(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Pre-activation tensors a rule covers -> the low end of their (tightened) range: values below it
+    reach the activation's flat end either way, so an error measured there should not count them."""
+    return {name: ranges[name][0] for name, _, _ in _rule_targets(model, ranges)}

@@ -51,11 +51,14 @@ def _save_postfix() -> str:
 
 
 def tensor_sqnr(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, inputs: np.ndarray,
-                progress: bool = False) -> dict[str, float]:
+                progress: bool = False, floors: dict[str, float] | None = None) -> dict[str, float]:
     """Per float tensor name: SQNR (dB) of the QDQ model's tensor against the float model's,
     accumulated over ``inputs`` (NCHW float32, run one at a time), taken after the tensor's own
     QuantizeLinear/DequantizeLinear pair where it has one. The QDQ model runs unfused
-    (the ONNX spec's QDQ arithmetic: no kernel-specific saturation)."""
+    (the ONNX spec's QDQ arithmetic: no kernel-specific saturation). ``floors``: tensors whose float
+    reference is clipped below at the given value first (an activation's flat end, where the int8 range
+    is cut on purpose: ``activation_ranges.activation_floors``)."""
+    floors = floors or {}
     from onnxruntime.quantization.qdq_loss_debug import DEQUANT_OUTPUT_SUFFIX as dq_suffix
     postfix = _save_postfix()
     signal: dict[str, float] = {}
@@ -81,6 +84,8 @@ def tensor_sqnr(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, inputs
                     if qv is None or qv.shape != fv.shape:
                         continue
                     f64 = fv.astype(np.float64)
+                    if base in floors:
+                        f64 = np.maximum(f64, floors[base])
                     signal[base] = signal.get(base, 0.0) + float((f64 ** 2).sum())
                     noise[base] = noise.get(base, 0.0) + float(((f64 - qv) ** 2).sum())
                 bar.update()
@@ -88,12 +93,16 @@ def tensor_sqnr(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, inputs
 
 
 def node_error_ranking(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, inputs: np.ndarray,
-                       nodes: list[str] | None = None, progress: bool = False) -> list[NodeError]:
+                       nodes: list[str] | None = None, progress: bool = False,
+                       floors: dict[str, float] | None = None) -> list[NodeError]:
     """Nodes of ``float_model`` ranked by SQNR lost, worst first. A node whose output the QDQ model
     does not have (a Conv whose Relu/Clip the quantizer folded into the following QuantizeLinear)
     is grouped with its single consumer: ``NodeError.nodes`` holds the group, producer first.
-    ``nodes`` restricts the ranking to groups containing one of those names."""
-    sqnr = {k: min(v, CLEAN_DB) for k, v in tensor_sqnr(float_model, qdq_model, inputs, progress).items()}
+    ``nodes`` restricts the ranking to groups containing one of those names; ``floors`` as in ``tensor_sqnr``."""
+    sqnr = {k: min(v, CLEAN_DB) for k, v in tensor_sqnr(float_model, qdq_model, inputs, progress, floors).items()}
+    # an exact input (the image) counts as clean as the cleanest int8 tensor: the first layer's own
+    # 8-bit output is not a loss of 120 dB
+    cleanest = max((v for v in sqnr.values() if v < CLEAN_DB), default=CLEAN_DB)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in float_model.graph.node:
         for i in n.input:
@@ -124,6 +133,6 @@ def node_error_ranking(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto,
         inside = {o for g in group for o in g.output}
         ins = [sqnr[i] for g in group for i in g.input if i in sqnr and i not in inside]
         out_db = min(outs)
-        ranking.append(NodeError(names, group[0].op_type, min(ins + [CLEAN_DB]) - out_db, out_db))
+        ranking.append(NodeError(names, group[0].op_type, min(ins + [cleanest]) - out_db, out_db))
     ranking.sort(key=lambda e: -e.lost_db)
     return ranking

@@ -236,9 +236,11 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
     cands = _checked(candidates, model)
 
     def ranked_candidates() -> list[Candidate]:
+        from .activation_ranges import activation_floors
         from .int8_error import node_error_ranking
         ranking = node_error_ranking(model, naive, eval_inputs[:ranking_inputs(eval_inputs)],
-                                     nodes=quantized_nodes(naive), progress=progress)
+                                     nodes=quantized_nodes(naive), progress=progress,
+                                     floors=activation_floors(model, calib.ranges))
         report.ranking = [(_label(r.nodes), round(r.lost_db, 2)) for r in ranking[:top_k]]
         log("  worst int8 nodes (SQNR lost): " + ", ".join(f"{n} {db:.1f} dB" for n, db in report.ranking[:5]))
         return [r.nodes for r in ranking[:top_k] if r.nodes not in always]
