@@ -80,9 +80,9 @@ class DistillConfig:
 
 def final_pass_config(time_budget: float | None = 300.0) -> DistillConfig:
     """The end-to-end pass after block-wise recovery: KL on cached teacher logits of fixed views
-    (whole image, mirror, two random resized crops), a small relative step (the blocks are already
-    close; a large one undoes them on unseen images)."""
-    return DistillConfig(time_budget=time_budget, epochs=4.0, lr=1e-4, views=4, crop_scale=(0.5, 1.0), flip=True)
+    (whole image and its mirror: caching 4 views of 720 MobileNetV2 images took 169-279 s of a 300 s
+    budget, measured), a small relative step (the blocks are already close)."""
+    return DistillConfig(time_budget=time_budget, epochs=4.0, lr=1e-4, views=2, crop_scale=(0.5, 1.0), flip=True)
 
 
 def _view_params(rng: np.random.Generator, h: int, w: int, cfg: DistillConfig) -> tuple[int, int, int, int, bool]:
