@@ -103,7 +103,7 @@ def detection_agreement(reference: Outputs, postprocess: dict, transforms, key: 
 
     def metric(outputs: Outputs) -> float:
         got = [test_post(outs, t) for outs, t in zip(outputs, per_input)]
-        return float(map_agreement(ref_results, got)[key])
+        return float(map_agreement(ref_results, got, score_threshold=ref_post.config["score_threshold"])[key])
     return metric
 
 

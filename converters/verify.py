@@ -102,7 +102,7 @@ def detect_agreement(ref: list[np.ndarray], out: list[np.ndarray], *, postproces
     t = Transform((input_hw[1], input_hw[0]))
     ref_res = [post([o[i:i + 1] for o in ref], t) for i in range(len(ref[0]))]
     out_res = [test_post([o[i:i + 1] for o in out], t) for i in range(len(out[0]))]
-    figures = map_agreement(ref_res, out_res)
+    figures = map_agreement(ref_res, out_res, score_threshold=post.config["score_threshold"])
     return {k: float(v) for k, v in figures.items() if isinstance(v, (int, float))}
 
 

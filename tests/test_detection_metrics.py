@@ -92,6 +92,11 @@ def test_map_agreement_identical_and_degraded():
     assert worse["map50_agreement"] < 1.0 and worse["map50_95_agreement"] < worse["map50_agreement"]
     assert map_agreement([_res([], [])], [_res([], [])])["map50_agreement"] == 1.0
     assert map_agreement([_res([], [])], [_res([[0, 0, 1, 1]], [0])])["map50_agreement"] == 0.0
+    # the reference found nothing; the test side, ranked below the reference's threshold, found only
+    # boxes under it: the same answer at that threshold (the fp32 artifact of a bundle got 0.0 here)
+    low = [_res([[0, 0, 1, 1]], [0], [0.01])]
+    assert map_agreement([_res([], [])], low, score_threshold=0.25)["map50_agreement"] == 1.0
+    assert map_agreement([_res([], [])], low, score_threshold=0.005)["map50_agreement"] == 0.0
 
 
 def test_map_agreement_with_ground_truth():

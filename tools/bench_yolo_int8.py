@@ -62,7 +62,8 @@ def outputs(bundle: Path, artifact: str, photos: list[Path]) -> tuple[list, list
     return outs, transforms
 
 
-def bootstrap_interval(ref_results: list, test_results: list, rounds: int, seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(ref_results: list, test_results: list, rounds: int, score_threshold: float,
+                       seed: int = 0) -> tuple[float, float]:
     """The 5th and 95th percentile of mAP@0.5 agreement over ``rounds`` resamplings (with replacement)
     of the photos: both result lists are resampled with the same photo indices."""
     from edgeinfer.detection.metrics import map_agreement
@@ -71,7 +72,8 @@ def bootstrap_interval(ref_results: list, test_results: list, rounds: int, seed:
     values = []
     for _ in range(rounds):
         idx = rng.integers(0, n, n)
-        values.append(map_agreement([ref_results[i] for i in idx], [test_results[i] for i in idx])["map50_agreement"])
+        values.append(map_agreement([ref_results[i] for i in idx], [test_results[i] for i in idx],
+                                    score_threshold=score_threshold)["map50_agreement"])
     return float(np.percentile(values, 5)), float(np.percentile(values, 95))
 
 
@@ -95,7 +97,8 @@ def evaluate(bundle: Path, stem: str, photos: list[Path], rounds: int) -> dict:
             got, _ = outputs(bundle, name, photos)
             row[f"{fmt}_int8_map50_agreement"] = round(metric(got), 4)
             if rounds:
-                lo, hi = bootstrap_interval(ref_results, [test_post(o, t) for o, t in zip(got, transforms)], rounds)
+                lo, hi = bootstrap_interval(ref_results, [test_post(o, t) for o, t in zip(got, transforms)], rounds,
+                                            ref_post.config["score_threshold"])
                 row[f"{fmt}_int8_interval_90"] = [round(lo, 4), round(hi, 4)]
     return row
 

@@ -168,12 +168,14 @@ def results_as_ground_truth(results: Sequence[Any], extra_classes: Iterable[int]
 
 
 def map_agreement(ref_results: Sequence[Any], test_results: Sequence[Any], gt: dict[str, Any] | None = None,
-                  image_ids: Sequence[int] | None = None, class_to_category: dict[int, int] | None = None) -> dict[str, Any]:
+                  image_ids: Sequence[int] | None = None, class_to_category: dict[int, int] | None = None,
+                  score_threshold: float | None = None) -> dict[str, Any]:
     """How well ``test_results`` reproduce ``ref_results`` (the fp32 model's), as mAP.
 
     ``map50_agreement`` / ``map50_95_agreement``: COCO mAP of the test detections scored against
     the reference detections as ground truth (1.0 when both found nothing, 0.0 when only the
-    test found something). With ``gt`` (COCO dict; ``image_ids`` aligned with the results) it
+    test found something at or above ``score_threshold``, the reference's own threshold when the
+    test side is ranked further down). With ``gt`` (COCO dict; ``image_ids`` aligned with the results) it
     adds the plain mAP of both and their difference.
     """
     if len(ref_results) != len(test_results):
@@ -181,7 +183,9 @@ def map_agreement(ref_results: Sequence[Any], test_results: Sequence[Any], gt: d
     n_ref = sum(len(r.arrays()[2]) for r in ref_results)
     n_test = sum(len(r.arrays()[2]) for r in test_results)
     if n_ref == 0:
-        a50 = a5095 = 1.0 if n_test == 0 else 0.0
+        found = n_test if score_threshold is None else sum(
+            int((np.asarray(r.arrays()[1]) >= score_threshold).sum()) for r in test_results)
+        a50 = a5095 = 1.0 if found == 0 else 0.0
     else:
         pseudo = results_as_ground_truth(ref_results)
         m = coco_map(pseudo, results_to_predictions(test_results, range(len(test_results))))
