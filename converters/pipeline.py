@@ -35,7 +35,7 @@ from .intake.shapes import hw_hint
 from .load import opset_of
 from .model_info import (classify_postprocess, input_spec, merged_preprocess, metadata, output_specs, resolve_labels,
                          resolve_preprocess, resolve_task)
-from .verify import below_default_floor, check_min_agreement, run_reference, verify_artifact
+from .verify import below_default_floor, check_min_agreement, run_reference, thin_verification, verify_artifact
 
 PRECISION_ORDER = ("fp32", "fp16", "int8", "int4")
 SEARCH_INPUTS = 32        # calibration images the keep-float search evaluates on, at most ...
@@ -445,6 +445,9 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                 low = below_default_floor(figures, task, opts.min_agreement)
                 if low and precision == "int8":
                     manifest["warnings"].append(f"{name}: {low}")
+                thin = thin_verification(figures, task)
+                if thin and thin not in manifest["warnings"]:
+                    manifest["warnings"].append(thin)
                 emulated = None
                 if opts.verify_on == "emulated":
                     from .verify_emulated import verify_emulated

@@ -149,6 +149,20 @@ def below_default_floor(figures: dict[str, Any], task: str, minimum: float | Non
             "images before shipping (--min-agreement X makes this an error)")
 
 
+MIN_VERIFY_BOXES = 50   # a detector's verification needs about this many fp32 boxes to mean much
+
+
+def thin_verification(figures: dict[str, Any], task: str) -> str | None:
+    """A warning line when a detector's agreement figure rests on fewer than ``MIN_VERIFY_BOXES``
+    fp32 boxes (COCO YOLOv8n: 1.000 on 11 boxes, 0.873 on 1,532), else None."""
+    boxes = figures.get("ref_detections")
+    if task != "detect" or boxes is None or boxes >= MIN_VERIFY_BOXES:
+        return None
+    return (f"detection agreement was verified on only {int(boxes)} fp32 boxes in {figures.get('inputs')} held-out "
+            f"images (fewer than {MIN_VERIFY_BOXES}): the figure can be far off; measure on more photos "
+            "(--verify-data DIR with more images, or edgeinfer eval)")
+
+
 def check_min_agreement(figures: dict[str, Any], task: str, minimum: float | None, artifact_name: str) -> None:
     if minimum is None:
         return
