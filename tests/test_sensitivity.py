@@ -187,3 +187,11 @@ def test_verify_and_search_score_a_box_just_under_the_threshold_the_same_way():
     assert verify_figure == pytest.approx(search_figure) and verify_figure > 0.99
     assert detect_agreement(ref, [head([0.9, 0.0])], postprocess=post, labels=None,
                             input_hw=(80, 80))["map50_agreement"] < 0.6
+
+
+def test_thin_detector_verification_is_flagged():
+    from converters.verify import MIN_VERIFY_BOXES, thin_verification
+    few = {"inputs": 13, "ref_detections": 11.0, "map50_agreement": 1.0}
+    assert "only 11 fp32 boxes in 13" in thin_verification(few, "detect")
+    assert thin_verification({**few, "ref_detections": float(MIN_VERIFY_BOXES)}, "detect") is None
+    assert thin_verification({"inputs": 13, "top1_agreement": 1.0}, "classify") is None
