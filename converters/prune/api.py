@@ -25,6 +25,7 @@ import onnx
 from edgeinfer.errors import EdgeInferError
 
 from . import allocate, flops, surgery
+from .config_checks import integer_at_least
 from .graph import GraphView, node_names, prepare
 from .groups import Analysis, analyze
 from .importance import CRITERIA, class_scores
@@ -71,9 +72,7 @@ class PruneConfig:
         if self.criterion not in CRITERIA:
             raise EdgeInferError(f"prune criterion {self.criterion!r} is not one of {', '.join(CRITERIA)}")
         for name in ("channel_multiple", "min_channels"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise EdgeInferError(f"prune {name} must be an integer >= 1, got {v!r}")
+            integer_at_least("prune", name, getattr(self, name), 1)
         if self.recover not in RECOVERY:
             raise EdgeInferError(f"prune recover {self.recover!r} is not one of {', '.join(RECOVERY)}")
         if self.allocation not in ALLOCATION:
@@ -81,9 +80,7 @@ class PruneConfig:
         if not (isinstance(self.max_group_ratio, (int, float)) and 0.0 < self.max_group_ratio < 1.0):
             raise EdgeInferError(f"prune max_group_ratio must be in (0, 1), got {self.max_group_ratio!r}")
         for name in ("protect_channels", "sensitivity_samples", "sensitivity_fit_samples"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise EdgeInferError(f"prune {name} must be an integer >= 0, got {v!r}")
+            integer_at_least("prune", name, getattr(self, name), 0)
         if isinstance(self.exclude, str) or not all(isinstance(n, str) for n in self.exclude):
             raise EdgeInferError("prune exclude must be a list of node names")
         if not (isinstance(self.ridge, (int, float)) and self.ridge >= 0):

@@ -46,6 +46,7 @@ from edgeinfer.errors import EdgeInferError
 from edgeinfer.progress import Progress
 
 from ..clean import clean_model
+from .config_checks import integer_at_least
 from .distill import _cpu, _logit_inputs, _logit_loss, train_step
 from .flops import layer_macs
 from .graph import GraphView, infer_shapes
@@ -77,15 +78,12 @@ class BlockwiseConfig:
         if not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
             raise EdgeInferError(f"blockwise epochs must be > 0, got {self.epochs!r}")
         for name in ("batch", "layers_per_block"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise EdgeInferError(f"blockwise {name} must be an integer >= 1, got {v!r}")
+            integer_at_least("blockwise", name, getattr(self, name), 1)
         if self.cache_dtype not in CACHE_DTYPES:
             raise EdgeInferError(f"blockwise cache_dtype must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}")
         if not (isinstance(self.crop, (int, float)) and 0.0 < self.crop <= 1.0):
             raise EdgeInferError(f"blockwise crop must be in (0, 1], got {self.crop!r}")
-        if isinstance(self.min_crop, bool) or not isinstance(self.min_crop, int) or self.min_crop < 1:
-            raise EdgeInferError(f"blockwise min_crop must be an integer >= 1, got {self.min_crop!r}")
+        integer_at_least("blockwise", "min_crop", self.min_crop, 1)
         if not (isinstance(self.holdout, (int, float)) and 0.0 <= self.holdout < 0.5):
             raise EdgeInferError(f"blockwise holdout must be in [0, 0.5), got {self.holdout!r}")
         return self
@@ -275,7 +273,6 @@ def blockwise(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str
 
     n_hold = int(round(cfg.holdout * len(x_all))) if len(x_all) >= 20 else 0
     perm = rng.permutation(len(x_all))
-    hold_idx = torch.from_numpy(np.sort(perm[:n_hold]))
     n_train = len(x_all) - n_hold
     order_all = torch.from_numpy(np.concatenate([np.sort(perm[n_hold:]), np.sort(perm[:n_hold])]))
     x_all = x_all[order_all]                       # training images first, held-out ones last

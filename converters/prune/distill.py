@@ -33,6 +33,7 @@ from edgeinfer.errors import EdgeInferError
 from edgeinfer.progress import Progress
 
 from ..clean import clean_model
+from .config_checks import integer_at_least
 from .runner import progress
 
 
@@ -62,14 +63,12 @@ class DistillConfig:
             raise EdgeInferError(f"distill epochs must be > 0, got {self.epochs!r}")
         if self.time_budget is not None and not (isinstance(self.time_budget, (int, float)) and self.time_budget > 0):
             raise EdgeInferError(f"distill time budget must be > 0 seconds, got {self.time_budget!r}")
-        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
-            raise EdgeInferError(f"distill batch must be an integer >= 1, got {self.batch!r}")
+        integer_at_least("distill", "batch", self.batch, 1)
         if self.train_size is not None and (not isinstance(self.train_size, int) or self.train_size < 8):
             raise EdgeInferError(f"distill train_size must be an integer >= 8 pixels, got {self.train_size!r}")
         if not (isinstance(self.holdout, (int, float)) and 0.0 <= self.holdout < 0.5):
             raise EdgeInferError(f"distill holdout must be in [0, 0.5), got {self.holdout!r}")
-        if isinstance(self.views, bool) or not isinstance(self.views, int) or self.views < 0:
-            raise EdgeInferError(f"distill views must be an integer >= 0, got {self.views!r}")
+        integer_at_least("distill", "views", self.views, 0)
         if self.views and self.feature_weight > 0:
             raise EdgeInferError("distill views caches the teacher's logits only: set feature_weight 0 or views 0")
         lo, hi = self.crop_scale
