@@ -1,5 +1,6 @@
 """Activation-aware int8 ranges: a tensor read only by an activation whose low end is flat (SiLU,
-HardSwish, x * HardSigmoid(x)) spends no 8-bit steps on values the activation maps to ~0.
+HardSwish, x * HardSigmoid(x)) spends no 8-bit steps on values the activation maps to ~0; a SiLU
+output whose top is a thin tail (``clip_heavy_tails``) spends none on its rarest values.
 
 A YOLOv8 convolution output that min/max calibration puts at -63..67 keeps only -4..67 after
 this: its step shrinks by ~45 % and SiLU(x) for x < -4 moves by at most a quarter of that step.
@@ -25,7 +26,7 @@ SILU_TAIL_STEPS = 0.25
 def _silu_low_end(lo: float, hi: float) -> float:
     """The highest low end -T >= lo with |SiLU(-T)| <= SILU_TAIL_STEPS * (hi + T) / LEVELS."""
     ts = np.linspace(0.5, -lo, 512)
-    ok = np.abs(-ts / (1.0 + np.exp(ts))) <= SILU_TAIL_STEPS * (hi + ts) / LEVELS
+    ok = np.abs(ts * np.exp(-ts) / (1.0 + np.exp(-ts))) <= SILU_TAIL_STEPS * (hi + ts) / LEVELS
     return -float(ts[int(np.argmax(ok))]) if ok.any() else lo
 
 
@@ -100,3 +101,70 @@ def activation_floors(model: onnx.ModelProto, ranges: dict[str, tuple[float, flo
     """Pre-activation tensors a rule covers -> the low end of their (tightened) range: values below it
     reach the activation's flat end either way, so an error measured there should not count them."""
     return {name: ranges[name][0] for name, _, _ in _rule_targets(model, ranges)}
+
+
+# a SiLU output whose min/max top is more than TAIL_RATIO times its (1 - TAIL_FRACTION) quantile gets that
+# quantile as its high end (COCO YOLOv8n 640: /model.1's SiLU output spans 0..155 with 99.99 % of values
+# below ~50, a 0.6 step for values whose median is 0.5; clipped: mAP@0.5 agreement with fp32 0.860 ->
+# 0.948 on 800 photos; the fall YOLOv8s 0.978 -> 0.976 on 400, within noise)
+TAIL_FRACTION = 1e-4
+TAIL_RATIO = 2.0
+
+
+def silu_outputs(model: onnx.ModelProto) -> list[str]:
+    """Output tensors of the x * Sigmoid(x) pattern (the Mul), graph outputs excluded."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    ends = {o.name for o in model.graph.output}
+    found = []
+    for n in model.graph.node:
+        if n.op_type != "Mul" or len(n.input) != 2 or n.output[0] in ends:
+            continue
+        a, b = n.input
+        for x, gate in ((a, b), (b, a)):
+            g = producer.get(gate)
+            if g is not None and g.op_type == "Sigmoid" and list(g.input) == [x]:
+                found.append(n.output[0])
+                break
+    return found
+
+
+def top_quantiles(model: onnx.ModelProto, samples: np.ndarray, tensors: list[str], fraction: float,
+                  progress: bool = False) -> dict[str, float]:
+    """Per tensor: the value that ``fraction`` of its elements over all ``samples`` exceed (exact: the
+    largest ceil(fraction * N) elements of each image are kept, and the global ones are among them)."""
+    from edgeinfer.progress import track
+
+    from .ort_session import tensor_probe
+    if not tensors:
+        return {}
+    probe = tensor_probe(model, tensors)
+    tops: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    sizes: dict[str, int] = dict.fromkeys(tensors, 0)
+    for i in track(range(len(samples)), "measuring activation tails", len(samples), progress):
+        out = probe(np.ascontiguousarray(samples[i:i + 1], np.float32))
+        for t in tensors:
+            v = out[t].reshape(-1)
+            sizes[t] += v.size
+            k = min(v.size, int(np.ceil(fraction * v.size * len(samples))) + 1)
+            tops[t].append(np.partition(v, v.size - k)[v.size - k:])
+    result = {}
+    for t in tensors:
+        merged = np.sort(np.concatenate(tops[t]))[::-1]
+        rank = min(len(merged) - 1, int(np.floor(fraction * sizes[t])))
+        result[t] = float(merged[rank])
+    return result
+
+
+def clip_heavy_tails(model: onnx.ModelProto, samples: np.ndarray, ranges: dict[str, tuple[float, float]],
+                     progress: bool = False) -> tuple[dict[str, tuple[float, float]], int]:
+    """``ranges`` with the high end of every SiLU output whose top is a thin tail (max > ``TAIL_RATIO`` x
+    its (1 - ``TAIL_FRACTION``) quantile over ``samples``) lowered to that quantile; how many changed.
+    Contract: only high ends move, only down, never below zero; other tensors are untouched."""
+    tensors = [t for t in silu_outputs(model) if t in ranges and ranges[t][1] > 0]
+    out, changed = dict(ranges), 0
+    for t, q in top_quantiles(model, samples, tensors, TAIL_FRACTION, progress).items():
+        lo, hi = ranges[t]
+        if q > 0 and hi > TAIL_RATIO * q:
+            out[t] = (lo, q)
+            changed += 1
+    return out, changed

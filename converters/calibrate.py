@@ -2,7 +2,8 @@
 
 Uses ONNX Runtime's calibrators (minmax / percentile / entropy); ``mse`` is min/max over every
 image, then each activation clipped to its least-squared-error range (``converters.range_clip``). Every
-method then raises the low end of tensors read only by SiLU / HardSwish (``converters.activation_ranges``). The resulting
+method then raises the low end of tensors read only by SiLU / HardSwish and lowers the high end of
+SiLU outputs with a thin top tail (``converters.activation_ranges``). The resulting
 ``CalibrationResult.ranges`` feed the ONNX QDQ quantizer and every other emitter.
 """
 from __future__ import annotations
@@ -90,8 +91,9 @@ def collect_ranges(model: onnx.ModelProto, samples: np.ndarray, method: str = "m
 
 def calibrate(model: onnx.ModelProto, samples: np.ndarray, method: str = "minmax", *, num_images: int | None = None,
               skipped: int = 0, synthetic: bool = False, progress: bool = True) -> CalibrationResult:
-    from .activation_ranges import tighten_ranges
+    from .activation_ranges import clip_heavy_tails, tighten_ranges
     ranges, tightened = tighten_ranges(model, collect_ranges(model, samples, method, progress))
+    ranges, tails = clip_heavy_tails(model, samples, ranges, progress)
     return CalibrationResult(method=method, ranges=ranges, samples=samples,
                              num_images=len(samples) if num_images is None else num_images,
-                             skipped=skipped, synthetic=synthetic, tightened=tightened)
+                             skipped=skipped, synthetic=synthetic, tightened=tightened, tails_clipped=tails)

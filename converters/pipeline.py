@@ -389,7 +389,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         "calibration": None if calib_samples is None or not need_calib else {
             "method": calib.method if calib is not None else None, "images": facts.get("images"),
             "skipped": facts.get("skipped", 0), "synthetic": bool(facts.get("synthetic")), "source": facts.get("source"),
-            "activation_low_ends_raised": dict(calib.tightened) if calib is not None else {}},
+            "activation_low_ends_raised": dict(calib.tightened) if calib is not None else {},
+            "silu_output_high_ends_lowered": calib.tails_clipped if calib is not None else 0},
         "verification_data": {"inputs": int(len(verify_samples)), "held_out_from_calibration": not opts.verify_dir and bool(opts.calib_dir),
                               "synthetic": bool(facts.get("verify_synthetic"))},
         "pruning": prune_report.to_dict() if prune_report is not None else None,

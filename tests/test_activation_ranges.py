@@ -97,3 +97,57 @@ def test_uint16_tensors_get_16_bit_qdq_the_rest_8_bit():
     other = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "pre")
     assert zp[qnode.input[2]] == TensorProto.UINT16 and zp[other.input[2]] == TensorProto.UINT8
     assert cpu_session(q, fuse_qdq=False).run(["y"], {"x": calib.samples})[0].shape == (16, 4, 8, 8)
+
+
+def test_top_quantiles_are_exact_over_all_samples():
+    from converters.activation_ranges import top_quantiles
+    model = _conv_act("silu")
+    x = np.random.default_rng(2).normal(0, 1, (40, 4, 8, 8)).astype(np.float32)
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    probe.graph.output.append(helper.make_tensor_value_info("act", TensorProto.FLOAT, None))
+    act = cpu_session(probe).run(["act"], {"x": x})[0].ravel()   # 40 * 8 * 64 = 20480 values
+    got = top_quantiles(model, x, ["act"], 1e-3)["act"]
+    assert got == np.sort(act)[::-1][20]          # 0.1 % of 20480 = 20 values above it
+    assert np.mean(act > got) <= 1e-3 < np.mean(act >= got) + 1e-3
+
+
+def _with_outliers(n=200, scale=40.0):
+    """Samples whose SiLU output has 8 values (one pixel of the first sample) far above the other
+    102,392: a top tail thinner than 0.01 %."""
+    x = np.random.default_rng(3).uniform(-2, 2, (n, 4, 8, 8)).astype(np.float32)
+    x[0, :, 0, 0] = scale
+    return x
+
+
+def test_a_thin_top_tail_of_a_silu_output_is_cut_and_nothing_else_moves():
+    from converters.activation_ranges import TAIL_RATIO, clip_heavy_tails, silu_outputs
+    model = _conv_act("silu")
+    assert silu_outputs(model) == ["act"]
+    x = _with_outliers()
+    minmax = collect_ranges(model, x, "minmax", progress=False)
+    out, changed = clip_heavy_tails(model, x, minmax)
+    assert changed == 1
+    assert out["act"][0] == minmax["act"][0] and 0 < out["act"][1] * TAIL_RATIO < minmax["act"][1]
+    assert {k: v for k, v in out.items() if k != "act"} == {k: v for k, v in minmax.items() if k != "act"}
+    # without the outliers the top is not a thin tail: nothing changes
+    calm = x[1:]
+    calm_ranges = collect_ranges(model, calm, "minmax", progress=False)
+    assert clip_heavy_tails(model, calm, calm_ranges) == (calm_ranges, 0)
+
+
+def test_calibrate_records_the_cut_and_the_common_values_lose_less_to_int8():
+    model = _conv_act("silu")
+    x = _with_outliers()
+    calib = calibrate(model, x, "minmax", progress=False)
+    wide = collect_ranges(model, x, "minmax", progress=False)["act"]
+    assert calib.tails_clipped == 1 and calib.ranges["act"][1] < wide[1] / 2
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    probe.graph.output.append(helper.make_tensor_value_info("act", TensorProto.FLOAT, None))
+    act = cpu_session(probe).run(["act"], {"x": x[1:]})[0]      # everything but the outlier pixel
+
+    def rms_uint8(lo, hi):
+        scale = (hi - min(lo, 0.0)) / 255
+        zp = np.round(-min(lo, 0.0) / scale)
+        q = (np.clip(np.round(act / scale) + zp, 0, 255) - zp) * scale
+        return float(np.sqrt(np.mean((q - act) ** 2)))
+    assert rms_uint8(*calib.ranges["act"]) < 0.3 * rms_uint8(*wide)

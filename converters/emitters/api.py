@@ -34,6 +34,7 @@ class CalibrationResult:
     synthetic: bool = False           # True when no real data was given (explicit user flag)
     channel_means: dict[str, np.ndarray] = field(default_factory=dict)  # per-channel input means, measured on demand
     tightened: dict[str, int] = field(default_factory=dict)   # activation rule -> ranges it raised (converters.activation_ranges)
+    tails_clipped: int = 0            # SiLU outputs whose thin top tail was cut (activation_ranges.clip_heavy_tails)
 
 
 @dataclass
