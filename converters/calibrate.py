@@ -2,8 +2,8 @@
 
 Uses ONNX Runtime's calibrators (minmax / percentile / entropy); ``mse`` is min/max over every
 image, then each activation clipped to its least-squared-error range (``converters.range_clip``). Every
-method then raises the low end of tensors read only by SiLU / HardSwish and lowers the high end of
-SiLU outputs with a thin top tail (``converters.activation_ranges``). The resulting
+method then raises the low end of tensors read only by SiLU / HardSwish (``converters.activation_ranges``);
+``with_tails_clipped`` also lowers the high end of SiLU outputs with a thin top tail (the search decides). The resulting
 ``CalibrationResult.ranges`` feed the ONNX QDQ quantizer and every other emitter.
 """
 from __future__ import annotations
@@ -91,9 +91,20 @@ def collect_ranges(model: onnx.ModelProto, samples: np.ndarray, method: str = "m
 
 def calibrate(model: onnx.ModelProto, samples: np.ndarray, method: str = "minmax", *, num_images: int | None = None,
               skipped: int = 0, synthetic: bool = False, progress: bool = True) -> CalibrationResult:
-    from .activation_ranges import clip_heavy_tails, tighten_ranges
+    from .activation_ranges import tighten_ranges
     ranges, tightened = tighten_ranges(model, collect_ranges(model, samples, method, progress))
-    ranges, tails = clip_heavy_tails(model, samples, ranges, progress)
     return CalibrationResult(method=method, ranges=ranges, samples=samples,
                              num_images=len(samples) if num_images is None else num_images,
-                             skipped=skipped, synthetic=synthetic, tightened=tightened, tails_clipped=tails)
+                             skipped=skipped, synthetic=synthetic, tightened=tightened)
+
+
+def with_tails_clipped(model: onnx.ModelProto, calib: CalibrationResult, samples: np.ndarray | None = None,
+                       progress: bool = True) -> CalibrationResult:
+    """``calib`` with the thin top tails of SiLU outputs cut (``activation_ranges.clip_heavy_tails``,
+    quantiles over ``samples``, default all of ``calib.samples``); ``calib`` itself when no tensor qualifies. Not a default: it helps some models and costs others,
+    so the keep-float search measures both (``sensitivity.sensitivity_search``)."""
+    import dataclasses
+
+    from .activation_ranges import clip_heavy_tails
+    ranges, changed = clip_heavy_tails(model, calib.samples if samples is None else samples, calib.ranges, progress)
+    return dataclasses.replace(calib, ranges=ranges, tails_clipped=changed) if changed else calib

@@ -224,8 +224,9 @@ def _resolve_postprocess(source, task: str, labels, spec: dict[str, Any], opts: 
 
 
 def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[str, Any],
-                opts: ConvertOptions) -> tuple[list[str], dict[str, Any] | None]:
-    """Nodes kept in float in int8 artifacts (user's --keep-float, or the search) + manifest entry.
+                opts: ConvertOptions) -> tuple[list[str], dict[str, Any] | None, CalibrationResult | None]:
+    """Nodes kept in float in int8 artifacts (user's --keep-float, or the search) + manifest entry +
+    the activation ranges to emit with (the search may choose thin SiLU tails cut).
 
     The search runs for detectors (target: mAP@0.5 agreement within 0.01 of fp32) and for any task
     given ``--min-agreement`` (target: that agreement), on the calibration images."""
@@ -235,27 +236,32 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
         if unknown:
             raise EdgeInferError(f"--keep-float names node {unknown[0]!r}, which is not in the cleaned graph; "
                                  f"give node names of the model, e.g. {', '.join(sorted(names)[:3])}")
-        return list(opts.exclude_nodes), {"kept_float": list(opts.exclude_nodes), "metric": "chosen with --keep-float"}
+        return list(opts.exclude_nodes), {"kept_float": list(opts.exclude_nodes), "metric": "chosen with --keep-float"}, calib
     if calib is None or not opts.auto_keep_float or (task != "detect" and opts.min_agreement is None):
-        return [], None
+        return [], None, calib
+    from .calibrate import with_tails_clipped
     from .sensitivity import classifier_keep_float, detector_keep_float
     _say(opts, f"searching int8-sensitive nodes to keep in float (time budget {opts.search_seconds:.0f} s)")
     samples = calib.samples[:image_io.within_pixels(calib.samples, SEARCH_PIXELS, 8, SEARCH_INPUTS)]
+
+    def tails_cut(c: CalibrationResult) -> CalibrationResult:
+        return with_tails_clipped(model, c, samples, progress=opts.progress)
     if task == "detect":
         tolerance = 0.01 if opts.min_agreement is None else max(0.0, 1.0 - opts.min_agreement)
         rep = detector_keep_float(model, calib, samples, post, tolerance=tolerance, progress=opts.progress,
-                                  time_budget=opts.search_seconds)
+                                  time_budget=opts.search_seconds, alternative=tails_cut)
         metric = "map50_agreement on calibration images"
     else:
         tolerance = max(0.0, 1.0 - opts.min_agreement)
         rep = classifier_keep_float(model, calib, samples, opts.min_agreement, progress=opts.progress,
-                                    time_budget=opts.search_seconds)
+                                    time_budget=opts.search_seconds, alternative=tails_cut)
         metric = "top1_agreement on calibration images"
     entry = {"kept_float": rep.excluded, "metric": metric, "float": rep.float_metric, "naive_int8": rep.naive_metric,
              "final": rep.final_metric, "evaluations": rep.evaluations, "ranked_by_sqnr_lost": rep.ranking,
              "out_of_time": rep.out_of_time, "arithmetic": "pair-safe int8 on this host's ORT (= exact-int)",
-             "target": rep.float_metric - tolerance, "met": bool(rep.final_metric >= rep.float_metric - tolerance)}
-    return list(rep.excluded), entry
+             "target": rep.float_metric - tolerance, "met": bool(rep.final_metric >= rep.float_metric - tolerance),
+             "silu_tails_cut": rep.alternative}
+    return list(rep.excluded), entry, rep.calibration or calib
 
 
 def search_missed(mixed: dict[str, Any] | None) -> str | None:
@@ -367,7 +373,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         calib = calibrate(model, calib_samples, opts.calib_method, skipped=facts.get("skipped", 0),
                           synthetic=bool(facts.get("synthetic")), progress=opts.progress)
     wants_int8 = any(prec == "int8" for plan in plans.values() for _, prec in plan)
-    keep_float, mixed = _keep_float(model, calib if wants_int8 else None, task, post, opts)
+    keep_float, mixed, chosen = _keep_float(model, calib if wants_int8 else None, task, post, opts)
+    calib = chosen if chosen is not None else calib
     int4_trace: dict[str, Any] = {}
     int4_plan = _int4_plan(model, calib_samples, calib, plans, task, post, labels, size_hw, opts, int4_trace)
 

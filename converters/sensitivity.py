@@ -11,7 +11,9 @@
 3. greedily accumulates the candidates that helped, best first (the smallest among those that
    reach the target alone), keeping each only if it raises the metric, until the drop is within
    ``tolerance`` or ``budget`` weighted nodes are kept in float;
-4. when the target is met, drops again each kept node the target does not need.
+4. when the target is met, drops again each kept node the target does not need;
+5. with ``alternative`` ranges (e.g. ``calibrate.with_tails_clipped``), measures the final set under
+   them too and keeps whichever ranges score higher (``report.calibration``, ``report.alternative``).
 
 ``metric_fn(outputs) -> float`` scores a model's outputs on ``eval_inputs`` (higher is better):
 ``outputs[i]`` is the list of output arrays for ``eval_inputs[i]``. It can be a task metric
@@ -63,6 +65,8 @@ class SensitivityReport:
     evaluations: int = 0
     ranking: list[tuple[str, float]] = field(default_factory=list)   # (candidate, SQNR lost in dB), worst first
     out_of_time: bool = False
+    calibration: CalibrationResult | None = None   # the ranges the result was measured with
+    alternative: dict | None = None   # {"tails_clipped", "metric_without", "metric_with", "chosen"}
 
 
 def run_outputs(model: onnx.ModelProto, inputs: np.ndarray, threads: int | None = None) -> Outputs:
@@ -178,12 +182,14 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
                        tolerance: float = 0.01, *, calibration: CalibrationResult | None = None,
                        quantize: Callable[[onnx.ModelProto, CalibrationResult, Sequence[str]], onnx.ModelProto] | None = None,
                        progress: bool = True, top_k: int | None = RANKED_CANDIDATES,
-                       time_budget: float | None = None, float_outputs: Outputs | None = None) -> SensitivityReport:
+                       time_budget: float | None = None, float_outputs: Outputs | None = None,
+                       alternative: Callable[[CalibrationResult], CalibrationResult] | None = None) -> SensitivityReport:
     """The full search (see module docstring); ``find_sensitive_nodes`` returns only its names.
 
     ``candidates`` None: the ``head_groups`` plus the quantized nodes, ranked by the SQNR they lose
     in one instrumented run (``converters.int8_error``) and cut to the ``top_k`` worst (``top_k``
-    None: every quantized node, head first). ``budget`` caps the number of Conv/Gemm/MatMul nodes kept
+    None: every quantized node, head first). ``alternative(calib)``: other ranges to try on the final
+    set (it returns ``calib`` itself when it has none; step 5). ``budget`` caps the number of Conv/Gemm/MatMul nodes kept
     in float (elementwise and shape nodes of a kept group, e.g. a detector's decode tail, are free).
     ``tolerance`` is the allowed metric drop below fp32 (absolute, in ``metric_fn`` units).
     ``calibration`` reuses ranges already collected; ``quantize(model, calib, nodes_to_exclude)``
@@ -213,9 +219,9 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
         report.out_of_time = time_budget is not None and time.perf_counter() - t_start > time_budget
         return report.out_of_time
 
-    def measure(exclude: Sequence[str]) -> float:
+    def measure(exclude: Sequence[str], ranges: CalibrationResult | None = None) -> float:
         report.evaluations += 1
-        return float(metric_fn(run_outputs(quant(model, calib, list(exclude)), eval_inputs)))
+        return float(metric_fn(run_outputs(quant(model, ranges or calib, list(exclude)), eval_inputs)))
 
     report.float_metric = float(metric_fn(float_outputs if float_outputs is not None else run_outputs(model, eval_inputs)))
     naive = quant(model, calib, [])
@@ -223,9 +229,10 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
     report.evaluations += 1
     log(f"sensitivity: fp32 {report.float_metric:.4f}, naive int8 {report.naive_metric:.4f} "
         f"(tolerance {tolerance})")
+    report.calibration = calib
     target = report.float_metric - tolerance
     if report.naive_metric >= target:
-        return report
+        return _try_alternative(report, calib, alternative, [], measure, log)
 
     always: list[Candidate] = []     # evaluated even past the time budget: the known int8 failure points
     rank_later = False               # the SQNR ranking run happens only if the always-candidates fall short
@@ -299,6 +306,23 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
                 report.steps.append((f"- {name}", m, True))
                 log(f"  prune: - {name} -> {m:.4f} (still within tolerance)")
     report.excluded, report.final_metric = excluded, current
+    return _try_alternative(report, calib, alternative, excluded, measure, log)
+
+
+def _try_alternative(report: SensitivityReport, calib: CalibrationResult, alternative, excluded: list[str],
+                     measure, log) -> SensitivityReport:
+    """Step 5: the final set measured under ``alternative(calib)``; the better ranges are kept (ties: ``calib``)."""
+    alt = alternative(calib) if alternative is not None else calib
+    if alt is calib:
+        return report
+    m = measure(excluded, alt)
+    chosen = m > report.final_metric
+    report.alternative = {"tails_clipped": alt.tails_clipped, "metric_without": report.final_metric,
+                          "metric_with": m, "chosen": chosen}
+    log(f"  thin SiLU tails cut ({alt.tails_clipped} tensors): {report.final_metric:.4f} -> {m:.4f} "
+        f"({'kept' if chosen else 'dropped'})")
+    if chosen:
+        report.calibration, report.final_metric = alt, m
     return report
 
 
@@ -322,18 +346,18 @@ def top1_agreement(reference: Outputs) -> MetricFn:
 
 def classifier_keep_float(model: onnx.ModelProto, calibration: CalibrationResult, eval_inputs: np.ndarray,
                           min_agreement: float, budget: int = 8, progress: bool = True,
-                          time_budget: float | None = None) -> SensitivityReport:
+                          time_budget: float | None = None, alternative=None) -> SensitivityReport:
     """The converter's call for a classifier with ``--min-agreement``: nodes of the CLEANED ``model`` to
     keep in float so int8 top-1 agrees with fp32 on ``eval_inputs`` at least ``min_agreement``."""
     reference = run_outputs(model, eval_inputs)
     return sensitivity_search(model, calibration.samples, eval_inputs, top1_agreement(reference), budget=budget,
                               tolerance=max(0.0, 1.0 - min_agreement), calibration=calibration, progress=progress,
-                              time_budget=time_budget, float_outputs=reference)
+                              time_budget=time_budget, float_outputs=reference, alternative=alternative)
 
 
 def detector_keep_float(model: onnx.ModelProto, calibration: CalibrationResult, eval_inputs: np.ndarray,
                         postprocess: dict, tolerance: float = 0.01, budget: int = 8,
-                        progress: bool = True, time_budget: float | None = None) -> SensitivityReport:
+                        progress: bool = True, time_budget: float | None = None, alternative=None) -> SensitivityReport:
     """The converter's one call for ``--task detect`` int8: nodes of the CLEANED ``model`` to keep in
     float so int8 detections agree with fp32 (``detection_agreement`` mAP@0.5) within ``tolerance``
     on ``eval_inputs`` (preprocessed NCHW, e.g. the verification inputs). Boxes are compared in
@@ -345,4 +369,4 @@ def detector_keep_float(model: onnx.ModelProto, calibration: CalibrationResult, 
     metric = detection_agreement(reference, postprocess, Transform((w, h)))
     return sensitivity_search(model, calibration.samples, eval_inputs, metric, budget=budget, tolerance=tolerance,
                               calibration=calibration, progress=progress, time_budget=time_budget,
-                              float_outputs=reference)
+                              float_outputs=reference, alternative=alternative)

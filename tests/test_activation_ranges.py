@@ -135,12 +135,16 @@ def test_a_thin_top_tail_of_a_silu_output_is_cut_and_nothing_else_moves():
     assert clip_heavy_tails(model, calm, calm_ranges) == (calm_ranges, 0)
 
 
-def test_calibrate_records_the_cut_and_the_common_values_lose_less_to_int8():
+def test_with_tails_clipped_records_the_cut_and_the_common_values_lose_less_to_int8():
+    from converters.calibrate import with_tails_clipped
     model = _conv_act("silu")
     x = _with_outliers()
-    calib = calibrate(model, x, "minmax", progress=False)
+    plain = calibrate(model, x, "minmax", progress=False)    # not a default: the search decides
     wide = collect_ranges(model, x, "minmax", progress=False)["act"]
+    assert plain.tails_clipped == 0 and plain.ranges["act"] == wide
+    calib = with_tails_clipped(model, plain, progress=False)
     assert calib.tails_clipped == 1 and calib.ranges["act"][1] < wide[1] / 2
+    assert with_tails_clipped(model, calibrate(model, x[1:], "minmax", progress=False), progress=False).tails_clipped == 0
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     probe.graph.output.append(helper.make_tensor_value_info("act", TensorProto.FLOAT, None))
     act = cpu_session(probe).run(["act"], {"x": x[1:]})[0]      # everything but the outlier pixel

@@ -195,3 +195,26 @@ def test_thin_detector_verification_is_flagged():
     assert "only 11 fp32 boxes in 13" in thin_verification(few, "detect")
     assert thin_verification({**few, "ref_detections": float(MIN_VERIFY_BOXES)}, "detect") is None
     assert thin_verification({"inputs": 13, "top1_agreement": 1.0}, "classify") is None
+
+
+def test_alternative_ranges_are_kept_only_when_they_score_higher():
+    import dataclasses
+
+    from converters.emitters.api import CalibrationResult
+    from converters.sensitivity import SensitivityReport, _try_alternative
+    base = CalibrationResult(method="minmax", ranges={"t": (0.0, 9.0)}, samples=None, num_images=1)
+    cut = dataclasses.replace(base, ranges={"t": (0.0, 3.0)}, tails_clipped=1)
+    for alt_metric, chosen in ((0.95, True), (0.90, False), (0.80, False)):
+        seen = []
+
+        def measure(excluded, ranges):
+            seen.append((list(excluded), ranges))
+            return alt_metric
+        rep = SensitivityReport(1.0, 0.5, 0.90, excluded=["n1"], calibration=base)
+        _try_alternative(rep, base, lambda c: cut, ["n1"], measure, lambda m: None)
+        assert seen == [(["n1"], cut)]            # the final kept-float set, under the other ranges
+        assert rep.alternative["chosen"] is chosen and rep.alternative["tails_clipped"] == 1
+        assert (rep.calibration is cut) is chosen and rep.final_metric == max(0.90, alt_metric)
+    rep = SensitivityReport(1.0, 0.5, 0.90, calibration=base)
+    _try_alternative(rep, base, lambda c: c, [], lambda *a: 1 / 0, lambda m: None)   # nothing to try: not measured
+    assert rep.alternative is None and rep.calibration is base
