@@ -106,7 +106,7 @@ def test_top_quantiles_are_exact_over_all_samples():
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     probe.graph.output.append(helper.make_tensor_value_info("act", TensorProto.FLOAT, None))
     act = cpu_session(probe).run(["act"], {"x": x})[0].ravel()   # 40 * 8 * 64 = 20480 values
-    got = top_quantiles(model, x, ["act"], 1e-3)["act"]
+    got = top_quantiles(model, x, ["act"], 1e-3)[0]["act"]
     assert got == np.sort(act)[::-1][20]          # 0.1 % of 20480 = 20 values above it
     assert np.mean(act > got) <= 1e-3 < np.mean(act >= got) + 1e-3
 
@@ -155,3 +155,32 @@ def test_with_tails_clipped_records_the_cut_and_the_common_values_lose_less_to_i
         q = (np.clip(np.round(act / scale) + zp, 0, 255) - zp) * scale
         return float(np.sqrt(np.mean((q - act) ** 2)))
     assert rms_uint8(*calib.ranges["act"]) < 0.3 * rms_uint8(*wide)
+
+
+def _two_silus() -> onnx.ModelProto:
+    """x -> Conv -> SiLU (act) -> Conv -> SiLU (act2) -> Conv -> y: two SiLU outputs in a row."""
+    base = _conv_act("silu")
+    rng = np.random.default_rng(4)
+    w3 = rng.normal(0, 0.3, (4, 4, 1, 1)).astype(np.float32)
+    g = base.graph
+    g.node[-1].output[0] = "pre2"
+    g.node.extend([helper.make_node("Sigmoid", ["pre2"], ["gate2"], name="sig2"),
+                   helper.make_node("Mul", ["pre2", "gate2"], ["act2"], name="mul2"),
+                   helper.make_node("Conv", ["act2", "w3"], ["y"], name="conv3")])
+    g.initializer.append(numpy_helper.from_array(w3, "w3"))
+    return base
+
+
+def test_only_the_thin_tails_that_lose_most_to_8_bits_are_cut():
+    from converters.activation_ranges import TAIL_FRACTION, clip_heavy_tails, silu_outputs, top_quantiles
+    model = _two_silus()
+    assert silu_outputs(model) == ["act", "act2"]
+    x = _with_outliers()
+    minmax = collect_ranges(model, x, "minmax", progress=False)
+    _, sqnr = top_quantiles(model, x, ["act", "act2"], TAIL_FRACTION, ranges=minmax)
+    both, n_both = clip_heavy_tails(model, x, minmax, most=2)
+    assert n_both == 2 and all(both[t][1] < minmax[t][1] for t in ("act", "act2"))
+    one, n_one = clip_heavy_tails(model, x, minmax, most=1)
+    worst = min(sqnr, key=sqnr.get)
+    assert n_one == 1 and one[worst] == both[worst]
+    assert {k: v for k, v in one.items() if k != worst} == {k: v for k, v in minmax.items() if k != worst}
