@@ -112,7 +112,6 @@ def activation_floors(model: onnx.ModelProto, ranges: dict[str, tuple[float, flo
 TAIL_FRACTION = 1e-4
 TAIL_RATIO = 2.0
 CUT_MOST = 1
-LEVELS_U8 = 255
 
 
 def silu_outputs(model: onnx.ModelProto) -> list[str]:
@@ -132,15 +131,6 @@ def silu_outputs(model: onnx.ModelProto) -> list[str]:
     return found
 
 
-def _u8_noise(v: np.ndarray, lo: float, hi: float) -> float:
-    """Sum of squared error of ``v`` through an asymmetric 8-bit quantizer of range (lo, hi) (0 kept exact)."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = max((hi - lo) / LEVELS_U8, 1e-30)
-    zp = np.round(-lo / scale)
-    q = (np.clip(np.round(v / scale) + zp, 0, LEVELS_U8) - zp) * scale
-    return float(((q - v).astype(np.float64) ** 2).sum())
-
-
 def top_quantiles(model: onnx.ModelProto, samples: np.ndarray, tensors: list[str], fraction: float,
                   progress: bool = False, ranges: dict[str, tuple[float, float]] | None = None
                   ) -> tuple[dict[str, float], dict[str, float]]:
@@ -150,6 +140,7 @@ def top_quantiles(model: onnx.ModelProto, samples: np.ndarray, tensors: list[str
     from edgeinfer.progress import track
 
     from .ort_session import tensor_probe
+    from .range_clip import quantization_mse
     if not tensors:
         return {}, {}
     ranges = ranges or {}
@@ -167,7 +158,8 @@ def top_quantiles(model: onnx.ModelProto, samples: np.ndarray, tensors: list[str
             tops[t].append(np.partition(v, v.size - k)[v.size - k:])
             if t in ranges:
                 signal[t] += float((v.astype(np.float64) ** 2).sum())
-                noise[t] += _u8_noise(v, *ranges[t])
+                lo, hi = ranges[t]
+                noise[t] += v.size * float(quantization_mse(v, np.array([lo]), np.array([hi]), LEVELS)[0])
     quantiles = {}
     for t in tensors:
         merged = np.sort(np.concatenate(tops[t]))[::-1]

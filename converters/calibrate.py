@@ -101,8 +101,9 @@ def calibrate(model: onnx.ModelProto, samples: np.ndarray, method: str = "minmax
 def with_tails_clipped(model: onnx.ModelProto, calib: CalibrationResult, samples: np.ndarray | None = None,
                        progress: bool = True) -> CalibrationResult:
     """``calib`` with the thin top tails of SiLU outputs cut (``activation_ranges.clip_heavy_tails``,
-    quantiles over ``samples``, default all of ``calib.samples``); ``calib`` itself when no tensor qualifies. Not a default: it helps some models and costs others,
-    so the keep-float search measures both (``sensitivity.sensitivity_search``)."""
+    quantiles over ``samples``, default all of ``calib.samples``); ``calib`` itself when no tensor
+    qualifies. Not a default: it helps some models and costs others, so the keep-float search
+    measures both (``sensitivity.sensitivity_search``)."""
     import dataclasses
 
     from .activation_ranges import clip_heavy_tails

@@ -41,7 +41,7 @@ def sampled_values(model: onnx.ModelProto, samples: np.ndarray, tensors: list[st
     return {t: np.concatenate(v) for t, v in got.items() if v}
 
 
-def _errors(v: np.ndarray, los: np.ndarray, his: np.ndarray, levels: int) -> np.ndarray:
+def quantization_mse(v: np.ndarray, los: np.ndarray, his: np.ndarray, levels: int) -> np.ndarray:
     """Mean squared quantization error of ``v`` for each candidate range (los[k], his[k])."""
     qlo, qhi = np.minimum(los, 0.0)[:, None], np.maximum(his, 0.0)[:, None]   # zero stays representable
     scale = np.maximum((qhi - qlo) / levels, 1e-30).astype(np.float32)
@@ -61,10 +61,10 @@ def mse_range(values: np.ndarray, lo: float, hi: float, levels: int = LEVELS) ->
     v = values.astype(np.float32)
     if hi > 0:
         his = hi * FRACTIONS
-        hi = float(his[int(np.argmin(_errors(v, np.full_like(his, lo), his, levels)))])
+        hi = float(his[int(np.argmin(quantization_mse(v, np.full_like(his, lo), his, levels)))])
     if lo < 0:
         los = lo * FRACTIONS
-        lo = float(los[int(np.argmin(_errors(v, los, np.full_like(los, hi), levels)))])
+        lo = float(los[int(np.argmin(quantization_mse(v, los, np.full_like(los, hi), levels)))])
     return lo, hi
 
 

@@ -219,9 +219,9 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
         report.out_of_time = time_budget is not None and time.perf_counter() - t_start > time_budget
         return report.out_of_time
 
-    def measure(exclude: Sequence[str], ranges: CalibrationResult | None = None) -> float:
+    def measure(exclude: Sequence[str], other: CalibrationResult | None = None) -> float:
         report.evaluations += 1
-        return float(metric_fn(run_outputs(quant(model, ranges or calib, list(exclude)), eval_inputs)))
+        return float(metric_fn(run_outputs(quant(model, other or calib, list(exclude)), eval_inputs)))
 
     report.float_metric = float(metric_fn(float_outputs if float_outputs is not None else run_outputs(model, eval_inputs)))
     naive = quant(model, calib, [])
