@@ -68,6 +68,7 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationResult, *, per_chann
     )
     qmodel = quantizer.quantize_model()
     sort_nodes(qmodel)   # the quantizer appends its Q/DQ nodes; the checker wants dependency order
+    float_islands_read_float(qmodel, model, nodes_to_exclude)
     if pair_safe:
         make_pair_safe(qmodel, model)
     if bias_correction and calib.samples is not None and len(calib.samples):
@@ -75,6 +76,52 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationResult, *, per_chann
         correct_biases(qmodel, model, calib.samples, calib.channel_means)
     lower_qdq_opset(qmodel)
     return qmodel
+
+
+# ONNX Runtime's WeightBiasQuantization re-quantizes the float weights of these ops (symmetric,
+# per-tensor int8) whenever the op reads a DequantizeLinear and its output path ends in a QuantizeLinear
+FLOAT_WEIGHTS_REQUANTIZED_BY_ORT = ("Conv", "ConvTranspose", "Gemm")
+
+
+def float_islands_read_float(qmodel: onnx.ModelProto, model: onnx.ModelProto, excluded) -> int:
+    """Excluded Conv/ConvTranspose/Gemm nodes of ``qmodel`` fed by a DequantizeLinear read the float
+    tensor they read in ``model`` instead (in place); returns how many were rewired.
+
+    Without this a node kept in float is not float under ONNX Runtime: when its output goes on to a
+    quantized consumer, ORT quantizes its float weights per-tensor itself and fuses it into an int8
+    kernel, coarser than the per-channel int8 it was kept out of (on YOLOv8n's /model.1 conv its
+    output lost 3 dB against the int8 version). The quantizer may have folded the Relu/Clip that
+    produced that tensor into the Q range; a float copy of it is then put back for the island."""
+    names = set(excluded)
+    q_producer = {o: n for n in qmodel.graph.node for o in n.output}
+    f_producer = {o: n for n in model.graph.node for o in n.output}
+    f_input = {n.name: n.input[0] for n in model.graph.node if n.name in names and n.input}
+    q_names = {n.name for n in qmodel.graph.node}
+    added: dict[str, onnx.NodeProto] = {}   # one float copy per folded activation, shared by its islands
+    rewired = 0
+    for node in qmodel.graph.node:
+        if node.name not in names or node.op_type not in FLOAT_WEIGHTS_REQUANTIZED_BY_ORT or not node.input:
+            continue
+        dq, src = q_producer.get(node.input[0]), f_input.get(node.name)
+        if dq is None or dq.op_type != "DequantizeLinear" or src is None:
+            continue
+        origin = f_producer.get(src)
+        if origin is None or (origin.name in q_names and src in q_producer):
+            node.input[0] = src                     # a graph input, or a tensor still computed in float
+        elif origin.op_type in ("Relu", "Clip") and (origin.input[0] in q_producer or src in q_producer):
+            if src not in added:   # folded away: the tensor before it kept its own name or took the output's
+                copy = added[src] = onnx.NodeProto()
+                copy.CopyFrom(origin)
+                copy.input[0] = origin.input[0] if origin.input[0] in q_producer else src
+                copy.name, copy.output[0] = f"{origin.name}_float", f"{src}_float"
+            node.input[0] = added[src].output[0]
+        else:
+            continue
+        rewired += 1
+    if added:
+        qmodel.graph.node.extend(added.values())
+        sort_nodes(qmodel)
+    return rewired
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -139,3 +139,37 @@ def test_int8_graph_keeps_an_opset_the_ops_need():
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [w, s])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
     assert not lower_qdq_opset(model) and model.opset_import[0].version == 21
+
+
+def _conv_between_quantized_ops() -> onnx.ModelProto:
+    """x -> Conv a -> Relu -> Conv b -> Sigmoid. a's first channel is 100x larger than the others and
+    b's weights on it 100x smaller: per-tensor int8 weights for b round those to zero."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(1)
+    wa = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3
+    wa[0] *= 100
+    wb = rng.standard_normal((4, 8, 1, 1)).astype(np.float32)
+    wb[:, 0] *= 1e-2
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="a", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "wb"], ["b"], name="b"),
+             helper.make_node("Sigmoid", ["b"], ["y"], name="sig")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4, 8, 8]),
+                               helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [numpy_helper.from_array(wa, "wa"), numpy_helper.from_array(wb, "wb")])
+    return clean_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_a_conv_kept_in_float_runs_in_float_under_onnx_runtime():
+    model = _conv_between_quantized_ops()
+    x = np.random.default_rng(2).standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
+    calib = calibrate(model, x.reshape(16, 3, 8, 8), progress=False)
+    q = quantize_int8(model, calib, nodes_to_exclude=("b",), activation_dtype="uint8", bias_correction=False)
+    b_node = next(n for n in q.graph.node if n.name == "b")
+    producer = {o: n for n in q.graph.node for o in n.output}
+    assert producer[b_node.input[0]].op_type == "Relu"   # reads a float Relu, not a DequantizeLinear
+    ref = np.concatenate([_run(model, xi) for xi in x])
+    got = np.concatenate([_run(q, xi) for xi in x])
+    rel = np.abs(got - ref).mean() / np.abs(ref).mean()
+    assert rel < 0.05, rel
