@@ -274,6 +274,17 @@ def search_missed(mixed: dict[str, Any] | None) -> str | None:
             "the int8 figures on your own images)")
 
 
+def _int8_weight_plan(model, calib_samples: np.ndarray | None, plans: dict, facts: dict, opts: ConvertOptions):
+    """GPTQ-rounded 8-bit weights for the weight-only int8 artifacts (Core ML), on real calibration
+    images only (random inputs would teach the rounding nothing); None: those round to nearest."""
+    if calib_samples is None or facts.get("synthetic") or not any(
+            (fmt, prec) == ("coreml", "int8") for plan in plans.values() for fmt, prec in plan):
+        return None
+    from .int4 import plan_int8
+    _say(opts, "int8 weights (Core ML): error-compensating rounding (GPTQ) on the calibration images")
+    return plan_int8(model, calib_samples, progress=opts.progress)
+
+
 def _int4_plan(model, calib_samples: np.ndarray | None, calib: CalibrationResult | None,
                plans: dict[str, list[tuple[str, str]]], task: str, post: dict[str, Any], labels, size_hw,
                opts: ConvertOptions, trace: dict) -> Any:
@@ -377,6 +388,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     calib = chosen if chosen is not None else calib
     int4_trace: dict[str, Any] = {}
     int4_plan = _int4_plan(model, calib_samples, calib, plans, task, post, labels, size_hw, opts, int4_trace)
+    int8_weights = _int8_weight_plan(model, calib_samples, plans, facts, opts)
 
     source_path = Path(opts.model)
     base_manifest = {
@@ -424,6 +436,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                                   options=_emit_options(fmt, profile, opts, keep_float),
                                   preprocess=cfg.to_dict(), labels=labels, task=task, profile=profile.data,
                                   int4=int4_plan if precision == "int4" else None,
+                                  int8_weights=int8_weights if (fmt, precision) == ("coreml", "int8") else None,
                                   postprocess=post)
                 key = _request_key(fmt, req)
                 if key in done:

@@ -50,6 +50,7 @@ class EmitRequest:
     task: str = "classify"
     profile: dict[str, Any] = field(default_factory=dict)   # the device profile (as a dict)
     int4: Any = None                  # converters.int4.Int4Plan for "int4" (None: the emitter rounds to nearest)
+    int8_weights: Any = None          # converters.int4.plan_int8 for weight-only "int8" (Core ML; None: round to nearest)
     postprocess: dict[str, Any] = field(default_factory=dict)  # the bundle's postprocessing config
 
 

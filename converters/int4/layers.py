@@ -29,6 +29,7 @@ class Granularity:
 
 BLOCK32 = Granularity("block32", 32)
 PER_CHANNEL = Granularity("channel", None, dense="tensor")
+PER_ROW = Granularity("row", None)      # one scale per output channel for every op (Core ML int8 weights)
 # each emitter's preferred granularity (see the module docstring), and every one it can store
 FORMAT_GRANULARITY = {"onnx": BLOCK32, "coreml": BLOCK32, "tflite": PER_CHANNEL}
 STORABLE = {"onnx": (BLOCK32, PER_CHANNEL), "coreml": (BLOCK32, PER_CHANNEL), "tflite": (PER_CHANNEL,)}

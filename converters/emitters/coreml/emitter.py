@@ -211,6 +211,8 @@ def convert(request: EmitRequest):
         notes.append(n)
     if request.precision == "int4":
         mlmodel, cnotes = _store_int4(request, mlmodel, built, img, target)
+    elif _stores_int8_plan(request):
+        mlmodel, cnotes = _store_int8(request, mlmodel, built, img, target)
     else:
         mlmodel, cnotes = _compress.compress(mlmodel, request.precision, request.options, target in _IOS18_LEVEL)
     notes += cnotes
@@ -231,11 +233,52 @@ def _store_int4(request: EmitRequest, mlmodel, built, img, target: str):
                               f"deployment target iOS18/macOS15; this profile targets {target}. Use int8 (or fp16 with "
                               "palettization) for it, or a profile with runtime.coreml_target = \"iOS18\"")
     plan = plan_for(request.int4, request.model, "coreml")
-    mlmodel = store_plan(mlmodel, plan, mil_layer_names(request.model), None if img is None else img.channel_scale,
-                         built.folded_conv)
+    mlmodel, _ = store_plan(mlmodel, plan, mil_layer_names(request.model), None if img is None else img.channel_scale,
+                            built.folded_conv)
     bits = plan.bits_summary()
     return mlmodel, [f"int4 weights ({plan.method}, {plan.granularity.name}, constexpr_blockwise_shift_scale): "
                      f"{bits['4']} layers at 4 bits, {bits['8']} at 8 bits; compute in fp16"]
+
+
+def _stores_int8_plan(request: EmitRequest) -> bool:
+    """Weight-only int8 with a GPTQ plan; W8A8, pruning and palettization keep coremltools' rounding."""
+    o = request.options
+    return (request.precision == "int8" and request.int8_weights is not None and not w8a8_requested(o)
+            and not o.get("prune") and not o.get("palettize"))
+
+
+def _store_int8(request: EmitRequest, mlmodel, built, img, target: str):
+    """The shared int8 plan (GPTQ, per output channel): blockwise storage on iOS18, else constexpr_affine_dequantize."""
+    from .int4 import store_plan
+    affine = target not in _IOS18_LEVEL
+    mlmodel, kept = store_plan(mlmodel, request.int8_weights, mil_layer_names(request.model),
+                               None if img is None else img.channel_scale, built.folded_conv, affine=affine,
+                               min_weights=_int8_threshold(request))
+    op = "constexpr_affine_dequantize" if affine else "constexpr_blockwise_shift_scale"
+    note = (f"int8 weights per output channel, GPTQ-rounded on the calibration images ({op}); compute in fp16"
+            + (f"; {len(kept)} layers stay fp16 (fewer than {_int8_threshold(request)} weights, or input "
+               f"scaling folded per input channel): {', '.join(kept[:3])}" if kept else ""))
+    return mlmodel, [note]
+
+
+def _int8_threshold(request: EmitRequest) -> int:
+    return int(request.options.get("weight_threshold", _compress.DEFAULT_WEIGHT_THRESHOLD))
+
+
+def _check_int8(request: EmitRequest, out: Path, built, img, target: str) -> dict:
+    """The int8 plan's integers are what the package stores (the folded layer stays fp16 under affine storage)."""
+    from .int4 import node_of, read_integers
+    names = mil_layer_names(request.model)
+    stored = {node_of(k, names) or k: v for k, v in read_integers(out).items()}
+    folded = built.folded_conv if target not in _IOS18_LEVEL and img is not None and img.channel_scale is not None else None
+    small = {n for n, lq in request.int8_weights.layers.items() if lq.q.size < _int8_threshold(request)}
+    kept = small | ({folded} if folded else set())
+    check = request.int8_weights.compare(stored, kept)
+    if not check["same_as_plan"]:
+        raise EdgeInferError(f"Core ML int8: the package does not store the GPTQ plan's integers "
+                             f"(differ: {check['differ']}, missing: {check['missing']})")
+    return {"int8_weights": {"rounding": "gptq", "granularity": "per output channel", "layers": len(stored),
+                             "kept_fp16": sorted(kept & set(request.int8_weights.layers)), "same_as_plan": True}}
 
 
 def _check_int4(request: EmitRequest, out: Path) -> dict:
@@ -256,6 +299,8 @@ def emit(request: EmitRequest) -> EmittedArtifact:
         facts = check_structure(out)
         if request.precision == "int4":
             facts.update(_check_int4(request, out))
+        elif _stores_int8_plan(request):
+            facts.update(_check_int8(request, out, built, img, target))
     except Exception:
         shutil.rmtree(out, ignore_errors=True)
         raise

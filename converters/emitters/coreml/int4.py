@@ -1,10 +1,12 @@
 """Core ML storage of an int4 plan (``converters.int4``): the plan's integers, nothing re-rounded.
 
-``store_plan(mlmodel, plan, conv_names, channel_scale)`` replaces the weight constant of every
+``store_plan(mlmodel, plan, conv_names, channel_scale, folded_node[, affine])`` replaces the weight constant of every
 planned ``conv`` / ``linear`` by ``constexpr_blockwise_shift_scale`` (iOS18 / macOS15): int4 (or
 int8) data in the ONNX weight layout, one fp16 scale per output channel and block of input
 channels. ``conv_names`` maps MIL op names to ONNX node names. A per-channel ``1/std`` the emitter
 folded into the first convolution's weights (``channel_scale``) goes into that layer's scales.
+An all-8-bit plan (``converters.int4.plan_int8``, Core ML int8) is stored as
+``constexpr_affine_dequantize`` (iOS16+) when ``affine``.
 ``read_integers(path)`` gives back ``node -> (bits, [out, K])`` from a saved package.
 """
 from __future__ import annotations
@@ -35,14 +37,23 @@ def _data_and_scale(lq: LayerQuant, shape: tuple[int, ...], channel_scale: np.nd
 
 
 def store_plan(mlmodel, plan: Int4Plan, conv_names: dict[str, str], channel_scale: np.ndarray | None,
-               folded_node: str | None):
-    """The compressed MLModel (see module docstring); raises if a planned layer is not found."""
+               folded_node: str | None, affine: bool = False, min_weights: int = 0):
+    """(compressed MLModel, planned layers left fp16); see the module docstring. Raises if a planned
+    layer is not found.
+
+    ``affine``: an all-8-bit per-channel plan as ``constexpr_affine_dequantize`` (iOS16+, zero point 0)
+    instead; the layer with the folded ``channel_scale`` (a scale per input channel, which that op
+    cannot hold) then stays fp16. Layers with fewer than ``min_weights`` weights stay fp16 too (what
+    coremltools' own ``weight_threshold`` leaves uncompressed)."""
     from coremltools.converters.mil.mil import Builder as mb
     from coremltools.converters.mil.mil import types
     from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
     from coremltools.models.utils import _apply_graph_pass
 
+    if affine and any(lq.bits != 8 or lq.scales.shape[1] != 1 for lq in plan.layers.values()):
+        raise EdgeInferError("Core ML: only an all-8-bit per-channel plan can be stored as constexpr_affine_dequantize")
     done: set[str] = set()
+    kept: set[str] = set()
 
     class _StorePlan(AbstractGraphPass):
         def apply(self, prog):
@@ -55,24 +66,34 @@ def store_plan(mlmodel, plan: Int4Plan, conv_names: dict[str, str], channel_scal
                     wvar = op.inputs["weight"]
                     if wvar.op is None or wvar.op.op_type != "const":
                         continue
-                    data, scale = _data_and_scale(lq, tuple(wvar.shape),
-                                                  channel_scale if node == folded_node else None)
+                    folded = channel_scale is not None and node == folded_node
+                    if (affine and folded) or lq.q.size < min_weights:
+                        kept.add(node)
+                        continue
+                    data, scale = _data_and_scale(lq, tuple(wvar.shape), channel_scale if folded else None)
                     dtype = types.np_int4_dtype if lq.bits == 4 else np.int8
                     with f:
-                        new = mb.constexpr_blockwise_shift_scale(
-                            data=data.astype(dtype), scale=scale.astype(wvar.val.dtype), before_op=op,
-                            name=wvar.name + "_int" + str(lq.bits))
+                        if affine:
+                            new = mb.constexpr_affine_dequantize(
+                                quantized_data=data.astype(np.int8), zero_point=np.int8(0),
+                                scale=scale.reshape(-1).astype(wvar.val.dtype), axis=0, before_op=op,
+                                name=wvar.name + "_int8")
+                        else:
+                            new = mb.constexpr_blockwise_shift_scale(
+                                data=data.astype(dtype), scale=scale.astype(wvar.val.dtype), before_op=op,
+                                name=wvar.name + "_int" + str(lq.bits))
                         op.enclosing_block.replace_uses_of_var_after_op(anchor_op=new.op, old_var=wvar, new_var=new,
                                                                        no_check_var_types=True)
                     done.add(node)
 
-    from coremltools import _SPECIFICATION_VERSION_IOS_18
-    out = _apply_graph_pass(mlmodel, _StorePlan(), spec_version=_SPECIFICATION_VERSION_IOS_18, skip_model_load=True)
-    missing = sorted(set(plan.layers) - done)
+    from coremltools import _SPECIFICATION_VERSION_IOS_16, _SPECIFICATION_VERSION_IOS_18
+    out = _apply_graph_pass(mlmodel, _StorePlan(), skip_model_load=True,
+                            spec_version=_SPECIFICATION_VERSION_IOS_16 if affine else _SPECIFICATION_VERSION_IOS_18)
+    missing = sorted(set(plan.layers) - done - kept)
     if missing:
         raise EdgeInferError(f"Core ML int4: planned layers not found in the MIL program: {', '.join(missing[:5])}; "
                              "give the emitter the cleaned graph (BatchNormalization folded: converters.clean.clean_model)")
-    return out
+    return out, sorted(kept)
 
 
 def read_integers(path) -> dict[str, tuple[int, np.ndarray]]:
@@ -88,11 +109,14 @@ def read_integers(path) -> dict[str, tuple[int, np.ndarray]]:
                 consumers[b.name] = o.outputs[0].name
     found = {}
     for o in prog.block.operations:
-        if o.type != "constexpr_blockwise_shift_scale" or o.outputs[0].name not in consumers:
+        if o.type not in ("constexpr_blockwise_shift_scale", "constexpr_affine_dequantize") or o.outputs[0].name not in consumers:
             continue
-        arg = o.inputs["data"].arguments[0]
-        v = prog.value(arg.value)
-        bits = 4 if arg.value.type.tensorType.dataType == _int4_enum() else 8
+        if o.type == "constexpr_affine_dequantize":        # iOS16 constexpr ops hold their data as attributes
+            value = o.attributes["quantized_data"]
+        else:
+            value = o.inputs["data"].arguments[0].value
+        v = prog.value(value)
+        bits = 4 if value.type.tensorType.dataType == _int4_enum() else 8
         q = np.asarray(v).astype(np.int8)
         found[consumers[o.outputs[0].name]] = (bits, q.reshape(q.shape[0], -1))
     return found
