@@ -383,7 +383,9 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     if need_ranges:
         calib = calibrate(model, calib_samples, opts.calib_method, skipped=facts.get("skipped", 0),
                           synthetic=bool(facts.get("synthetic")), progress=opts.progress)
-    wants_int8 = any(prec == "int8" for plan in plans.values() for _, prec in plan)
+    # the keep-float search is for int8 activations: weight-only Core ML int8 has none (GPTQ weights instead)
+    w8a8 = bool(opts.emitter_options.get("coreml_w8a8"))
+    wants_int8 = any(prec == "int8" and (fmt != "coreml" or w8a8) for plan in plans.values() for fmt, prec in plan)
     keep_float, mixed, chosen = _keep_float(model, calib if wants_int8 else None, task, post, opts)
     calib = chosen if chosen is not None else calib
     int4_trace: dict[str, Any] = {}

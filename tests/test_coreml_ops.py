@@ -77,6 +77,16 @@ def split_model():
 CASES["split"] = split_model
 
 
+def silu_model():
+    """x * Sigmoid(x): coremltools fuses it into one MIL ``silu`` (YOLOv8's activation)."""
+    sig = helper.make_node("Sigmoid", ["input"], ["s"], name="sig_0")
+    mul = helper.make_node("Mul", ["input", "s"], ["out"], name="mul_0")
+    return make_model([sig, mul], [], (1, 4, 9, 9))
+
+
+CASES["silu"] = silu_model
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_op_matches_onnxruntime(case, tmp_path):
     model = CASES[case]()

@@ -53,6 +53,11 @@ def _relu(x): return np.maximum(_f(x), 0)
 def _relu6(x): return np.clip(_f(x), 0, 6)
 @op("sigmoid")
 def _sigmoid(x): return 1 / (1 + np.exp(-_f(x)))
+@op("silu")
+def _silu(x):
+    x = _f(x)
+    with np.errstate(over="ignore"):      # exp(-x) -> inf for very negative x gives the right limit, -0
+        return x / (1 + np.exp(-x))
 @op("tanh")
 def _tanh(x): return np.tanh(_f(x))
 @op("leaky_relu")
