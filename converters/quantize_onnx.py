@@ -19,7 +19,6 @@ from edgeinfer.errors import EdgeInferError
 
 from .emitters.api import CalibrationResult
 from .load import sort_nodes
-from .quant_math import quantize_weights_per_channel
 
 logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
 
