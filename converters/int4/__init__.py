@@ -132,7 +132,8 @@ def plan_int8(model: onnx.ModelProto, samples: np.ndarray, progress: bool = True
     layers, skipped = find_layers(model)
     if not layers:
         raise EdgeInferError("int8 weights: no Conv, Gemm or MatMul weights to quantize in this model")
-    hs = hessian.collect(model, layers, np.asarray(samples[:MAX_STAT_SAMPLES], np.float32), progress=progress)
+    hs = hessian.collect(model, layers, np.asarray(samples[:MAX_STAT_SAMPLES], np.float32), progress=progress,
+                         label="int8 weights: layer statistics")
     chosen = {}
     with Progress("int8 weights: GPTQ", len(layers), progress) as bar:
         for l in layers:

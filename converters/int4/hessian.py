@@ -66,7 +66,7 @@ def _rows(x: np.ndarray, layer: Layer, a: dict | None, max_rows: int, rng) -> np
 
 
 def collect(model: onnx.ModelProto, layers: list[Layer], samples: np.ndarray, *, rows_per_layer: int = 16384,
-            seed: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
+            seed: int = 0, progress: bool = True, label: str = "int4: layer statistics") -> dict[str, np.ndarray]:
     """layer node name -> H [G, K, K] (float64, averaged over rows)."""
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     known = {o.name for o in probe.graph.output}
@@ -83,7 +83,7 @@ def collect(model: onnx.ModelProto, layers: list[Layer], samples: np.ndarray, *,
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     rng = np.random.default_rng(seed)
-    with Progress("int4: layer statistics", len(samples), progress) as bar:
+    with Progress(label, len(samples), progress) as bar:
         for i in range(0, len(samples), BATCH):    # a chunk of images per unfold + product (batch-1 models too)
             chunk = samples[i:i + BATCH]
             runs = [sess.run(wanted, {feed: chunk[j:j + step]}) for j in range(0, len(chunk), step)]
