@@ -233,8 +233,8 @@ def _store_int4(request: EmitRequest, mlmodel, built, img, target: str):
                               f"deployment target iOS18/macOS15; this profile targets {target}. Use int8 (or fp16 with "
                               "palettization) for it, or a profile with runtime.coreml_target = \"iOS18\"")
     plan = plan_for(request.int4, request.model, "coreml")
-    mlmodel, _ = store_plan(mlmodel, plan, mil_layer_names(request.model), None if img is None else img.channel_scale,
-                            built.folded_conv)
+    mlmodel = store_plan(mlmodel, plan, mil_layer_names(request.model), None if img is None else img.channel_scale,
+                         built.folded_conv)
     bits = plan.bits_summary()
     return mlmodel, [f"int4 weights ({plan.method}, {plan.granularity.name}, constexpr_blockwise_shift_scale): "
                      f"{bits['4']} layers at 4 bits, {bits['8']} at 8 bits; compute in fp16"]
@@ -247,32 +247,37 @@ def _stores_int8_plan(request: EmitRequest) -> bool:
             and not o.get("prune") and not o.get("palettize"))
 
 
+def _int8_kept_float(request: EmitRequest, built, img, target: str) -> set[str]:
+    """Planned layers the int8 package leaves fp16 (decided once, for storing and for the check)."""
+    threshold = int(request.options.get("weight_threshold", _compress.DEFAULT_WEIGHT_THRESHOLD))
+    kept = {n for n, lq in request.int8_weights.layers.items() if lq.q.size < threshold}   # as coremltools would
+    if (target not in _IOS18_LEVEL and img is not None and img.channel_scale is not None
+            and built.folded_conv in request.int8_weights.layers):
+        kept.add(built.folded_conv)   # constexpr_affine_dequantize holds no per-input-channel scale
+    return kept
+
+
 def _store_int8(request: EmitRequest, mlmodel, built, img, target: str):
     """The shared int8 plan (GPTQ, per output channel): blockwise storage on iOS18, else constexpr_affine_dequantize."""
     from .int4 import store_plan
     affine = target not in _IOS18_LEVEL
-    mlmodel, kept = store_plan(mlmodel, request.int8_weights, mil_layer_names(request.model),
-                               None if img is None else img.channel_scale, built.folded_conv, affine=affine,
-                               min_weights=_int8_threshold(request))
+    kept = sorted(_int8_kept_float(request, built, img, target))
+    mlmodel = store_plan(mlmodel, request.int8_weights, mil_layer_names(request.model),
+                         None if img is None else img.channel_scale, built.folded_conv, affine=affine,
+                         keep_float=frozenset(kept))
     op = "constexpr_affine_dequantize" if affine else "constexpr_blockwise_shift_scale"
     note = (f"int8 weights per output channel, GPTQ-rounded on the calibration images ({op}); compute in fp16"
-            + (f"; {len(kept)} layers stay fp16 (fewer than {_int8_threshold(request)} weights, or input "
-               f"scaling folded per input channel): {', '.join(kept[:3])}" if kept else ""))
+            + (f"; {len(kept)} layers stay fp16 (below the weight threshold, or input scaling folded per "
+               f"input channel): {', '.join(kept[:3])}" if kept else ""))
     return mlmodel, [note]
 
 
-def _int8_threshold(request: EmitRequest) -> int:
-    return int(request.options.get("weight_threshold", _compress.DEFAULT_WEIGHT_THRESHOLD))
-
-
 def _check_int8(request: EmitRequest, out: Path, built, img, target: str) -> dict:
-    """The int8 plan's integers are what the package stores (the folded layer stays fp16 under affine storage)."""
+    """The int8 plan's integers are what the package stores (``_int8_kept_float`` layers excepted)."""
     from .int4 import node_of, read_integers
     names = mil_layer_names(request.model)
     stored = {node_of(k, names) or k: v for k, v in read_integers(out).items()}
-    folded = built.folded_conv if target not in _IOS18_LEVEL and img is not None and img.channel_scale is not None else None
-    small = {n for n, lq in request.int8_weights.layers.items() if lq.q.size < _int8_threshold(request)}
-    kept = small | ({folded} if folded else set())
+    kept = _int8_kept_float(request, built, img, target)
     check = request.int8_weights.compare(stored, kept)
     if not check["same_as_plan"]:
         raise EdgeInferError(f"Core ML int8: the package does not store the GPTQ plan's integers "

@@ -37,14 +37,13 @@ def _data_and_scale(lq: LayerQuant, shape: tuple[int, ...], channel_scale: np.nd
 
 
 def store_plan(mlmodel, plan: Int4Plan, conv_names: dict[str, str], channel_scale: np.ndarray | None,
-               folded_node: str | None, affine: bool = False, min_weights: int = 0):
-    """(compressed MLModel, planned layers left fp16); see the module docstring. Raises if a planned
-    layer is not found.
+               folded_node: str | None, affine: bool = False, keep_float: frozenset[str] = frozenset()):
+    """The compressed MLModel (see module docstring); planned layers in ``keep_float`` keep their float
+    weights. Raises if any other planned layer is not found.
 
     ``affine``: an all-8-bit per-channel plan as ``constexpr_affine_dequantize`` (iOS16+, zero point 0)
-    instead; the layer with the folded ``channel_scale`` (a scale per input channel, which that op
-    cannot hold) then stays fp16. Layers with fewer than ``min_weights`` weights stay fp16 too (what
-    coremltools' own ``weight_threshold`` leaves uncompressed)."""
+    instead; that op holds no scale per input channel, so the layer with the folded ``channel_scale``
+    must be in ``keep_float``."""
     from coremltools.converters.mil.mil import Builder as mb
     from coremltools.converters.mil.mil import types
     from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
@@ -53,7 +52,6 @@ def store_plan(mlmodel, plan: Int4Plan, conv_names: dict[str, str], channel_scal
     if affine and any(lq.bits != 8 or lq.scales.shape[1] != 1 for lq in plan.layers.values()):
         raise EdgeInferError("Core ML: only an all-8-bit per-channel plan can be stored as constexpr_affine_dequantize")
     done: set[str] = set()
-    kept: set[str] = set()
 
     class _StorePlan(AbstractGraphPass):
         def apply(self, prog):
@@ -67,9 +65,11 @@ def store_plan(mlmodel, plan: Int4Plan, conv_names: dict[str, str], channel_scal
                     if wvar.op is None or wvar.op.op_type != "const":
                         continue
                     folded = channel_scale is not None and node == folded_node
-                    if (affine and folded) or lq.q.size < min_weights:
-                        kept.add(node)
+                    if node in keep_float:
                         continue
+                    if affine and folded:
+                        raise EdgeInferError(f"Core ML: {node} has input scaling folded per input channel, which "
+                                             "constexpr_affine_dequantize cannot hold; keep it in float")
                     data, scale = _data_and_scale(lq, tuple(wvar.shape), channel_scale if folded else None)
                     dtype = types.np_int4_dtype if lq.bits == 4 else np.int8
                     with f:
@@ -89,11 +89,11 @@ def store_plan(mlmodel, plan: Int4Plan, conv_names: dict[str, str], channel_scal
     from coremltools import _SPECIFICATION_VERSION_IOS_16, _SPECIFICATION_VERSION_IOS_18
     out = _apply_graph_pass(mlmodel, _StorePlan(), skip_model_load=True,
                             spec_version=_SPECIFICATION_VERSION_IOS_16 if affine else _SPECIFICATION_VERSION_IOS_18)
-    missing = sorted(set(plan.layers) - done - kept)
+    missing = sorted(set(plan.layers) - done - set(keep_float))
     if missing:
         raise EdgeInferError(f"Core ML int4: planned layers not found in the MIL program: {', '.join(missing[:5])}; "
                              "give the emitter the cleaned graph (BatchNormalization folded: converters.clean.clean_model)")
-    return out, sorted(kept)
+    return out
 
 
 def read_integers(path) -> dict[str, tuple[int, np.ndarray]]:
