@@ -277,9 +277,9 @@ def search_missed(mixed: dict[str, Any] | None) -> str | None:
 def _int8_weight_plan(model, calib_samples: np.ndarray | None, plans: dict, facts: dict, opts: ConvertOptions):
     """GPTQ-rounded 8-bit weights for the weight-only int8 artifacts (Core ML), on real calibration
     images only (random inputs would teach the rounding nothing); None: those round to nearest."""
-    if calib_samples is None or facts.get("synthetic") or not any(
+    if calib_samples is None or facts.get("synthetic") or opts.emitter_options.get("coreml_w8a8") or not any(
             (fmt, prec) == ("coreml", "int8") for plan in plans.values() for fmt, prec in plan):
-        return None
+        return None     # W8A8 packages keep coremltools' weight rounding (the emitter would not use the plan)
     from .int4 import plan_int8
     _say(opts, "int8 weights (Core ML): error-compensating rounding (GPTQ) on the calibration images")
     return plan_int8(model, calib_samples, progress=opts.progress)
