@@ -376,6 +376,11 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         _say(opts, "pruning channels")
         model, prune_report = prune_model(model, opts.prune, calib_samples, progress_bar=opts.progress)
         _prune_floor(model, prune_report, reference, verify_samples, task, post, labels, size_hw, opts)
+        if prune_report.input_hw is not None and prune_report.input_hw[1] != tuple(size_hw):
+            model, cfg, size_hw = _pruned_input_size(model, cfg, size_hw, prune_report.input_hw[1])
+            spec = dict(spec, shape=[*spec["shape"][:2], *size_hw])
+            _say(opts, f"  reading the images again at {size_hw[0]}x{size_hw[1]} (preprocess {cfg.to_dict()})")
+            calib_samples, verify_samples, facts = _gather_inputs(opts, cfg, size_hw, need_calib)
     _say(opts, "cleaning graph (shape inference, constant folding, BatchNorm folding)")
     model = clean_model(model)
 
@@ -500,6 +505,19 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     return ConvertResult(bundles, manifests, prune_report, int4_trace)
 
 
+def _pruned_input_size(model, cfg, size_hw, new_hw):
+    """(model, preprocessing, input size) once pruning lowered the input resolution: images are
+    read at ``new_hw`` with the same field of view; the model's preprocess metadata says so too."""
+    from edgeinfer.preprocess import PreprocessConfig
+    from .prune.resolution import scaled_preprocess
+    pre = scaled_preprocess(cfg.to_dict(), tuple(size_hw), tuple(new_hw))
+    new_cfg = PreprocessConfig.from_dict(pre)
+    for prop in model.metadata_props:
+        if prop.key == "edgeinfer.preprocess":
+            prop.value = json.dumps(scaled_preprocess(json.loads(prop.value), tuple(size_hw), tuple(new_hw)))
+    return model, new_cfg, tuple(new_hw)
+
+
 def _prune_floor(model, report, reference, samples, task, post, labels, size_hw, opts: ConvertOptions) -> None:
     """Refuse a pruned model whose agreement with the unpruned one on the held-out images is below
     --min-agreement (or the shared DEFAULT_AGREEMENT_FLOOR): one line naming the figure and the
@@ -508,9 +526,11 @@ def _prune_floor(model, report, reference, samples, task, post, labels, size_hw,
     from .verify import AGREEMENT, AGREEMENT_KEY, DEFAULT_AGREEMENT_FLOOR
     key = AGREEMENT_KEY[task]
 
-    def agreement(m) -> float:
-        return AGREEMENT[task](reference, run_reference(m, samples), postprocess=post, labels=labels,
-                               input_hw=size_hw)[key]
+    from .prune.resolution import fit_to
+
+    def agreement(m) -> float:   # a model at a lower resolution sees the same images resampled
+        return AGREEMENT[task](reference, run_reference(m, fit_to(samples, m)), postprocess=post,
+                               labels=labels, input_hw=size_hw)[key]
     floor = opts.min_agreement if opts.min_agreement is not None else DEFAULT_AGREEMENT_FLOOR
     value = enforce_floor(model, report, agreement, floor, key, len(samples))
     _say(opts, f"  pruned fp32 {key} with the unpruned model: {value:.4f} (floor {floor:g})")

@@ -138,6 +138,10 @@ def main() -> None:
 @click.option("--prune-min-channels", type=click.IntRange(min=1))
 @click.option("--prune-allocation", type=click.Choice(["sensitivity", "uniform"]), default="sensitivity", show_default=True,
               help="Spread the cut by measured per-group sensitivity, or cut every group alike.")
+@click.option("--prune-resolution", is_flag=True,
+              help="Let the MAC budget lower the input size too (MobileNet's resolution multiplier), weighed against "
+              "channels by measured sensitivity; classifiers with global pooling only. The bundle's input size and "
+              "preprocessing change with it.")
 @click.option("--recover", type=click.Choice(["none", "lsq", "distill", "blockwise", "blockwise+distill"]), default="lsq",
               show_default=True,
               help="After pruning: least-squares refit, or that plus training against the unpruned model (needs "
@@ -168,7 +172,7 @@ def main() -> None:
 def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, calib_limit, calib_synthetic, verify_dir,
             labels_file, task, preset, mean, std, scale, resize, crop, letterbox, layout, color, tflite_io, int8_mode, coreml_w8a8, coreml_fp32_ops, input_shape, trust_pickle, opset, decoder, anchors,
             score_threshold, iou_threshold, max_detections, nms, prune_ratio, prune_flops, prune_criterion,
-            prune_min_channels, prune_allocation, recover, recover_budget, keep_float, no_auto_keep_float, search_seconds, min_agreement, int4_size, verify_on, force, as_json, quiet,
+            prune_min_channels, prune_allocation, prune_resolution, recover, recover_budget, keep_float, no_auto_keep_float, search_seconds, min_agreement, int4_size, verify_on, force, as_json, quiet,
             package_targets):
     """Convert MODEL (.onnx, .pt2 torch.export program, TorchScript) into one verified bundle per --profile under -o OUT."""
     try:
@@ -193,9 +197,11 @@ def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, c
                                         iou_threshold=iou_threshold, max_detections=max_detections, nms=nms)
         task = "detect"
     prune_cfg = None
+    if prune_resolution and prune_ratio is None and prune_flops is None:
+        raise EdgeInferError("--prune-resolution spends a pruning budget: pass --prune-flops F (or --prune R) with it")
     if prune_ratio is not None or prune_flops is not None:
         prune_cfg = _prune_config(profiles, prune_ratio, prune_flops, prune_criterion, prune_min_channels, prune_allocation,
-                                  recover, recover_budget)
+                                  recover, recover_budget, prune_resolution)
     opts = ConvertOptions(
         model=model, profiles=list(profiles), out_dir=out_dir, quant=_csv(quant), formats=_csv(formats),
         calib_dir=calib_dir, verify_dir=verify_dir, calib_method=calib_method, calib_synthetic=calib_synthetic,
@@ -252,7 +258,7 @@ def _input_shape(text):
     return parse_input_shape(text)
 
 
-def _prune_config(profiles, ratio, flops, criterion, min_channels, allocation, recover, recover_budget):
+def _prune_config(profiles, ratio, flops, criterion, min_channels, allocation, recover, recover_budget, resolution=False):
     from converters.prune import PruneConfig
     from converters.prune.blockwise import BlockwiseConfig
     from converters.prune.distill import DistillConfig, final_pass_config
@@ -268,7 +274,7 @@ def _prune_config(profiles, ratio, flops, criterion, min_channels, allocation, r
     return PruneConfig(ratio=ratio, flops_target=flops, criterion=criterion,
                        channel_multiple=prof.get("channel_multiple", 1),
                        min_channels=min_channels or prof.get("min_channels", 1), recover=recover, allocation=allocation,
-                       distill=distill, blockwise=blockwise)
+                       distill=distill, blockwise=blockwise, resolution=resolution)
 
 
 @main.command()

@@ -87,15 +87,31 @@ def cpu_seconds() -> float:
     return time.process_time()
 
 
+def scored_at(root: Path, pre: dict, full: tuple[int, int], hw: tuple[int, int], extra: int,
+              cache: dict) -> np.ndarray:
+    """The scored eval photos read again at ``hw`` (preprocessing scaled to keep the field of view)."""
+    from converters.prune.resolution import scaled_preprocess
+    if hw not in cache:
+        cfg = PreprocessConfig.from_dict(scaled_preprocess(pre, full, hw))
+        x, y = load_split(root, "eval", cfg, hw)
+        cache[hw] = split_recovery(x[:0], x, y, extra)[1]
+    return cache[hw]
+
+
 def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, extra: int,
-              save_dir: Path | None, multiple: int = 8, blockwise_cfg=None, final_cfg=None) -> tuple[float, list[dict]]:
+              save_dir: Path | None, multiple: int = 8, blockwise_cfg=None, final_cfg=None,
+              resolution: bool = False) -> tuple[float, list[dict]]:
+    from converters.prune.resolution import resample, resize_input
     model = onnx.load(root / "mobilenet_v2.onnx")
     meta = {p.key: p.value for p in model.metadata_props}
-    cfg = PreprocessConfig.from_dict(json.loads(meta["edgeinfer.preprocess"]))
+    pre = json.loads(meta["edgeinfer.preprocess"])
+    cfg = PreprocessConfig.from_dict(pre)
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    calib, _ = load_split(root, "calib", cfg, (dims[2], dims[3]))
-    x, y = load_split(root, "eval", cfg, (dims[2], dims[3]))
+    full = (dims[2], dims[3])
+    calib, _ = load_split(root, "calib", cfg, full)
+    x, y = load_split(root, "eval", cfg, full)
     recovery, x, y = split_recovery(calib, x, y, extra)
+    scored = {full: x}
     ref = logits(model, x).argmax(1)
     base = 100 * float((ref == y).mean())
     print(f"real: unpruned top-1 {base:.2f}% on {len(x)} scored eval photos; recovery data: {len(recovery)} "
@@ -111,35 +127,41 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
                 from converters.prune.distill import distill
                 from converters.prune.graph import prepare
                 rep = lsq[1]
+                hw = rep.input_hw[1] if rep.input_hw else full
+                teacher = prepare(model) if hw == full else resize_input(prepare(model), hw)
+                data = resample(recovery, hw)
                 if rec == "blockwise+distill" and bw is not None:
                     start, rep.distillation, s0, cpu0 = bw
                 else:
                     train, train_cfg = (distill, distill_cfg) if rec == "distill" else (blockwise, blockwise_cfg)
-                    start, rep.distillation = train(prepare(model), lsq[0], rep.kept, recovery, train_cfg)
+                    start, rep.distillation = train(teacher, lsq[0], rep.kept, data, train_cfg)
                     s0, cpu0 = lsq[2] + time.perf_counter() - t0, lsq[3] + cpu_seconds() - c0
                     t0, c0 = time.perf_counter(), cpu_seconds()
                     if rec == "blockwise":
                         bw = (start, rep.distillation, s0, cpu0)
                 pm = start
                 if rec == "blockwise+distill":
-                    pm, final = distill(prepare(model), start, rep.kept, recovery, final_cfg)
+                    pm, final = distill(teacher, start, rep.kept, data, final_cfg)
                     rep.distillation = {**rep.distillation, "final_distillation": final}
                 seconds, cpu = s0 + time.perf_counter() - t0, cpu0 + cpu_seconds() - c0
             else:
                 pc = PruneConfig(flops_target=cut, recover=rec, distill=final_cfg if rec == "blockwise+distill"
-                                 else distill_cfg, blockwise=blockwise_cfg, channel_multiple=multiple)
+                                 else distill_cfg, blockwise=blockwise_cfg, channel_multiple=multiple,
+                                 resolution=resolution)
                 pm, rep = prune_model(model, pc, recovery)
                 seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
                 if rec == "lsq":
                     lsq = (pm, rep, seconds, cpu)
-            pred = logits(pm, x).argmax(1)
+            hw = rep.input_hw[1] if rep.input_hw else full
+            pred = logits(pm, scored_at(root, pre, full, hw, extra, scored)).argmax(1)
             row = {"cut": cut, "recover": rec, "macs": rep.macs[1], "macs_drop": round(rep._drop(rep.macs), 4),
+                   "input": list(hw),
                    "top1": round(100 * float((pred == y).mean()), 2), "agreement": round(float((pred == ref).mean()), 4),
                    "seconds": round(seconds), "cpu_seconds": round(cpu), "load": round(os.getloadavg()[0], 1),
                    "scored": int(len(x)), "recovery_images": int(len(recovery)), "distillation": rep.distillation}
             rows.append(row)
             d = rep.distillation
-            print(f"  cut {cut:.2f} {rec:<8} MACs -{100 * row['macs_drop']:.1f}%  top-1 {row['top1']:.2f}% "
+            print(f"  cut {cut:.2f} {rec:<8} input {hw[0]}x{hw[1]} MACs -{100 * row['macs_drop']:.1f}%  top-1 {row['top1']:.2f}% "
                   f"({row['top1'] - base:+.2f} pt)  agreement {row['agreement']:.3f}  wall {seconds:.0f} s, "
                   f"CPU {cpu:.0f} s, load {row['load']}"
                   + (f"  ({d.get('method', 'distillation')}: wall {d['seconds']:.0f} s, CPU {d['cpu_seconds']:.0f} s)"
@@ -174,6 +196,8 @@ def main(argv=None) -> int:
                     help="eval photos added (unlabelled) to the recovery data; the rest of eval is scored")
     ap.add_argument("--channel-multiple", type=int, default=8,
                     help="kept widths rounded to this (8 as the device profiles; 1 = exact widths, slower under ORT)")
+    ap.add_argument("--resolution", action="store_true",
+                    help="let the MAC budget lower the input size too (--prune-resolution); scored photos are read at it")
     ap.add_argument("--save-dir", type=Path, help="save each pruned model here (for tools/bench_prune_latency.py)")
     ap.add_argument("--json", type=Path, help="also write the measured rows here")
     ap.add_argument("--rows", type=Path, help="draw the real panel from rows a previous --json run wrote (no re-measuring)")
@@ -199,7 +223,8 @@ def main(argv=None) -> int:
                                    ("train_size", args.train_size), ("batch", args.batch)) if v is not None}
         real = real_rows(args.real, [float(c) for c in args.cuts.split(",")], args.recover.split(","),
                          DistillConfig(time_budget=args.budget, **knobs), args.extra_recovery, args.save_dir,
-                         args.channel_multiple, BlockwiseConfig(time_budget=args.blockwise_budget, **bw), final)
+                         args.channel_multiple, BlockwiseConfig(time_budget=args.blockwise_budget, **bw), final,
+                         args.resolution)
     if args.json:
         args.json.write_text(json.dumps({"digits": digits, "real": real and {"fp32_top1": real[0], "rows": real[1]}}, indent=1))
 

@@ -11,6 +11,10 @@ the layers whose inputs shrank (``reconstruct``), ``"distill"`` that refit then 
 distillation from the unpruned model in PyTorch (``distill``, the optional ``[train]`` extra),
 ``"blockwise"`` that refit then block-by-block training against the unpruned model's block
 outputs (``blockwise``, also PyTorch).
+With ``resolution=True`` the input size is one more dimension of the budget (``resolution``:
+MobileNet's resolution multiplier, for classifiers with global pooling): each smaller size is
+measured like a group, and the size + channel plan with the least summed squared error that
+reaches the target is kept; recovery then runs at that size.
 ``enforce_floor`` refuses a pruned model whose agreement with the unpruned one is too low.
 """
 from __future__ import annotations
@@ -24,7 +28,7 @@ import onnx
 
 from edgeinfer.errors import EdgeInferError
 
-from . import allocate, flops, surgery
+from . import allocate, flops, resolution, surgery
 from .config_checks import integer_at_least
 from .graph import GraphView, node_names, prepare
 from .groups import Analysis, analyze
@@ -57,6 +61,9 @@ class PruneConfig:
     sensitivity_fit_samples: int = 64    # ... fit on these many other calibration images
     distill: Any = None                  # converters.prune.distill.DistillConfig (None: its defaults)
     blockwise: Any = None                # converters.prune.blockwise.BlockwiseConfig (None: its defaults)
+    resolution: bool = False             # the input size may shrink too (classifiers with global pooling)
+    resolution_step: int = 8             # candidate heights are multiples of this (px) ...
+    min_resolution_scale: float = 0.6    # ... down to this fraction of the full height
 
     @property
     def reconstruct(self) -> bool:
@@ -83,6 +90,12 @@ class PruneConfig:
             integer_at_least("prune", name, getattr(self, name), 0)
         if isinstance(self.exclude, str) or not all(isinstance(n, str) for n in self.exclude):
             raise EdgeInferError("prune exclude must be a list of node names")
+        integer_at_least("prune", "resolution_step", self.resolution_step, 1)
+        if not (isinstance(self.min_resolution_scale, (int, float)) and 0.0 < self.min_resolution_scale < 1.0):
+            raise EdgeInferError(f"prune min_resolution_scale must be in (0, 1), got {self.min_resolution_scale!r}")
+        if self.resolution and self.allocation != "sensitivity":
+            raise EdgeInferError("--prune-resolution weighs the input size against channels by measured sensitivity: "
+                                 "drop --prune-allocation uniform")
         if not (isinstance(self.ridge, (int, float)) and self.ridge >= 0):
             raise EdgeInferError(f"prune ridge must be a number >= 0, got {self.ridge!r}")
         return self
@@ -110,6 +123,8 @@ class PruneReport:
     floor: dict[str, Any] | None = None              # agreement with the unpruned model on held-out images
     cut_at: Callable[[float], onnx.ModelProto] | None = field(default=None, repr=False)  # MAC drop -> model, no recovery
     kept: dict[str, np.ndarray] = field(default_factory=dict, repr=False)   # tensor -> kept channels (for ``distill``)
+    input_hw: tuple[tuple[int, int], tuple[int, int]] | None = None   # (before, after) when the size may change
+    resolution: resolution.ResolutionCurve | None = None              # measured cost of each smaller size
 
     @staticmethod
     def _drop(pair: tuple[int, int]) -> float:
@@ -130,6 +145,9 @@ class PruneReport:
             "reconstructed": self.reconstructed,
             "reconstruction": [f.to_dict() for f in self.reconstruction],
             "distillation": self.distillation, "agreement_floor": self.floor, "notes": self.notes,
+            "input_size": None if self.input_hw is None else {"before": list(self.input_hw[0]),
+                                                              "after": list(self.input_hw[1])},
+            "resolution_sensitivity": self.resolution.to_dict() if self.resolution is not None else None,
         }
 
     def format(self) -> str:
@@ -143,6 +161,10 @@ class PruneReport:
                  + (f", FLOPs target {self.flops_target:.2f}" if self.flops_target is not None else ""),
                  row("params", self.params), row("MACs", self.macs), row("file", self.size_bytes, " B"),
                  f"  {len(cut)} of {len(self.groups)} channel groups cut"]
+        if self.input_hw is not None:
+            (h0, w0), (h1, w1) = self.input_hw
+            lines.insert(3, f"  input      {h0}x{w0} -> {h1}x{w1}" + (f"  (resolution x{h1 / h0:.3f})" if h1 != h0 else
+                                                                     "  (kept: a smaller size measured costlier)"))
         for g in cut:
             lines.append(f"    {g['name']}: {g['channels']} -> {g['kept']} (-{100 * (1 - g['kept'] / g['channels']):.0f}%)")
         if self.unprunable:
@@ -266,7 +288,8 @@ def _measured(an: Analysis, scores: np.ndarray, cfg: PruneConfig, samples: np.nd
 
 def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.ndarray | None,
                 progress_bar: bool = True) -> tuple[onnx.ModelProto, PruneReport]:
-    """Structured pruning of ``model``; returns (pruned model, report). Never changes graph I/O.
+    """Structured pruning of ``model``; returns (pruned model, report). Never changes graph outputs;
+    the input's spatial size changes only with ``config.resolution``.
 
     With ``recover="distill"`` or ``"blockwise"`` the returned model is already cleaned (BatchNorm folded)."""
     config.validate()
@@ -278,12 +301,14 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     progress(f"{len(an.groups)} channel groups, {sum(g.prunable for g in an.groups)} prunable")
     scores, notes = class_scores(an, config.criterion, calib_samples)
     curves: list[allocate.Curve] = []
+    rcurve: resolution.ResolutionCurve | None = None
+    hw: tuple[int, int] | None = None
     if config.allocation == "uniform":
         ratio = config.ratio if config.ratio is not None else \
             _search_ratio(an, scores, config, before.macs, config.flops_target)
 
-        def cut_plan(target: float) -> np.ndarray:
-            return plan(an, scores, _search_ratio(an, scores, config, before.macs, target), config)
+        def cut_plan(target: float) -> tuple[np.ndarray, None]:
+            return plan(an, scores, _search_ratio(an, scores, config, before.macs, target), config), None
         kept_class = plan(an, scores, ratio, config)
     else:
         n_sens = min(config.sensitivity_samples, len(calib_samples))
@@ -294,33 +319,43 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
         target = config.flops_target if config.flops_target is not None else \
             _uniform_drop(an, scores, config, config.ratio, before.macs)
         ratio = config.ratio if config.ratio is not None else 0.0
+        if config.resolution:
+            full = resolution.input_hw(base)
+            rcurve = resolution.measure(base, sens, resolution.candidates(
+                full, config.resolution_step, config.min_resolution_scale))
+            progress("resolution sensitivity: " + ", ".join(
+                f"{h}x{w} {e:.3f}" for (h, w), e in zip(rcurve.sizes, rcurve.errors)))
 
-        def cut_plan(target: float) -> np.ndarray:
+        def cut_plan(target: float) -> tuple[np.ndarray, tuple[int, int] | None]:
+            if rcurve is not None:
+                return _joint_plan(an, scores, curves, rcurve, target, config, before.macs)
             ratios, _ = allocate.search(an, scores, curves, target, config, keep_count, before.macs)
-            return allocate.kept_for(an, scores, ratios, config, keep_count)
-        kept_class = cut_plan(target) if target > 0 else surgery.plain_kept(an)
+            return allocate.kept_for(an, scores, ratios, config, keep_count), None
+        kept_class, hw = cut_plan(target) if target > 0 else (surgery.plain_kept(an), None)
         if config.ratio is None:
             ratio = 1.0 - float(kept_class.mean())
     pruned, kept = surgery.apply(an, kept_class)
+    samples = None if calib_samples is None else np.asarray(calib_samples, np.float32)
+    teacher = base
+    if hw is not None and hw != resolution.input_hw(base):
+        pruned, teacher = resolution.resize_input(pruned, hw), resolution.resize_input(base, hw)
+        samples = resolution.resample(samples, hw)
+        progress(f"input {'x'.join(map(str, resolution.input_hw(base)))} -> {hw[0]}x{hw[1]}; recovery runs at that size")
     fits: list[LayerFit] = []
     report_notes = [f"{k}: {v}" for k, v in notes.items()]
     if config.reconstruct and kept:
-        pruned, fits, skipped = reconstruct(base, pruned, kept, np.asarray(calib_samples, np.float32),
-                                            ridge=config.ridge)
+        pruned, fits, skipped = reconstruct(teacher, pruned, kept, samples, ridge=config.ridge)
         report_notes += [f"not refit: {s}" for s in skipped]
     distilled = None
     if config.recover == "distill" and kept:
         from .distill import distill
-        pruned, distilled = distill(base, pruned, kept, np.asarray(calib_samples, np.float32), config.distill,
-                                    progress_bar)
+        pruned, distilled = distill(teacher, pruned, kept, samples, config.distill, progress_bar)
     elif config.recover.startswith("blockwise") and kept:
         from .blockwise import blockwise
-        pruned, distilled = blockwise(base, pruned, kept, np.asarray(calib_samples, np.float32), config.blockwise,
-                                      progress_bar)
+        pruned, distilled = blockwise(teacher, pruned, kept, samples, config.blockwise, progress_bar)
         if config.recover == "blockwise+distill":
             from .distill import distill, final_pass_config
-            pruned, final = distill(base, pruned, kept, np.asarray(calib_samples, np.float32),
-                                    config.distill or final_pass_config(), progress_bar)
+            pruned, final = distill(teacher, pruned, kept, samples, config.distill or final_pass_config(), progress_bar)
             distilled = {**distilled, "final_distillation": final}
     try:
         onnx.checker.check_model(pruned)
@@ -335,9 +370,51 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     report = PruneReport(config.criterion, float(ratio), config.flops_target, (before.params, after.params),
                          (before.macs, after.macs), (before.size_bytes, after.size_bytes), groups, unprunable,
                          fits, report_notes, bool(config.reconstruct and fits), config.allocation, config.recover,
-                         curves, distilled, None, lambda t: surgery.apply(an, cut_plan(t))[0], kept)
+                         curves, distilled, None, lambda t: _cut_model(an, *cut_plan(t)), kept,
+                         (resolution.input_hw(base), resolution.input_hw(pruned)) if rcurve is not None else None, rcurve)
     progress(f"params {before.params:,} -> {after.params:,}, MACs {before.macs:,} -> {after.macs:,}")
     return pruned, report
+
+
+def _cut_model(an: Analysis, kept_class: np.ndarray, hw: tuple[int, int] | None) -> onnx.ModelProto:
+    m = surgery.apply(an, kept_class)[0]
+    return m if hw is None or hw == resolution.input_hw(m) else resolution.resize_input(m, hw)
+
+
+def _joint_plan(an: Analysis, scores: np.ndarray, curves: list[allocate.Curve], rcurve: resolution.ResolutionCurve,
+                target: float, cfg: PruneConfig, macs0: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(kept classes, input size): over the full size and each measured smaller one, the channel
+    plan that completes the MAC target there; the pair with the least summed squared error wins.
+    MACs are checked on the real model at that size (a head that does not scale with pixels)."""
+    by_group = {c.group: c for c in curves}
+
+    def channels(t: float) -> tuple[np.ndarray, float]:
+        if t <= 0:
+            return surgery.plain_kept(an), 0.0
+        ratios, _ = allocate.search(an, scores, curves, t, cfg, keep_count, macs0)
+        cost = sum(float(by_group[g].at(np.array([r]))[0][0]) ** 2 for g, r in ratios.items())
+        return allocate.kept_for(an, scores, ratios, cfg, keep_count), cost
+
+    best = None
+    for hw, err, gain in [(rcurve.full, 0.0, 0.0), *zip(rcurve.sizes, rcurve.errors, rcurve.gains)]:
+        need = 1.0 - (1.0 - target) / (1.0 - gain)
+        try:
+            kept, cost = channels(need)
+        except EdgeInferError:      # the channels cannot complete the target at this size
+            continue
+        if best is None or err ** 2 + cost < best[0]:
+            best = (err ** 2 + cost, hw, gain, need, kept)
+    if best is None:
+        raise EdgeInferError(f"prune: {100 * target:.1f}% of MACs cannot be removed from this model even at "
+                             f"{'x'.join(map(str, rcurve.sizes[-1] if rcurve.sizes else rcurve.full))}; lower --prune-flops")
+    _, hw, gain, need, kept = best
+    for _ in range(4):    # the estimate assumed every MAC scales with the pixels: top up the channels if short
+        drop = 1.0 - flops.count(_cut_model(an, kept, hw), shapes_ready=True).macs / macs0
+        if drop >= target - 1e-4:
+            break
+        need += (target - drop) / max(1.0 - gain, 1e-6) + 1e-3
+        kept, _ = channels(need)
+    return kept, hw
 
 
 def enforce_floor(pruned: onnx.ModelProto, report: PruneReport, agreement: Callable[[onnx.ModelProto], float],

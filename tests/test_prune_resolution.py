@@ -1,0 +1,124 @@
+"""The input resolution as a pruning dimension (``PruneConfig.resolution`` / ``--prune-resolution``)."""
+import json
+
+import numpy as np
+import pytest
+
+from converters.prune import PruneConfig, prune_model
+from converters.prune.resolution import candidates, fit_to, resample, resize_input, scaled_preprocess
+from edgeinfer.errors import EdgeInferError
+from prune_helpers import G, run
+
+
+def _gap_net(size=64, seed=0):
+    """conv -> conv (stride 2) -> global pooling -> Gemm: runs at any input size."""
+    g = G(seed)
+    a = g.relu(g.conv("input", 3, 16))
+    b = g.relu(g.conv(a, 16, 24, stride=2))
+    f = g.op("Flatten", [g.op("GlobalAveragePool", [b])], axis=1)
+    return g.model(g.gemm(f, 24, 10), in_shape=(None, 3, size, size))
+
+
+def _smooth(n, size=64, seed=1):
+    """Images with no detail finer than size/4 px: a smaller input loses little of them."""
+    lo = np.random.default_rng(seed).standard_normal((n, 3, 4, 4)).astype(np.float32)
+    return resample(lo, (size, size))
+
+
+def test_candidates_scale_both_sides_in_steps():
+    assert candidates((224, 224), 8, 0.8) == [(216, 216), (208, 208), (200, 200), (192, 192), (184, 184)]
+    assert candidates((64, 96), 16, 0.5) == [(48, 64), (32, 48)]
+
+
+def test_scaled_preprocess_keeps_the_field_of_view():
+    pre = {"resize_mode": "shorter", "resize": 256, "crop": 224, "mean": [0.5] * 3}
+    assert scaled_preprocess(pre, (224, 224), (200, 200)) == {"resize_mode": "shorter", "resize": 229, "crop": 200,
+                                                              "mean": [0.5] * 3}
+    assert scaled_preprocess({"resize_mode": "stretch", "resize": 64}, (64, 64), (48, 48))["resize"] == 48
+    assert scaled_preprocess({"resize_mode": "stretch"}, (64, 64), (48, 48)) == {"resize_mode": "stretch"}
+    with pytest.raises(EdgeInferError, match="letterbox"):
+        scaled_preprocess({"resize_mode": "letterbox", "letterbox": {"size": 640}}, (640, 640), (512, 512))
+
+
+def test_a_model_whose_output_depends_on_the_input_size_is_refused():
+    g = G(0)
+    f = g.op("Flatten", [g.relu(g.conv("input", 3, 4))], axis=1)      # flattened feature map: size-bound
+    m = g.model(f, in_shape=(1, 3, 16, 16))
+    with pytest.raises(EdgeInferError) as exc:
+        resize_input(m, (8, 8))
+    assert "\n" not in str(exc.value) and "classifiers with global pooling" in str(exc.value)
+
+
+def test_resolution_joins_the_budget_when_it_costs_less_than_channels():
+    m = _gap_net()
+    calib, x = _smooth(96), _smooth(32, seed=7)
+    y = run(m, x)
+    err = lambda p: float(np.linalg.norm(run(p, fit_to(x, p)) - y) / np.linalg.norm(y))
+    channels, rep_c = prune_model(m, PruneConfig(flops_target=0.3, recover="none"), calib, progress_bar=False)
+    both, rep = prune_model(m, PruneConfig(flops_target=0.3, recover="none", resolution=True), calib,
+                            progress_bar=False)
+    assert rep_c.input_hw is None
+    (h0, w0), (h1, w1) = rep.input_hw
+    assert (h0, w0) == (64, 64) and h1 == w1 < 64 and h1 % 8 == 0
+    assert [d.dim_value for d in both.graph.input[0].type.tensor_type.shape.dim][2:] == [h1, w1]
+    assert 1 - rep.macs[1] / rep.macs[0] >= 0.3
+    assert err(both) < 0.5 * err(channels)
+    d = json.loads(json.dumps(rep.to_dict()))
+    assert d["input_size"] == {"before": [64, 64], "after": [h1, w1]}
+    curve = d["resolution_sensitivity"]
+    assert curve["sizes"][0] == [56, 56] and curve["rel_error"] == sorted(curve["rel_error"])
+    assert f"input      64x64 -> {h1}x{w1}" in rep.format()
+
+
+def test_resolution_is_kept_when_the_images_have_fine_detail():
+    """White noise at full size: shrinking the input destroys it, so channels pay the whole cut."""
+    m = _gap_net()
+    rng = np.random.default_rng(3)
+    calib = rng.standard_normal((96, 3, 64, 64)).astype(np.float32)
+    _, rep = prune_model(m, PruneConfig(flops_target=0.2, recover="lsq", resolution=True), calib,
+                         progress_bar=False)
+    assert rep.input_hw == ((64, 64), (64, 64)), rep.to_dict()["resolution_sensitivity"]
+    assert "kept: a smaller size measured costlier" in rep.format()
+
+
+def test_resolution_needs_the_sensitivity_allocation():
+    with pytest.raises(EdgeInferError, match="--prune-allocation uniform"):
+        PruneConfig(flops_target=0.2, resolution=True, allocation="uniform").validate()
+
+
+def test_cli_bundle_runs_at_the_pruned_resolution(tmp_path):
+    """End to end: the bundle's input, preprocessing and every artifact are at the chosen size,
+    verified against the unpruned model at full size, and `edgeinfer run` reads photos at it."""
+    import onnx
+    from PIL import Image
+    from conftest import edgeinfer_cli
+    m = _gap_net(size=64)
+    pre = {"color": "rgb", "resize_mode": "shorter", "resize": 73, "crop": 64, "scale": 1 / 255,
+           "mean": [0.5] * 3, "std": [0.25] * 3}
+    onnx.helper.set_model_props(m, {"edgeinfer.preprocess": json.dumps(pre), "edgeinfer.task": "classify"})
+    model_path = tmp_path / "gap.onnx"
+    onnx.save(m, model_path)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, img in enumerate(_smooth(48, size=80, seed=11)):
+        px = np.clip(128 + 60 * img.transpose(1, 2, 0), 0, 255).astype(np.uint8)
+        Image.fromarray(px[:, :72]).save(calib / f"im{i:02d}.png")
+    out = tmp_path / "out"
+    proc = edgeinfer_cli("convert", model_path, "--profile", "generic-x86-64", "--formats", "onnx,tflite",
+                         "--quant", "fp32,int8", "--calib", calib, "--prune-flops", "0.3", "--prune-resolution",
+                         "--recover", "lsq", "--min-agreement", "0.5", "-o", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    bundle = out / "gap-generic-x86-64"
+    man = json.loads((bundle / "manifest.json").read_text())
+    h = man["pruning"]["input_size"]["after"][0]
+    assert h < 64 and man["input"]["shape"][2:] == [h, h]
+    assert man["preprocess"]["crop"] == h and man["preprocess"]["resize"] == round(73 * h / 64)
+    assert man["pruning"]["macs"]["drop"] >= 0.3
+    for art in man["artifacts"]:
+        assert art["verification"]["top1_agreement"] >= 0.5, art
+    onnx_fp32 = onnx.load(bundle / "gap-fp32.onnx")
+    assert [d.dim_value for d in onnx_fp32.graph.input[0].type.tensor_type.shape.dim][2:] == [h, h]
+    run = edgeinfer_cli("run", bundle, calib / "im00.png", "--json")
+    assert run.returncode == 0, run.stderr
+    proc = edgeinfer_cli("convert", model_path, "--profile", "generic-x86-64", "--prune-resolution", "-o", out / "x")
+    assert proc.returncode == 2 and "pass --prune-flops" in proc.stderr and "Traceback" not in proc.stderr
