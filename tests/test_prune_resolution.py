@@ -122,3 +122,19 @@ def test_cli_bundle_runs_at_the_pruned_resolution(tmp_path):
     assert run.returncode == 0, run.stderr
     proc = edgeinfer_cli("convert", model_path, "--profile", "generic-x86-64", "--prune-resolution", "-o", out / "x")
     assert proc.returncode == 2 and "pass --prune-flops" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_distillation_teaches_the_smaller_input_from_the_full_size_teacher():
+    pytest.importorskip("torch")
+    from converters.prune.distill import DistillConfig
+    m = _gap_net()
+    calib = _smooth(64)
+    cfg = PruneConfig(flops_target=0.3, recover="distill", resolution=True,
+                      distill=DistillConfig(epochs=3, batch=16, threads=1, time_budget=60, lr=3e-3))
+    pruned, rep = prune_model(m, cfg, calib, progress_bar=False)
+    h = rep.input_hw[1][0]
+    assert h < 64 and [d.dim_value for d in pruned.graph.input[0].type.tensor_type.shape.dim][2:] == [h, h]
+    d = rep.distillation
+    assert any(f"student sees each view at {h}x{h}, the teacher at 64x64" in n for n in d["notes"]), d["notes"]
+    held = d["held_out"]
+    assert held["images"] > 0 and (held["kl_after"] <= held["kl_before"] or held["reverted"])

@@ -133,15 +133,17 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
                 if rec == "blockwise+distill" and bw is not None:
                     start, rep.distillation, s0, cpu0 = bw
                 else:
-                    train, train_cfg = (distill, distill_cfg) if rec == "distill" else (blockwise, blockwise_cfg)
-                    start, rep.distillation = train(teacher, lsq[0], rep.kept, data, train_cfg)
+                    if rec == "distill":    # distillation's teacher runs at full size, block-wise at the student's
+                        start, rep.distillation = distill(prepare(model), lsq[0], rep.kept, recovery, distill_cfg)
+                    else:
+                        start, rep.distillation = blockwise(teacher, lsq[0], rep.kept, data, blockwise_cfg)
                     s0, cpu0 = lsq[2] + time.perf_counter() - t0, lsq[3] + cpu_seconds() - c0
                     t0, c0 = time.perf_counter(), cpu_seconds()
                     if rec == "blockwise":
                         bw = (start, rep.distillation, s0, cpu0)
                 pm = start
                 if rec == "blockwise+distill":
-                    pm, final = distill(teacher, start, rep.kept, data, final_cfg)
+                    pm, final = distill(prepare(model), start, rep.kept, recovery, final_cfg)
                     rep.distillation = {**rep.distillation, "final_distillation": final}
                 seconds, cpu = s0 + time.perf_counter() - t0, cpu0 + cpu_seconds() - c0
             else:

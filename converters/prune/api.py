@@ -335,7 +335,7 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
         if config.ratio is None:
             ratio = 1.0 - float(kept_class.mean())
     pruned, kept = surgery.apply(an, kept_class)
-    samples = None if calib_samples is None else np.asarray(calib_samples, np.float32)
+    full_samples = samples = None if calib_samples is None else np.asarray(calib_samples, np.float32)
     teacher = base
     if hw is not None and hw != resolution.input_hw(base):
         pruned, teacher = resolution.resize_input(pruned, hw), resolution.resize_input(base, hw)
@@ -349,13 +349,14 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     distilled = None
     if config.recover == "distill" and kept:
         from .distill import distill
-        pruned, distilled = distill(teacher, pruned, kept, samples, config.distill, progress_bar)
+        pruned, distilled = distill(base, pruned, kept, full_samples, config.distill, progress_bar)
     elif config.recover.startswith("blockwise") and kept:
         from .blockwise import blockwise
         pruned, distilled = blockwise(teacher, pruned, kept, samples, config.blockwise, progress_bar)
         if config.recover == "blockwise+distill":
             from .distill import distill, final_pass_config
-            pruned, final = distill(teacher, pruned, kept, samples, config.distill or final_pass_config(), progress_bar)
+            pruned, final = distill(base, pruned, kept, full_samples, config.distill or final_pass_config(),
+                                    progress_bar)
             distilled = {**distilled, "final_distillation": final}
     try:
         onnx.checker.check_model(pruned)

@@ -11,6 +11,8 @@ teacher, the pruned one the student), and trains the student on the calibration 
 - data: the calibration images (already preprocessed), each step a random resized crop (area
   ``crop_scale``) and a horizontal flip (``flip``), resized to ``train_size`` pixels; teacher
   and student see the same view;
+- a student whose input is smaller than the images (``--prune-resolution``) sees each view
+  resized to its size (antialiased bilinear), the teacher the view at full size;
 - AdamW with a per-tensor step size ``lr`` x the tensor's RMS (``relative_lr``; BatchNorm folding
   leaves weights whose scales differ by orders of magnitude, and Adam's step does not follow the
   scale) and a cosine decay over ``epochs``, cut short by ``time_budget`` seconds (the
@@ -141,6 +143,13 @@ def teacher_cache(torch, teacher, names: list[str], x_all, views: list[list[tupl
     return {t: torch.cat(v).reshape(n, k, *v[0].shape[1:]) for t, v in parts.items()}
 
 
+def _fixed_hw(model: onnx.ModelProto) -> tuple[int, int] | None:
+    """(H, W) of a fixed-size NCHW first input, else None."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    hw = tuple(d.dim_value for d in dims[2:4]) if len(dims) == 4 else ()
+    return hw if len(hw) == 2 and min(hw) > 0 else None  # type: ignore[return-value]
+
+
 def _logit_inputs(model: onnx.ModelProto) -> dict[str, str]:
     """Graph output name -> tensor to match it on (the input of a final Softmax, else itself)."""
     prod = {o: n for n in model.graph.node for o in n.output}
@@ -210,9 +219,21 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
     except (RuntimeError, EdgeInferError):
         size_hw = tuple(int(s) for s in x_all.shape[2:])   # the graph depends on its input size
         size_note = f"trained at the model's own size {size_hw[0]}x{size_hw[1]} (the graph needs it)"
+    s_full = _fixed_hw(student_onnx)
+    ratio = s_full[0] / int(x_all.shape[2]) if s_full and s_full != tuple(x_all.shape[2:]) else 1.0
+    s_hw = (max(1, round(size_hw[0] * ratio)), max(1, round(size_hw[1] * ratio)))
+
+    def student_view(x):
+        """The student's input: the teacher's view, resized when pruning lowered the input size."""
+        return x if ratio == 1.0 else F.interpolate(x, size=s_hw if x.shape[2:] == size_hw else s_full,
+                                                    mode="bilinear", align_corners=False, antialias=True
+                                                    ).contiguous(memory_format=torch.channels_last)
+    if ratio != 1.0:
+        size_note = (f"the student sees each view at {s_hw[0]}x{s_hw[1]}, the teacher at {size_hw[0]}x{size_hw[1]} "
+                     "(pruning lowered the input size)")
     logits = _logit_inputs(teacher_onnx)
     s_logits = _logit_inputs(student_onnx)
-    feats = _feature_pairs(teacher_onnx, student_onnx, kept) if cfg.feature_weight > 0 else []
+    feats = _feature_pairs(teacher_onnx, student_onnx, kept) if cfg.feature_weight > 0 and ratio == 1.0 else []
     t_names = sorted(set(logits.values()) | set(feats))
     s_names = sorted(set(s_logits.values()) | set(feats))
     kept_t = {f: torch.from_numpy(np.asarray(kept[f])) for f in feats if f in kept}
@@ -231,7 +252,7 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
             for i in range(0, len(x_hold), cfg.batch):
                 xb = x_hold[i:i + cfg.batch].contiguous(memory_format=torch.channels_last)
                 _, t_env = teacher.features(xb, t_names)
-                _, s_env = student.features(xb, s_names)
+                _, s_env = student.features(student_view(xb), s_names)
                 total_kl += float(_logit_loss(F, logits, s_logits, t_env, s_env, 1.0)) * len(xb)
         return total_kl / len(x_hold)
 
@@ -280,7 +301,7 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
                 x = _views(torch, x_all[torch.from_numpy(idx)], rng, cfg, size_hw)
                 with torch.no_grad():
                     _, t_env = teacher.features(x, t_names)
-            _, s_env = student.features(x, s_names)
+            _, s_env = student.features(student_view(x), s_names)
             loss = _logit_loss(F, logits, s_logits, t_env, s_env, cfg.temperature)
             for f in feats:
                 t = t_env[f].index_select(1, kept_t[f]) if f in kept_t else t_env[f]
