@@ -66,7 +66,7 @@ def test_resolution_joins_the_budget_when_it_costs_less_than_channels():
     d = json.loads(json.dumps(rep.to_dict()))
     assert d["input_size"] == {"before": [64, 64], "after": [h1, w1]}
     curve = d["resolution_sensitivity"]
-    assert curve["sizes"][0] == [56, 56] and curve["rel_error"] == sorted(curve["rel_error"])
+    assert curve["sizes"][0] == [56, 56] and curve["error"] == sorted(curve["error"])
     assert f"input      64x64 -> {h1}x{w1}" in rep.format()
 
 

@@ -2,8 +2,9 @@
 
 ``measure(an, scores, cfg, samples)`` cuts each prunable group ALONE at a few ratios (``LEVELS``)
 and runs the cut model on calibration images: the sensitivity of a group at a ratio is the
-relative output error ``||y - y0|| / ||y0||`` against the unpruned model (mean over images), and
-its gain is the fraction of the model's MACs that cut removes. No labels are read.
+output error against the unpruned model (``output_error``: sqrt of the KL divergence of the class
+distributions for class scores, else the relative error ``||y - y0|| / ||y0||``, mean over images),
+and its gain is the fraction of the model's MACs that cut removes. No labels are read.
 
 With ``refit`` the cut is first repaired by the recovery's least-squares refit (on the same
 images), so the error is the one the recovered model keeps.
@@ -37,7 +38,7 @@ GRID = np.linspace(0.0, 1.0, 33)
 
 @dataclass
 class Curve:
-    """One group's measured sensitivity: ratio -> (relative output error, fraction of MACs removed)."""
+    """One group's measured sensitivity: ratio -> (output error, fraction of MACs removed)."""
 
     group: int
     name: str
@@ -61,19 +62,38 @@ class Curve:
     def to_dict(self) -> dict:
         return {"group": self.name, "channels": self.channels,
                 "ratios": [round(r, 4) for r in self.ratios],
-                "rel_error": [round(e, 5) for e in self.errors],
+                "error": [round(e, 5) for e in self.errors],
                 "macs_removed": [round(g, 5) for g in self.gains]}
 
 
 def _outputs(model: onnx.ModelProto, samples: np.ndarray) -> list[np.ndarray]:
     names = [o.name for o in model.graph.output]
     parts = list(iter_tensors(model, names, samples, batch=8))
-    return [np.concatenate([p[n] for p in parts]).reshape(len(samples), -1).astype(np.float64) for n in names]
+    return [np.concatenate([p[n] for p in parts]).astype(np.float64) for n in names]
 
 
-def rel_error(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
-    """Mean over images (and outputs) of ||got - ref|| / ||ref||."""
-    errs = [np.linalg.norm(g - r, axis=1) / np.maximum(np.linalg.norm(r, axis=1), 1e-12) for r, g in zip(ref, got)]
+def _log_probs(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-probabilities: of the rows themselves when they already are a distribution
+    (a Softmax output), else of their softmax (logits)."""
+    if x.min() >= 0 and np.allclose(x.sum(axis=1), 1.0, atol=1e-3):
+        return np.log(np.maximum(x, 1e-12))
+    z = x - x.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def output_error(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """Mean over outputs of the error of ``got`` against ``ref``: for class scores ([N, K], K > 1)
+    sqrt of the mean KL(ref || got) of the class distributions (it weighs the classes that decide
+    the answer; independent small perturbations add up in KL as squared errors do); for any other
+    output the mean over images of ||got - ref|| / ||ref||."""
+    errs = []
+    for r, g in zip(ref, got):
+        if r.ndim == 2 and r.shape[1] > 1:
+            lr, lg = _log_probs(r), _log_probs(g)
+            errs.append(float(np.sqrt(max(float(np.mean((np.exp(lr) * (lr - lg)).sum(axis=1))), 0.0))))
+        else:
+            r2, g2 = r.reshape(len(r), -1), g.reshape(len(g), -1)
+            errs.append(float(np.mean(np.linalg.norm(g2 - r2, axis=1) / np.maximum(np.linalg.norm(r2, axis=1), 1e-12))))
     return float(np.mean(errs))
 
 
@@ -115,7 +135,7 @@ def measure(an: Analysis, scores: np.ndarray, cfg, samples: np.ndarray, keep_cou
                 if refit is not None:
                     m = refit(m, kept)
                 c.ratios.append(r)
-                c.errors.append(rel_error(ref, _outputs(m, samples)))
+                c.errors.append(output_error(ref, _outputs(m, samples)))
                 c.gains.append(1.0 - flops.count(m, shapes_ready=True).macs / macs0)
                 bar.update()
             curves.append(c)

@@ -2,8 +2,8 @@
 
 A convolutional classifier with global pooling runs at any input size; its MACs scale with the
 number of pixels. ``candidates`` lists smaller square-scaled sizes, ``measure`` gives each one's
-label-free cost (relative output error of the model at that size against the same model at full
-size, on the same images resampled) and gain (fraction of MACs removed), ``resize_input`` makes
+label-free cost (``allocate.output_error`` of the model at that size against the same model at
+full size, on the same images resampled: the metric the channel groups are measured by) and gain (fraction of MACs removed), ``resize_input`` makes
 the model take the new size (refused when an output's shape would change, e.g. a detector's grid),
 ``resample`` brings preprocessed samples to it, and ``scaled_preprocess`` rewrites the
 preprocessing so images are read at the new size with the same field of view.
@@ -19,13 +19,13 @@ from PIL import Image
 from edgeinfer.errors import EdgeInferError
 
 from . import flops
-from .allocate import _outputs as outputs, rel_error
+from .allocate import _outputs as outputs, output_error
 from .graph import infer_shapes
 
 
 @dataclass
 class ResolutionCurve:
-    """Measured cost of each smaller input size: (height, width) -> relative output error, MACs removed."""
+    """Measured cost of each smaller input size: (height, width) -> output error, MACs removed."""
 
     full: tuple[int, int]
     sizes: list[tuple[int, int]]
@@ -34,7 +34,7 @@ class ResolutionCurve:
 
     def to_dict(self) -> dict:
         return {"full": list(self.full), "sizes": [list(s) for s in self.sizes],
-                "rel_error": [round(e, 5) for e in self.errors], "macs_removed": [round(g, 5) for g in self.gains]}
+                "error": [round(e, 5) for e in self.errors], "macs_removed": [round(g, 5) for g in self.gains]}
 
 
 def input_hw(model: onnx.ModelProto) -> tuple[int, int]:
@@ -137,6 +137,6 @@ def measure(model: onnx.ModelProto, samples: np.ndarray, sizes: list[tuple[int, 
     for hw in sizes:
         m = resize_input(model, hw)
         curve.sizes.append(hw)
-        curve.errors.append(rel_error(ref, outputs(m, resample(samples, hw))))
+        curve.errors.append(output_error(ref, outputs(m, resample(samples, hw))))
         curve.gains.append(1.0 - flops.count(m, shapes_ready=True).macs / macs0)
     return curve
