@@ -507,15 +507,11 @@ def convert(opts: ConvertOptions) -> ConvertResult:
 
 def _pruned_input_size(model, cfg, size_hw, new_hw):
     """(model, preprocessing, input size) once pruning lowered the input resolution: images are
-    read at ``new_hw`` with the same field of view; the model's preprocess metadata says so too."""
+    read at ``new_hw`` with the same field of view (pruning rewrote the model's own preprocess metadata)."""
     from edgeinfer.preprocess import PreprocessConfig
     from .prune.resolution import scaled_preprocess
     pre = scaled_preprocess(cfg.to_dict(), tuple(size_hw), tuple(new_hw))
-    new_cfg = PreprocessConfig.from_dict(pre)
-    for prop in model.metadata_props:
-        if prop.key == "edgeinfer.preprocess":
-            prop.value = json.dumps(scaled_preprocess(json.loads(prop.value), tuple(size_hw), tuple(new_hw)))
-    return model, new_cfg, tuple(new_hw)
+    return model, PreprocessConfig.from_dict(pre), tuple(new_hw)
 
 
 def _prune_floor(model, report, reference, samples, task, post, labels, size_hw, opts: ConvertOptions) -> None:

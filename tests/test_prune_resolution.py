@@ -51,6 +51,8 @@ def test_a_model_whose_output_depends_on_the_input_size_is_refused():
 
 def test_resolution_joins_the_budget_when_it_costs_less_than_channels():
     m = _gap_net()
+    import onnx
+    onnx.helper.set_model_props(m, {"edgeinfer.preprocess": json.dumps({"resize_mode": "shorter", "resize": 73, "crop": 64})})
     calib, x = _smooth(96), _smooth(32, seed=7)
     y = run(m, x)
     err = lambda p: float(np.linalg.norm(run(p, fit_to(x, p)) - y) / np.linalg.norm(y))
@@ -68,6 +70,8 @@ def test_resolution_joins_the_budget_when_it_costs_less_than_channels():
     curve = d["resolution_sensitivity"]
     assert curve["sizes"][0] == [56, 56] and curve["error"] == sorted(curve["error"])
     assert f"input      64x64 -> {h1}x{w1}" in rep.format()
+    meta = json.loads({p.key: p.value for p in both.metadata_props}["edgeinfer.preprocess"])
+    assert meta == {"resize_mode": "shorter", "resize": round(73 * h1 / 64), "crop": h1}
 
 
 def test_resolution_is_kept_when_the_images_have_fine_detail():

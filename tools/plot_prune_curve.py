@@ -157,7 +157,7 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
             hw = rep.input_hw[1] if rep.input_hw else full
             pred = logits(pm, scored_at(root, pre, full, hw, extra, scored)).argmax(1)
             row = {"cut": cut, "recover": rec, "macs": rep.macs[1], "macs_drop": round(rep._drop(rep.macs), 4),
-                   "input": list(hw),
+                   "input": list(hw), "resolution": resolution,
                    "top1": round(100 * float((pred == y).mean()), 2), "agreement": round(float((pred == ref).mean()), 4),
                    "seconds": round(seconds), "cpu_seconds": round(cpu), "load": round(os.getloadavg()[0], 1),
                    "scored": int(len(x)), "recovery_images": int(len(recovery)), "distillation": rep.distillation}
@@ -202,7 +202,8 @@ def main(argv=None) -> int:
                     help="let the MAC budget lower the input size too (--prune-resolution); scored photos are read at it")
     ap.add_argument("--save-dir", type=Path, help="save each pruned model here (for tools/bench_prune_latency.py)")
     ap.add_argument("--json", type=Path, help="also write the measured rows here")
-    ap.add_argument("--rows", type=Path, help="draw the real panel from rows a previous --json run wrote (no re-measuring)")
+    ap.add_argument("--rows", help="draw the real panel from rows previous --json runs wrote (comma-separated files; "
+                    "no re-measuring)")
     args = ap.parse_args(argv)
 
     import matplotlib
@@ -212,8 +213,8 @@ def main(argv=None) -> int:
     digits = digits_rows(args.max_ratio, args.step, args.criterion)
     real = None
     if args.rows:
-        saved = json.loads(args.rows.read_text())["real"]
-        real = (saved["fp32_top1"], saved["rows"])
+        saved = [json.loads(Path(p).read_text())["real"] for p in args.rows.split(",")]
+        real = (saved[0]["fp32_top1"], [r for s in saved for r in s["rows"]])
     elif args.real:
         from converters.prune.blockwise import BlockwiseConfig
         from converters.prune.distill import DistillConfig, final_pass_config
@@ -243,13 +244,16 @@ def main(argv=None) -> int:
     if real:
         base, rows = real
         ax = axes[0][1]
-        for rec, style in (("lsq", "s--"), ("distill", "o-"), ("blockwise", "^-"), ("blockwise+distill", "D-")):
-            pts = sorted((r["macs"] / 1e6, r["top1"]) for r in rows if r["recover"] == rec)
-            if pts:        # every curve starts at the unpruned model
-                pts.append((rows[0]["macs"] / (1.0 - rows[0]["macs_drop"]) / 1e6, base))
-                ax.plot(*zip(*pts), style, label={"lsq": "least squares only", "distill": "+ distillation",
-                                           "blockwise": "+ block-wise reconstruction",
-                                           "blockwise+distill": "+ block-wise, then end-to-end KL"}[rec])
+        names = {"lsq": "least squares only", "distill": "+ distillation", "blockwise": "+ block-wise reconstruction",
+                 "blockwise+distill": "+ block-wise, then end-to-end KL"}
+        for res in (False, True):
+            for rec, style in (("lsq", "s--"), ("distill", "o-"), ("blockwise", "^-"), ("blockwise+distill", "D-")):
+                pts = sorted((r["macs"] / 1e6, r["top1"]) for r in rows
+                             if r["recover"] == rec and bool(r.get("resolution")) == res)
+                if pts:        # every curve starts at the unpruned model
+                    pts.append((rows[0]["macs"] / (1.0 - rows[0]["macs_drop"]) / 1e6, base))
+                    ax.plot(*zip(*pts), style, color=None if not res else "C3" if rec == "lsq" else "C4",
+                            label=("channels + input size (--prune-resolution): " if res else "channels: ") + names[rec])
         ax.axhline(base, color="grey", lw=0.8, ls=":", label=f"unpruned ({base:.1f}%)")
         ax.set(ylim=(0, 100), xlabel="MACs per image (millions)", ylabel=f"top-1 on {rows[0]['scored']} held-out real photos (%)")
         ax.set_title(f"MobileNetV2 (pretrained), per-group allocation, {rows[0]['recovery_images']} unlabelled photos",

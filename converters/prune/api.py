@@ -363,6 +363,8 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     except onnx.checker.ValidationError as exc:   # a bug here must never ship a broken graph
         raise EdgeInferError(f"pruning produced an invalid graph ({str(exc).splitlines()[0]}); "
                              "run without --prune and report this model") from None
+    if hw is not None and hw != resolution.input_hw(base):
+        resolution.rescale_metadata(pruned, resolution.input_hw(base), hw)
     after = flops.count(pruned, shapes_ready=True)
     groups = [{"name": g.name, "channels": g.size, "kept": int(kept_class[g.classes].sum()),
                "layers": g.producers, "prunable": g.prunable} for g in an.groups]

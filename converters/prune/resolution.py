@@ -10,6 +10,7 @@ preprocessing so images are read at the new size with the same field of view.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,3 +141,10 @@ def measure(model: onnx.ModelProto, samples: np.ndarray, sizes: list[tuple[int, 
         curve.errors.append(output_error(ref, outputs(m, resample(samples, hw))))
         curve.gains.append(1.0 - flops.count(m, shapes_ready=True).macs / macs0)
     return curve
+
+
+def rescale_metadata(model: onnx.ModelProto, full: tuple[int, int], hw: tuple[int, int]) -> None:
+    """Rewrite the model's ``edgeinfer.preprocess`` metadata (if any) for input size ``hw``, in place."""
+    for prop in model.metadata_props:
+        if prop.key == "edgeinfer.preprocess":
+            prop.value = json.dumps(scaled_preprocess(json.loads(prop.value), full, hw))
