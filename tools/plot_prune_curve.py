@@ -2,7 +2,8 @@
 
     .venv/bin/python tools/plot_prune_curve.py [-o docs/prune_curve.png] [--max-ratio 0.7] [--step 0.1]
         [--real /work/realdata --cuts 0.2,0.35 --recover lsq,distill,blockwise,blockwise+distill
-         --budget 900 --blockwise-budget 600 --final-budget 300 --extra-recovery 600 --json rows.json --save-dir pruned/]
+         --budget 900 --blockwise-budget 600 --final-budget 300 --extra-recovery 600 --json rows.json --save-dir pruned/
+         --resolution --sizes 208,192,176,160] [--rows a.json,b.json]
 
 Digits panel: held-out top-1 for uniform ratios 0..--max-ratio, without / with least-squares
 reconstruction (no training). Real panel (``--real DIR``, the layout of /work/realdata: a model
@@ -16,6 +17,9 @@ model. Recovery data (unlabelled): the calib photos plus ``--extra-recovery`` N 
 (N = 600 takes 3 of every 4 in labels.tsv order); the other eval photos (every 4th, >= 200) are
 the scored ones, disjoint from everything pruning and recovery see. Labels are read only to
 score. Prints every row as it is measured, with wall and process CPU seconds and the load average.
+``--resolution`` lets the MAC budget lower the input size too (``--prune-resolution``); the scored
+photos are then read again at the chosen size (field of view kept). ``--sizes`` scores the
+unpruned model at smaller input sizes alone, for reference.
 """
 from __future__ import annotations
 
@@ -100,7 +104,8 @@ def scored_at(root: Path, pre: dict, full: tuple[int, int], hw: tuple[int, int],
 
 def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, extra: int,
               save_dir: Path | None, multiple: int = 8, blockwise_cfg=None, final_cfg=None,
-              resolution: bool = False) -> tuple[float, list[dict]]:
+              resolution: bool = False, sizes: tuple[int, ...] = ()) -> tuple[float, list[dict]]:
+    from converters.prune.graph import prepare as prepare_model
     from converters.prune.resolution import resample, resize_input
     model = onnx.load(root / "mobilenet_v2.onnx")
     meta = {p.key: p.value for p in model.metadata_props}
@@ -117,6 +122,18 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
     print(f"real: unpruned top-1 {base:.2f}% on {len(x)} scored eval photos; recovery data: {len(recovery)} "
           f"unlabelled photos ({len(calib)} calib + {len(recovery) - len(calib)} eval, disjoint from the scored ones)")
     rows = []
+    for size in sizes:      # the input size alone (no channel cut, no recovery): MobileNet's resolution multiplier
+        from converters.prune import flops
+        small = resize_input(prepare_model(model), (size, size))
+        pred = logits(small, scored_at(root, pre, full, (size, size), extra, scored)).argmax(1)
+        drop = 1.0 - flops.count(small, shapes_ready=True).macs / flops.count(prepare_model(model), shapes_ready=True).macs
+        row = {"cut": round(drop, 4), "recover": "none", "macs": flops.count(small, shapes_ready=True).macs,
+               "macs_drop": round(drop, 4), "input": [size, size], "resolution": True, "size_only": True,
+               "top1": round(100 * float((pred == y).mean()), 2), "agreement": round(float((pred == ref).mean()), 4),
+               "scored": int(len(x)), "recovery_images": 0, "seconds": 0, "cpu_seconds": 0, "distillation": None}
+        rows.append(row)
+        print(f"  input {size}x{size} only: MACs -{100 * drop:.1f}%  top-1 {row['top1']:.2f}% ({row['top1'] - base:+.2f} pt)  "
+              f"agreement {row['agreement']:.3f}", flush=True)
     for cut in cuts:
         lsq = bw = None
         for rec in recovers:
@@ -200,6 +217,8 @@ def main(argv=None) -> int:
                     help="kept widths rounded to this (8 as the device profiles; 1 = exact widths, slower under ORT)")
     ap.add_argument("--resolution", action="store_true",
                     help="let the MAC budget lower the input size too (--prune-resolution); scored photos are read at it")
+    ap.add_argument("--sizes", default="", help="also score the unpruned model at these input sizes alone "
+                    "(comma-separated px, e.g. 208,192,176,160; photos read at each size)")
     ap.add_argument("--save-dir", type=Path, help="save each pruned model here (for tools/bench_prune_latency.py)")
     ap.add_argument("--json", type=Path, help="also write the measured rows here")
     ap.add_argument("--rows", help="draw the real panel from rows previous --json runs wrote (comma-separated files; "
@@ -227,7 +246,7 @@ def main(argv=None) -> int:
         real = real_rows(args.real, [float(c) for c in args.cuts.split(",")], args.recover.split(","),
                          DistillConfig(time_budget=args.budget, **knobs), args.extra_recovery, args.save_dir,
                          args.channel_multiple, BlockwiseConfig(time_budget=args.blockwise_budget, **bw), final,
-                         args.resolution)
+                         args.resolution, tuple(int(v) for v in args.sizes.split(",") if v))
     if args.json:
         args.json.write_text(json.dumps({"digits": digits, "real": real and {"fp32_top1": real[0], "rows": real[1]}}, indent=1))
 
@@ -248,12 +267,15 @@ def main(argv=None) -> int:
                  "blockwise+distill": "+ block-wise, then end-to-end KL"}
         for res in (False, True):
             for rec, style in (("lsq", "s--"), ("distill", "o-"), ("blockwise", "^-"), ("blockwise+distill", "D-")):
-                pts = sorted((r["macs"] / 1e6, r["top1"]) for r in rows
-                             if r["recover"] == rec and bool(r.get("resolution")) == res)
+                pts = sorted((r["macs"] / 1e6, r["top1"]) for r in rows if r["recover"] == rec
+                             and bool(r.get("resolution")) == res and not r.get("size_only"))
                 if pts:        # every curve starts at the unpruned model
                     pts.append((rows[0]["macs"] / (1.0 - rows[0]["macs_drop"]) / 1e6, base))
                     ax.plot(*zip(*pts), style, color=None if not res else "C3" if rec == "lsq" else "C4",
                             label=("channels + input size (--prune-resolution): " if res else "channels: ") + names[rec])
+        only = sorted((r["macs"] / 1e6, r["top1"]) for r in rows if r.get("size_only"))
+        if only:
+            ax.plot(*zip(*only), "x:", color="grey", label="input size alone (no channel cut, no recovery)")
         ax.axhline(base, color="grey", lw=0.8, ls=":", label=f"unpruned ({base:.1f}%)")
         ax.set(ylim=(0, 100), xlabel="MACs per image (millions)", ylabel=f"top-1 on {rows[0]['scored']} held-out real photos (%)")
         ax.set_title(f"MobileNetV2 (pretrained), per-group allocation, {rows[0]['recovery_images']} unlabelled photos",
