@@ -104,10 +104,11 @@ def scored_at(root: Path, pre: dict, full: tuple[int, int], hw: tuple[int, int],
 
 def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, extra: int,
               save_dir: Path | None, multiple: int = 8, blockwise_cfg=None, final_cfg=None,
-              resolution: bool = False, sizes: tuple[int, ...] = ()) -> tuple[float, list[dict]]:
+              resolution: bool = False, sizes: tuple[int, ...] = (),
+              model_file: str = "mobilenet_v2.onnx") -> tuple[float, list[dict]]:
     from converters.prune.graph import prepare as prepare_model
     from converters.prune.resolution import resample, resize_input
-    model = onnx.load(root / "mobilenet_v2.onnx")
+    model = onnx.load(root / model_file)
     meta = {p.key: p.value for p in model.metadata_props}
     pre = json.loads(meta["edgeinfer.preprocess"])
     cfg = PreprocessConfig.from_dict(pre)
@@ -187,7 +188,7 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
                      if d else ""), flush=True)
             if save_dir:
                 save_dir.mkdir(parents=True, exist_ok=True)
-                onnx.save(pm, save_dir / f"mobilenet_v2-flops{cut:g}-{rec}.onnx")
+                onnx.save(pm, save_dir / f"{Path(model_file).stem}-flops{cut:g}-{rec}{'-res' if resolution else ''}.onnx")
     return base, rows
 
 
@@ -198,6 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-ratio", type=float, default=0.7)
     ap.add_argument("--step", type=float, default=0.1)
     ap.add_argument("--real", type=Path, help="folder with mobilenet_v2.onnx, calib/ and eval/ (see /work/realdata/README.md)")
+    ap.add_argument("--model", default="mobilenet_v2.onnx", help="model file in --real (e.g. efficientnet_lite0.onnx)")
     ap.add_argument("--cuts", default="0.2,0.35")
     ap.add_argument("--recover", default="lsq,distill")
     ap.add_argument("--budget", type=float, default=900.0, help="distillation seconds per point")
@@ -246,7 +248,7 @@ def main(argv=None) -> int:
         real = real_rows(args.real, [float(c) for c in args.cuts.split(",")], args.recover.split(","),
                          DistillConfig(time_budget=args.budget, **knobs), args.extra_recovery, args.save_dir,
                          args.channel_multiple, BlockwiseConfig(time_budget=args.blockwise_budget, **bw), final,
-                         args.resolution, tuple(int(v) for v in args.sizes.split(",") if v))
+                         args.resolution, tuple(int(v) for v in args.sizes.split(",") if v), args.model)
     if args.json:
         args.json.write_text(json.dumps({"digits": digits, "real": real and {"fp32_top1": real[0], "rows": real[1]}}, indent=1))
 
@@ -278,7 +280,8 @@ def main(argv=None) -> int:
             ax.plot(*zip(*only), "x:", color="grey", label="input size alone (no channel cut, no recovery)")
         ax.axhline(base, color="grey", lw=0.8, ls=":", label=f"unpruned ({base:.1f}%)")
         ax.set(ylim=(0, 100), xlabel="MACs per image (millions)", ylabel=f"top-1 on {rows[0]['scored']} held-out real photos (%)")
-        ax.set_title(f"MobileNetV2 (pretrained), per-group allocation, {rows[0]['recovery_images']} unlabelled photos",
+        ax.set_title(f"{args.model.split('.')[0]} (pretrained), per-group allocation, "
+                     f"{max(r['recovery_images'] for r in rows)} unlabelled photos",
                      fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
