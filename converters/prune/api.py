@@ -440,6 +440,7 @@ def enforce_floor(pruned: onnx.ModelProto, report: PruneReport, agreement: Calla
     raise EdgeInferError(
         f"pruned model's {metric} with the unpruned model is {value:.3f} on {images} held-out images, below the "
         f"floor {floor:g}; the largest cut that met it here was --prune-flops {lo:.2f} (measured without "
-        f"recovery{'; try --recover blockwise (the best measured) or distill' if report.recover in ('none', 'lsq') else ''}), "
+        f"recovery{'; try --recover blockwise or distill' if report.recover in ('none', 'lsq') else ''}"
+        f"{'; for a classifier, --prune-resolution lets the input size take part of the cut' if report.input_hw is None else ''}), "
         f"or set {floor_flag} "
         f"to accept less")
