@@ -340,7 +340,8 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     if hw is not None and hw != resolution.input_hw(base):
         pruned, teacher = resolution.resize_input(pruned, hw), resolution.resize_input(base, hw)
         samples = resolution.resample(samples, hw)
-        progress(f"input {'x'.join(map(str, resolution.input_hw(base)))} -> {hw[0]}x{hw[1]}; recovery runs at that size")
+        progress(f"input {'x'.join(map(str, resolution.input_hw(base)))} -> {hw[0]}x{hw[1]}: the refit and block-wise "
+                 "recovery match the unpruned model at that size, distillation the unpruned model at full size")
     fits: list[LayerFit] = []
     report_notes = [f"{k}: {v}" for k, v in notes.items()]
     if config.reconstruct and kept:
