@@ -352,6 +352,39 @@ class TorchGraph(torch.nn.Module):
         self.input_name = g.input[0].name
         self.output_names = [o.name for o in g.output]
 
+    def train_affine_only(self) -> int:
+        """Train a per-output-channel scale of every weight (the folded BatchNorm's affine, FixRes
+        style) and the biases instead of whole weights: ``params`` become the biases and one scale
+        vector per weight (ones: the module computes the same until trained). Returns the trainable count."""
+        axis = {}
+        for nd in self.nodes:
+            ins = nd.proto.input
+            if nd.op_type in ("Conv", "ConvTranspose") and len(ins) > 1:
+                axis[ins[1]] = 0 if nd.op_type == "Conv" else 1
+            elif nd.op_type == "Gemm" and len(ins) > 1:
+                axis[ins[1]] = 0 if nd.a("transB", 0) else 1
+            elif nd.op_type == "MatMul" and len(ins) > 1:
+                axis[ins[1]] = -1
+        params, names = [], []
+        self._scaled: dict[str, tuple] = {}
+        for name, p in zip(self.param_names, self.params):
+            if p.dim() < 2 or name not in axis:
+                params.append(p)
+                names.append(name)
+                continue
+            ax = axis[name] % p.dim()
+            shape = [1] * p.dim()
+            shape[ax] = p.shape[ax]
+            s = torch.nn.Parameter(torch.ones(shape))
+            base = p.detach().clone()
+            self._scaled[name] = (base, s)
+            self._values[name] = base
+            params.append(s)
+            names.append(f"{name}::scale")
+        self.params = torch.nn.ParameterList(params)
+        self.param_names = names
+        return sum(int(p.numel()) for p in params)
+
     def features(self, x, names=()):
         """(graph outputs, {name: tensor} for ``names``)."""
         env = self.run_nodes({self.input_name: x}, 0, len(self.nodes))
@@ -361,6 +394,8 @@ class TorchGraph(torch.nn.Module):
         """Run ``nodes[start:stop]`` on ``inputs`` (tensor name -> value) and the initializers;
         returns every tensor then known (a span of the graph, e.g. one block)."""
         env = dict(self._values)
+        for name, (base, scale) in getattr(self, "_scaled", {}).items():
+            env[name] = base * scale
         env.update(inputs)
         for nd in self.nodes[start:stop]:
             ins = [env[i] if i else None for i in nd.proto.input]
@@ -378,6 +413,8 @@ class TorchGraph(torch.nn.Module):
         out = onnx.ModelProto()
         out.CopyFrom(model)
         values = {n: p.detach().cpu().numpy().astype(np.float32) for n, p in zip(self.param_names, self.params)}
+        for name, (base, scale) in getattr(self, "_scaled", {}).items():
+            values[name] = (base * scale).detach().cpu().numpy().astype(np.float32)
         for init in out.graph.initializer:
             if init.name in values:
                 init.CopyFrom(numpy_helper.from_array(values[init.name].reshape(tuple(init.dims)), init.name))

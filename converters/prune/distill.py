@@ -13,6 +13,9 @@ teacher, the pruned one the student), and trains the student on the calibration 
   and student see the same view;
 - a student whose input is smaller than the images (``--prune-resolution``) sees each view
   resized to its size (antialiased bilinear), the teacher the view at full size;
+- ``train="affine"`` trains only a per-output-channel scale of each weight and the biases (the
+  folded BatchNorm's affine, as FixRes re-tunes BatchNorm for a new test resolution): a few
+  thousand numbers instead of millions, which a few hundred images cannot overfit as easily;
 - AdamW with a per-tensor step size ``lr`` x the tensor's RMS (``relative_lr``; BatchNorm folding
   leaves weights whose scales differ by orders of magnitude, and Adam's step does not follow the
   scale) and a cosine decay over ``epochs``, cut short by ``time_budget`` seconds (the
@@ -59,6 +62,7 @@ class DistillConfig:
     holdout: float = 0.1                  # images kept out of training to check it helped (none below 20 images)
     views: int = 0                        # > 0: that many fixed views per image (whole, mirror, then random crops),
                                           # the teacher's logits on them computed once (no teacher pass per step)
+    train: str = "all"                    # "all" weights, or "affine": per-channel weight scales + biases only
 
     def validate(self) -> "DistillConfig":
         if not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
@@ -71,6 +75,8 @@ class DistillConfig:
         if not (isinstance(self.holdout, (int, float)) and 0.0 <= self.holdout < 0.5):
             raise EdgeInferError(f"distill holdout must be in [0, 0.5), got {self.holdout!r}")
         integer_at_least("distill", "views", self.views, 0)
+        if self.train not in ("all", "affine"):
+            raise EdgeInferError(f"distill train must be 'all' or 'affine', got {self.train!r}")
         if self.views and self.feature_weight > 0:
             raise EdgeInferError("distill views caches the teacher's logits only: set feature_weight 0 or views 0")
         lo, hi = self.crop_scale
@@ -256,6 +262,11 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
                 total_kl += float(_logit_loss(F, logits, s_logits, t_env, s_env, 1.0)) * len(xb)
         return total_kl / len(x_hold)
 
+    if cfg.train == "affine":
+        trainable = student.train_affine_only()
+        notes_train = [f"trained per-channel weight scales and biases only ({trainable:,} numbers)"]
+    else:
+        notes_train = []
     before = {n: p.detach().clone() for n, p in zip(student.param_names, student.params)}
     kl_before = held_out()
     steps_per_epoch = max(1, math.ceil(len(x_all) / cfg.batch))
@@ -318,7 +329,7 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
     if not losses:
         raise EdgeInferError("distillation made no step within its time budget; raise the budget or use --recover lsq")
     kl_after = held_out()
-    notes = [size_note] if size_note else []
+    notes = ([size_note] if size_note else []) + notes_train
     reverted = kl_before is not None and kl_after > kl_before
     if reverted:     # training overfit or diverged: keep the least-squares weights
         with torch.no_grad():
@@ -328,7 +339,8 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
     trained = student.write_back(student_onnx)
     head = max(1, min(10, len(losses) // 4))
     report = {"steps": step, "epochs": round(step / steps_per_epoch, 3), "images": int(len(x_all)),
-              "batch": cfg.batch, "train_size": int(size_hw[0]), "lr": cfg.lr, "relative_lr": cfg.relative_lr, "seconds": round(seconds, 1),
+              "batch": cfg.batch, "train_size": int(size_hw[0]), "lr": cfg.lr, "relative_lr": cfg.relative_lr,
+              "train": cfg.train, "seconds": round(seconds, 1),
               "steps_per_second": round(step / max(seconds, 1e-9), 4), "cpu_seconds": round(cpu, 1), "threads": int(torch.get_num_threads()),
               "time_budget": cfg.time_budget, "stopped_by_budget": stopped, "seed": cfg.seed,
               "augment": {"crop_scale": list(cfg.crop_scale), "flip": cfg.flip,
