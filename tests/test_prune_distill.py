@@ -191,3 +191,29 @@ def test_distillation_that_hurts_the_held_out_images_is_undone():
     good, rep = _distill(m, calib)
     held = rep.distillation["held_out"]
     assert not held["reverted"] and held["kl_after"] < held["kl_before"]
+
+
+def test_affine_training_keeps_the_function_and_writes_scaled_weights_back():
+    """train_affine_only: same outputs until trained; only per-output-channel scales and biases
+    train; the write-back holds weight x scale."""
+    from converters.clean import clean_model
+    from converters.torch_graph import TorchGraph
+    g = G(5)
+    a = g.relu(g.conv("input", 3, 8))
+    m = clean_model(g.model(g.gemm(g.op("Flatten", [g.op("GlobalAveragePool", [a])], axis=1), 8, 4)))
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    tg = TorchGraph(m)
+    y0 = tg(torch.from_numpy(x))[0].detach().numpy()
+    n = tg.train_affine_only()
+    assert n == (8 + 8) + (4 + 4)          # conv: 8 scales + 8 biases; Gemm (transB): 4 scales + 4 biases
+    assert np.allclose(tg(torch.from_numpy(x))[0].detach().numpy(), y0, atol=1e-6)
+    with torch.no_grad():
+        for name, p in zip(tg.param_names, tg.params):
+            if name.endswith("::scale"):
+                p.mul_(2.0)
+    out = tg.write_back(m)
+    w0 = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
+    w1 = {i.name: onnx.numpy_helper.to_array(i) for i in out.graph.initializer}
+    scaled = [k for k in w0 if w0[k].ndim >= 2]
+    assert scaled and all(np.allclose(w1[k], 2 * w0[k]) for k in scaled)
+    assert np.allclose(run(out, x), tg(torch.from_numpy(x))[0].detach().numpy(), atol=1e-5)
