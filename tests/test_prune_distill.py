@@ -138,6 +138,10 @@ def test_distillation_improves_on_least_squares_and_is_deterministic():
                for a, b in zip(d1.graph.initializer, d2.graph.initializer))
     d = rep.to_dict()["distillation"]
     assert d["steps"] == 40 and d["loss_last"] < d["loss_first"] and not d["stopped_by_budget"]
+    held = d["held_out"]                     # held-out KL after every epoch; the kept weights are one of them
+    assert [k for k, _ in held["per_epoch"]] == list(range(4, 41, 4))
+    assert round(held["kl_after"], 5) == dict(held["per_epoch"])[held["kept_step"]]
+    assert held["kl_after"] <= min(v for _, v in held["per_epoch"]) / 0.9 + 1e-6
     assert not any(n.op_type == "BatchNormalization" for n in d1.graph.node)   # returned cleaned
     onnx.checker.check_model(d1, full_check=True)
 

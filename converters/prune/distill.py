@@ -20,6 +20,9 @@ teacher, the pruned one the student), and trains the student on the calibration 
   leaves weights whose scales differ by orders of magnitude, and Adam's step does not follow the
   scale) and a cosine decay over ``epochs``, cut short by ``time_budget`` seconds (the
   schedule then follows elapsed time, so the run still ends at a low learning rate);
+- 10 % of the images are held out (``holdout``): their KL to the teacher is measured after every
+  epoch; the weights of the best epoch replace the last ones when its KL is clearly lower (by
+  ``BEST_EPOCH_MARGIN``), and if the kept weights are worse than the start the run is undone;
 - deterministic for a ``seed`` on a given machine and thread count.
 
 The trained weights are written back into the cleaned pruned ONNX graph, which is returned.
@@ -40,6 +43,10 @@ from edgeinfer.progress import Progress
 from ..clean import clean_model
 from .config_checks import integer_at_least
 from .runner import progress
+
+
+BEST_EPOCH_MARGIN = 0.9   # an earlier epoch's weights replace the last ones only if its held-out KL is 10 % lower
+                          # (a clear overfit; smaller differences on a few held-out images are noise)
 
 
 @dataclass
@@ -276,6 +283,8 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
                             lr=cfg.lr, weight_decay=cfg.weight_decay)
     t0, cpu0 = time.perf_counter(), _cpu()
     losses, step, stopped = [], 0, False
+    history: list[tuple[int, float]] = []
+    best: tuple[float, int, dict | None] = (math.inf, 0, None)
     order = rng.permutation(len(x_all))
     cache = None
     if cfg.views:
@@ -319,6 +328,11 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
                 loss = loss + cfg.feature_weight * ((s_env[f] - t) ** 2).mean() / (t.pow(2).mean() + 1e-8) / len(feats)
             train_step(opt, loss, losses, bar)
             step += 1
+            if x_hold is not None and step % steps_per_epoch == 0:   # keep the epoch the held-out images liked best
+                kl = held_out()
+                history.append((step, kl))
+                if kl < best[0]:
+                    best = (kl, step, {n: p.detach().clone() for n, p in zip(student.param_names, student.params)})
             now = time.perf_counter()
             if not bar.live and now - last_note > 60:      # logs get a line a minute (the bar needs a terminal)
                 last_note = now
@@ -328,8 +342,15 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
     seconds, cpu = time.perf_counter() - t0, _cpu() - cpu0
     if not losses:
         raise EdgeInferError("distillation made no step within its time budget; raise the budget or use --recover lsq")
-    kl_after = held_out()
+    kl_after = history[-1][1] if history and history[-1][0] == step else held_out()
     notes = ([size_note] if size_note else []) + notes_train
+    if best[2] is not None and kl_after is not None and best[0] < BEST_EPOCH_MARGIN * kl_after:
+        with torch.no_grad():
+            for n, p in zip(student.param_names, student.params):
+                p.copy_(best[2][n])
+        notes.append(f"held-out KL was lowest after step {best[1]} ({best[0]:.4f}; {kl_after:.4f} at the end): "
+                     "those weights are kept")
+        kl_after = best[0]
     reverted = kl_before is not None and kl_after > kl_before
     if reverted:     # training overfit or diverged: keep the least-squares weights
         with torch.no_grad():
@@ -347,7 +368,9 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
                           "fixed_views": cfg.views, "teacher_cached": bool(cfg.views)},
               "feature_loss": {"weight": cfg.feature_weight, "tensors": len(feats)},
               "loss_first": float(np.mean(losses[:head])), "loss_last": float(np.mean(losses[-head:])),
-              "held_out": {"images": n_hold, "kl_before": kl_before, "kl_after": kl_after, "reverted": reverted},
+              "held_out": {"images": n_hold, "kl_before": kl_before, "kl_after": kl_after, "reverted": reverted,
+                           "per_epoch": [[k, round(v, 5)] for k, v in history],
+                           "kept_step": best[1] if best[2] is not None and best[0] == kl_after else step},
               "notes": notes}
     progress(f"distillation: {step} steps in {seconds:.0f} s ({step / max(seconds, 1e-9):.3f} steps/s; CPU {cpu:.0f} s), loss {report['loss_first']:.4f} -> {report['loss_last']:.4f}"
              + (f", held-out KL {kl_before:.4f} -> {kl_after:.4f} on {n_hold} images" if n_hold else ""))
