@@ -42,6 +42,7 @@ from edgeinfer.progress import Progress
 
 from ..clean import clean_model
 from .config_checks import integer_at_least
+from .resolution import fixed_hw
 from .runner import progress
 
 
@@ -156,13 +157,6 @@ def teacher_cache(torch, teacher, names: list[str], x_all, views: list[list[tupl
     return {t: torch.cat(v).reshape(n, k, *v[0].shape[1:]) for t, v in parts.items()}
 
 
-def _fixed_hw(model: onnx.ModelProto) -> tuple[int, int] | None:
-    """(H, W) of a fixed-size NCHW first input, else None."""
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    hw = tuple(d.dim_value for d in dims[2:4]) if len(dims) == 4 else ()
-    return hw if len(hw) == 2 and min(hw) > 0 else None  # type: ignore[return-value]
-
-
 def _logit_inputs(model: onnx.ModelProto) -> dict[str, str]:
     """Graph output name -> tensor to match it on (the input of a final Softmax, else itself)."""
     prod = {o: n for n in model.graph.node for o in n.output}
@@ -232,7 +226,7 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
     except (RuntimeError, EdgeInferError):
         size_hw = tuple(int(s) for s in x_all.shape[2:])   # the graph depends on its input size
         size_note = f"trained at the model's own size {size_hw[0]}x{size_hw[1]} (the graph needs it)"
-    s_full = _fixed_hw(student_onnx)
+    s_full = fixed_hw(student_onnx)
     ratio = s_full[0] / int(x_all.shape[2]) if s_full and s_full != tuple(x_all.shape[2:]) else 1.0
     s_hw = (max(1, round(size_hw[0] * ratio)), max(1, round(size_hw[1] * ratio)))
 

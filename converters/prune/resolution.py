@@ -38,13 +38,19 @@ class ResolutionCurve:
                 "error": [round(e, 5) for e in self.errors], "macs_removed": [round(g, 5) for g in self.gains]}
 
 
-def input_hw(model: onnx.ModelProto) -> tuple[int, int]:
-    """(H, W) of the first graph input (NCHW), refused when not fixed."""
+def fixed_hw(model: onnx.ModelProto) -> tuple[int, int] | None:
+    """(H, W) of the first graph input when it is a fixed-size NCHW image, else None."""
     dims = model.graph.input[0].type.tensor_type.shape.dim
     hw = tuple(d.dim_value for d in dims[2:4]) if len(dims) == 4 else ()
-    if len(hw) != 2 or min(hw) <= 0:
+    return hw if len(hw) == 2 and min(hw) > 0 else None  # type: ignore[return-value]
+
+
+def input_hw(model: onnx.ModelProto) -> tuple[int, int]:
+    """(H, W) of the first graph input (NCHW), refused when not fixed."""
+    hw = fixed_hw(model)
+    if hw is None:
         raise EdgeInferError("--prune-resolution needs a model with one fixed-size NCHW image input")
-    return hw  # type: ignore[return-value]
+    return hw
 
 
 def candidates(full: tuple[int, int], step: int, min_scale: float) -> list[tuple[int, int]]:
@@ -106,9 +112,8 @@ def resample(samples: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 def fit_to(samples: np.ndarray, model: onnx.ModelProto) -> np.ndarray:
     """``samples`` resampled to ``model``'s fixed input size when it differs (else unchanged)."""
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    hw = tuple(d.dim_value for d in dims[2:4]) if len(dims) == 4 and np.ndim(samples) == 4 else ()
-    return resample(samples, hw) if len(hw) == 2 and min(hw) > 0 and hw != samples.shape[2:] else samples
+    hw = fixed_hw(model)
+    return resample(samples, hw) if hw is not None and np.ndim(samples) == 4 and hw != samples.shape[2:] else samples
 
 
 def scaled_preprocess(pre: dict, full: tuple[int, int], hw: tuple[int, int]) -> dict:
