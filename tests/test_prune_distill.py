@@ -117,7 +117,7 @@ torch = pytest.importorskip("torch")
 
 def _distill(m, calib, **kw):
     from converters.prune.distill import DistillConfig
-    cfg = DistillConfig(**{"epochs": 10, "batch": 16, "lr": 3e-3, "train_size": None, "time_budget": None,
+    cfg = DistillConfig(**{"epochs": 10, "batch": 16, "lr": 3e-3, "train_size": None, "time_budget": None, "views": 0,
                            "crop_scale": (1.0, 1.0), "flip": False, **kw})
     return prune_model(m, PruneConfig(ratio=0.5, recover="distill", allocation="uniform", criterion="l1", distill=cfg),
                        calib, progress_bar=False)

@@ -52,12 +52,14 @@ BEST_EPOCH_MARGIN = 0.9   # an earlier epoch's weights replace the last ones onl
 
 @dataclass
 class DistillConfig:
-    """Knobs of the distillation run (defaults: ~15 min for MobileNetV2 on a 2-core laptop)."""
+    """Knobs of the distillation run. Defaults: the best measured on MobileNetV2 with 720 photos
+    (-35 % MACs at 192 px: held-out KL 0.218 -> 0.194, 12 epochs in ~4 min on 2 cores; a step of
+    3e-4 or more, or 16 epochs of random crops, overfit and were undone)."""
 
-    epochs: float = 4.0
+    epochs: float = 12.0
     time_budget: float | None = 900.0     # seconds; None = no limit
     batch: int = 16
-    lr: float = 1e-3                      # with relative_lr: the step as a fraction of each tensor's RMS
+    lr: float = 1e-4                      # with relative_lr: the step as a fraction of each tensor's RMS
     relative_lr: bool = True
     weight_decay: float = 0.0
     train_size: int | None = None         # training resolution (None = the model's own)
@@ -68,7 +70,7 @@ class DistillConfig:
     seed: int = 0
     threads: int | None = None            # torch intra-op threads (None = torch's default)
     holdout: float = 0.1                  # images kept out of training to check it helped (none below 20 images)
-    views: int = 0                        # > 0: that many fixed views per image (whole, mirror, then random crops),
+    views: int = 2                        # > 0: that many fixed views per image (whole, mirror, then random crops),
                                           # the teacher's logits on them computed once (no teacher pass per step)
     train: str = "all"                    # "all" weights, or "affine": per-channel weight scales + biases only
 
