@@ -326,12 +326,13 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
             progress("resolution sensitivity: " + ", ".join(
                 f"{h}x{w} {e:.3f}" for (h, w), e in zip(rcurve.sizes, rcurve.errors)))
 
-        def cut_plan(target: float) -> tuple[np.ndarray, tuple[int, int] | None]:
+        def cut_plan(target: float, measure=None) -> tuple[np.ndarray, tuple[int, int] | None]:
             if rcurve is not None:
-                return _joint_plan(an, scores, curves, rcurve, target, config, before.macs)
+                return _joint_plan(an, scores, curves, rcurve, target, config, before.macs, measure)
             ratios, _ = allocate.search(an, scores, curves, target, config, keep_count, before.macs)
             return allocate.kept_for(an, scores, ratios, config, keep_count), None
-        kept_class, hw = cut_plan(target) if target > 0 else (surgery.plain_kept(an), None)
+        measure = _plan_error(an, base, sens, fit, config) if rcurve is not None else None
+        kept_class, hw = cut_plan(target, measure) if target > 0 else (surgery.plain_kept(an), None)
         if config.ratio is None:
             ratio = 1.0 - float(kept_class.mean())
     pruned, kept = surgery.apply(an, kept_class)
@@ -380,15 +381,41 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     return pruned, report
 
 
+def _plan_error(an: Analysis, base: onnx.ModelProto, sens: np.ndarray, fit: np.ndarray, cfg: PruneConfig):
+    """``measure(kept, size)`` for ``_joint_plan``: the plan built at that size, refit (when the
+    recovery will refit) on ``fit`` against the unpruned model at that size, its output error on
+    ``sens`` against the unpruned model at full size."""
+    ref = allocate._outputs(base, sens)
+
+    def measure(kept_class: np.ndarray, hw: tuple[int, int]) -> float:
+        m, kept = surgery.apply(an, kept_class)
+        teacher = base
+        if hw != resolution.input_hw(base):
+            m, teacher = resolution.resize_input(m, hw), resolution.resize_input(base, hw)
+        if cfg.reconstruct and cfg.sensitivity_refit and kept:
+            with quiet():
+                m = reconstruct(teacher, m, kept, resolution.resample(fit, hw), ridge=cfg.ridge)[0]
+        return allocate.output_error(ref, allocate._outputs(m, resolution.resample(sens, hw)))
+    return measure
+
+
 def _cut_model(an: Analysis, kept_class: np.ndarray, hw: tuple[int, int] | None) -> onnx.ModelProto:
     m = surgery.apply(an, kept_class)[0]
     return m if hw is None or hw == resolution.input_hw(m) else resolution.resize_input(m, hw)
 
 
+JOINT_MEASURED = 3   # the input size + channel plans measured for real (the best estimates, + the size alone)
+
+
 def _joint_plan(an: Analysis, scores: np.ndarray, curves: list[allocate.Curve], rcurve: resolution.ResolutionCurve,
-                target: float, cfg: PruneConfig, macs0: int) -> tuple[np.ndarray, tuple[int, int]]:
+                target: float, cfg: PruneConfig, macs0: int,
+                measure: Callable[[np.ndarray, tuple[int, int]], float] | None = None
+                ) -> tuple[np.ndarray, tuple[int, int]]:
     """(kept classes, input size): over the full size and each measured smaller one, the channel
-    plan that completes the MAC target there; the pair with the least summed squared error wins.
+    plan that completes the MAC target there, estimated by its summed squared error; the
+    ``JOINT_MEASURED`` best, and the best size that reaches the target alone, are then built and
+    measured (``measure(kept, size)``: the error after the refit that will run) and the lowest wins.
+    Separate channel cuts compound, so their summed estimate runs low: measuring decides.
     MACs are checked on the real model at that size (a head that does not scale with pixels)."""
     by_group = {c.group: c for c in curves}
 
@@ -399,26 +426,36 @@ def _joint_plan(an: Analysis, scores: np.ndarray, curves: list[allocate.Curve], 
         cost = sum(float(by_group[g].at(np.array([r]))[0][0]) ** 2 for g, r in ratios.items())
         return allocate.kept_for(an, scores, ratios, cfg, keep_count), cost
 
-    best = None
+    plans = []
     for hw, err, gain in [(rcurve.full, 0.0, 0.0), *zip(rcurve.sizes, rcurve.errors, rcurve.gains)]:
         need = 1.0 - (1.0 - target) / (1.0 - gain)
         try:
             kept, cost = channels(need)
         except EdgeInferError:      # the channels cannot complete the target at this size
             continue
-        if best is None or err ** 2 + cost < best[0]:
-            best = (err ** 2 + cost, hw, gain, need, kept)
-    if best is None:
+        plans.append((err ** 2 + cost, hw, gain, need, kept))
+    if not plans:
         raise EdgeInferError(f"prune: {100 * target:.1f}% of MACs cannot be removed from this model even at "
                              f"{'x'.join(map(str, rcurve.sizes[-1] if rcurve.sizes else rcurve.full))}; lower --prune-flops")
-    _, hw, gain, need, kept = best
-    for _ in range(4):    # the estimate assumed every MAC scales with the pixels: top up the channels if short
-        drop = 1.0 - flops.count(_cut_model(an, kept, hw), shapes_ready=True).macs / macs0
-        if drop >= target - 1e-4:
-            break
-        need += (target - drop) / max(1.0 - gain, 1e-6) + 1e-3
-        kept, _ = channels(need)
-    return kept, hw
+    plans.sort(key=lambda p: p[0])
+    alone = [p for p in plans if p[3] <= 0]     # the size that reaches the target by itself, least error
+    shortlist = plans[:JOINT_MEASURED] + [p for p in alone[:1] if p not in plans[:JOINT_MEASURED]]
+    best, rcurve.plans = None, []
+    for est, hw, gain, need, kept in shortlist:
+        for _ in range(4):    # the estimate assumed every MAC scales with the pixels: top up the channels if short
+            drop = 1.0 - flops.count(_cut_model(an, kept, hw), shapes_ready=True).macs / macs0
+            if drop >= target - 1e-4:
+                break
+            need += (target - drop) / max(1.0 - gain, 1e-6) + 1e-3
+            kept, _ = channels(need)
+        got = measure(kept, hw) if measure is not None and len(shortlist) > 1 else est ** 0.5
+        rcurve.plans.append({"size": list(hw), "channel_macs_cut": round(max(need, 0.0), 4),
+                             "estimated_error": round(est ** 0.5, 5), "measured_error": round(got, 5)})
+        progress(f"  {hw[0]}x{hw[1]} + channels -{100 * max(need, 0.0):.1f}% MACs: error estimated "
+                 f"{est ** 0.5:.3f}, measured {got:.3f}")
+        if best is None or got < best[0]:
+            best = (got, kept, hw)
+    return best[1], best[2]
 
 
 def enforce_floor(pruned: onnx.ModelProto, report: PruneReport, agreement: Callable[[onnx.ModelProto], float],

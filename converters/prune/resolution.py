@@ -11,7 +11,7 @@ preprocessing so images are read at the new size with the same field of view.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -32,10 +32,12 @@ class ResolutionCurve:
     sizes: list[tuple[int, int]]
     errors: list[float]
     gains: list[float]
+    plans: list[dict] = field(default_factory=list)   # size + channel plans the joint search measured
 
     def to_dict(self) -> dict:
         return {"full": list(self.full), "sizes": [list(s) for s in self.sizes],
-                "error": [round(e, 5) for e in self.errors], "macs_removed": [round(g, 5) for g in self.gains]}
+                "error": [round(e, 5) for e in self.errors], "macs_removed": [round(g, 5) for g in self.gains],
+                "joint_plans": self.plans}
 
 
 def fixed_hw(model: onnx.ModelProto) -> tuple[int, int] | None:
