@@ -42,6 +42,12 @@ def optimize_basic(model: onnx.ModelProto) -> onnx.ModelProto:
     # ORT keeps the original opset/IR; metadata is carried over by hand
     del out.metadata_props[:]
     out.metadata_props.extend(model.metadata_props)
+    # ORT also imports every domain it knows (ai.onnx.training, ...): keep only the ones the model
+    # had or a node uses, so a cleaned model saved to disk loads as its source did
+    used = {op.domain for op in model.opset_import} | {n.domain for n in out.graph.node}
+    kept = [op for op in out.opset_import if op.domain in used or op.domain in ("", "ai.onnx")]
+    del out.opset_import[:]
+    out.opset_import.extend(kept)
     return out
 
 

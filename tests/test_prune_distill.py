@@ -144,6 +144,8 @@ def test_distillation_improves_on_least_squares_and_is_deterministic():
     assert held["kl_after"] <= min(v for _, v in held["per_epoch"]) / 0.9 + 1e-6
     assert not any(n.op_type == "BatchNormalization" for n in d1.graph.node)   # returned cleaned
     onnx.checker.check_model(d1, full_check=True)
+    # saved, it loads as its source did (ORT's optimizer had imported ai.onnx.training & co.)
+    assert {o.domain for o in d1.opset_import} <= {o.domain for o in m.opset_import} | {"ai.onnx"}
 
 
 def test_cached_teacher_views_are_the_teachers_logits_and_training_uses_them():
