@@ -13,8 +13,9 @@ distillation from the unpruned model in PyTorch (``distill``, the optional ``[tr
 outputs (``blockwise``, also PyTorch).
 With ``resolution=True`` the input size is one more dimension of the budget (``resolution``:
 MobileNet's resolution multiplier, for classifiers with global pooling): each smaller size is
-measured like a group, and the size + channel plan with the least summed squared error that
-reaches the target is kept; recovery then runs at that size.
+measured like a group, the size + channel plans that reach the target are estimated by their
+summed squared error, the best few are built, refit and measured, and the lowest measured wins;
+recovery then runs at that size.
 ``enforce_floor`` refuses a pruned model whose agreement with the unpruned one is too low.
 """
 from __future__ import annotations
