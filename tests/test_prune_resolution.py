@@ -145,3 +145,4 @@ def test_distillation_teaches_the_smaller_input_from_the_full_size_teacher():
     assert any(f"student sees each view at {h}x{h}, the teacher at 64x64" in n for n in d["notes"]), d["notes"]
     held = d["held_out"]
     assert held["images"] > 0 and (held["kl_after"] <= held["kl_before"] or held["reverted"])
+    assert f"held-out KL {held['kl_before']:.4f} -> {held['kl_after']:.4f}" in rep.format()

@@ -192,7 +192,10 @@ class PruneReport:
             d = self.distillation
             lines.append(f"  distillation: {d['steps']} steps ({d['epochs']:.2f} epochs of {d['images']} images) at "
                          f"{d['train_size']} px in {d['seconds']:.0f} s, loss {d['loss_first']:.4f} -> {d['loss_last']:.4f}"
-                         + (" (stopped by the time budget)" if d["stopped_by_budget"] else ""))
+                         + (" (stopped by the time budget)" if d["stopped_by_budget"] else "")
+                         + (f", held-out KL {d['held_out']['kl_before']:.4f} -> {d['held_out']['kl_after']:.4f}"
+                            + (" (undone: least-squares weights kept)" if d["held_out"]["reverted"] else "")
+                            if d["held_out"]["images"] else ""))
         if self.floor:
             f = self.floor
             lines.append(f"  {f['metric']} with the unpruned model on {f['images']} held-out images: "
