@@ -442,17 +442,25 @@ def _joint_plan(an: Analysis, scores: np.ndarray, curves: list[allocate.Curve], 
         raise EdgeInferError(f"prune: {100 * target:.1f}% of MACs cannot be removed from this model even at "
                              f"{'x'.join(map(str, rcurve.sizes[-1] if rcurve.sizes else rcurve.full))}; lower --prune-flops")
     plans.sort(key=lambda p: p[0])
-    alone = [p for p in plans if p[3] <= 0]     # the size that reaches the target by itself, least error
-    shortlist = plans[:JOINT_MEASURED] + [p for p in alone[:1] if p not in plans[:JOINT_MEASURED]]
-    best, rcurve.plans = None, []
-    for est, hw, gain, need, kept in shortlist:
+
+    def topped_up(gain: float, need: float, kept: np.ndarray, hw: tuple[int, int]) -> tuple[float, np.ndarray]:
         for _ in range(4):    # the estimate assumed every MAC scales with the pixels: top up the channels if short
             drop = 1.0 - flops.count(_cut_model(an, kept, hw), shapes_ready=True).macs / macs0
             if drop >= target - 1e-4:
                 break
             need += (target - drop) / max(1.0 - gain, 1e-6) + 1e-3
             kept, _ = channels(need)
-        got = measure(kept, hw) if measure is not None and len(shortlist) > 1 else est ** 0.5
+        return need, kept
+
+    if measure is None:    # no measuring (e.g. the floor's bisection): the best estimate, the report untouched
+        _, hw, gain, need, kept = plans[0]
+        return topped_up(gain, need, kept, hw)[1], hw
+    alone = [p for p in plans if p[3] <= 0]     # the size that reaches the target by itself, least error
+    shortlist = plans[:JOINT_MEASURED] + [p for p in alone[:1] if p not in plans[:JOINT_MEASURED]]
+    best, rcurve.plans = None, []
+    for est, hw, gain, need, kept in shortlist:
+        need, kept = topped_up(gain, need, kept, hw)
+        got = measure(kept, hw) if len(shortlist) > 1 else est ** 0.5
         rcurve.plans.append({"size": list(hw), "channel_macs_cut": round(max(need, 0.0), 4),
                              "estimated_error": round(est ** 0.5, 5), "measured_error": round(got, 5)})
         progress(f"  {hw[0]}x{hw[1]} + channels -{100 * max(need, 0.0):.1f}% MACs: error estimated "
