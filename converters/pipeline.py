@@ -377,7 +377,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         model, prune_report = prune_model(model, opts.prune, calib_samples, progress_bar=opts.progress)
         _prune_floor(model, prune_report, reference, verify_samples, task, post, labels, size_hw, opts)
         if prune_report.input_hw is not None and prune_report.input_hw[1] != tuple(size_hw):
-            model, cfg, size_hw = _pruned_input_size(model, cfg, size_hw, prune_report.input_hw[1])
+            cfg, size_hw = _pruned_preprocess(cfg, size_hw, prune_report.input_hw[1]), prune_report.input_hw[1]
             spec = dict(spec, shape=[*spec["shape"][:2], *size_hw])
             _say(opts, f"  reading the images again at {size_hw[0]}x{size_hw[1]} (preprocess {cfg.to_dict()})")
             calib_samples, verify_samples, facts = _gather_inputs(opts, cfg, size_hw, need_calib)
@@ -505,13 +505,12 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     return ConvertResult(bundles, manifests, prune_report, int4_trace)
 
 
-def _pruned_input_size(model, cfg, size_hw, new_hw):
-    """(model, preprocessing, input size) once pruning lowered the input resolution: images are
-    read at ``new_hw`` with the same field of view (pruning rewrote the model's own preprocess metadata)."""
+def _pruned_preprocess(cfg, size_hw, new_hw):
+    """The preprocessing once pruning lowered the input resolution: images read at ``new_hw`` with
+    the same field of view (pruning rewrote the model's own preprocess metadata alike)."""
     from edgeinfer.preprocess import PreprocessConfig
     from .prune.resolution import scaled_preprocess
-    pre = scaled_preprocess(cfg.to_dict(), tuple(size_hw), tuple(new_hw))
-    return model, PreprocessConfig.from_dict(pre), tuple(new_hw)
+    return PreprocessConfig.from_dict(scaled_preprocess(cfg.to_dict(), tuple(size_hw), tuple(new_hw)))
 
 
 def _prune_floor(model, report, reference, samples, task, post, labels, size_hw, opts: ConvertOptions) -> None:

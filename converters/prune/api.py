@@ -325,8 +325,9 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
         ratio = config.ratio if config.ratio is not None else 0.0
         if config.resolution:
             full = resolution.input_hw(base)
+            ref = allocate._outputs(base, sens)     # the unpruned model at full size: the sizes' and plans' reference
             rcurve = resolution.measure(base, sens, resolution.candidates(
-                full, config.resolution_step, config.min_resolution_scale))
+                full, config.resolution_step, config.min_resolution_scale), ref)
             progress("resolution sensitivity: " + ", ".join(
                 f"{h}x{w} {e:.3f}" for (h, w), e in zip(rcurve.sizes, rcurve.errors)))
 
@@ -335,14 +336,15 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
                 return _joint_plan(an, scores, curves, rcurve, target, config, before.macs, measure)
             ratios, _ = allocate.search(an, scores, curves, target, config, keep_count, before.macs)
             return allocate.kept_for(an, scores, ratios, config, keep_count), None
-        measure = _plan_error(an, base, sens, fit, config) if rcurve is not None else None
+        measure = _plan_error(an, base, sens, ref, fit, config) if rcurve is not None else None
         kept_class, hw = cut_plan(target, measure) if target > 0 else (surgery.plain_kept(an), None)
         if config.ratio is None:
             ratio = 1.0 - float(kept_class.mean())
     pruned, kept = surgery.apply(an, kept_class)
     full_samples = samples = None if calib_samples is None else np.asarray(calib_samples, np.float32)
     teacher = base
-    if hw is not None and hw != resolution.input_hw(base):
+    resized = hw is not None and hw != resolution.input_hw(base)
+    if resized:
         pruned, teacher = resolution.resize_input(pruned, hw), resolution.resize_input(base, hw)
         samples = resolution.resample(samples, hw)
         progress(f"input {'x'.join(map(str, resolution.input_hw(base)))} -> {hw[0]}x{hw[1]}: the refit and block-wise "
@@ -369,7 +371,7 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     except onnx.checker.ValidationError as exc:   # a bug here must never ship a broken graph
         raise EdgeInferError(f"pruning produced an invalid graph ({str(exc).splitlines()[0]}); "
                              "run without --prune and report this model") from None
-    if hw is not None and hw != resolution.input_hw(base):
+    if resized:
         resolution.rescale_metadata(pruned, resolution.input_hw(base), hw)
     after = flops.count(pruned, shapes_ready=True)
     groups = [{"name": g.name, "channels": g.size, "kept": int(kept_class[g.classes].sum()),
@@ -385,11 +387,11 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     return pruned, report
 
 
-def _plan_error(an: Analysis, base: onnx.ModelProto, sens: np.ndarray, fit: np.ndarray, cfg: PruneConfig):
+def _plan_error(an: Analysis, base: onnx.ModelProto, sens: np.ndarray, ref: list[np.ndarray], fit: np.ndarray,
+                cfg: PruneConfig):
     """``measure(kept, size)`` for ``_joint_plan``: the plan built at that size, refit (when the
     recovery will refit) on ``fit`` against the unpruned model at that size, its output error on
-    ``sens`` against the unpruned model at full size."""
-    ref = allocate._outputs(base, sens)
+    ``sens`` against ``ref`` (the unpruned model's outputs at full size)."""
 
     def measure(kept_class: np.ndarray, hw: tuple[int, int]) -> float:
         m, kept = surgery.apply(an, kept_class)
