@@ -1,8 +1,9 @@
 """numpy versions of ops that ``converters.exact_int`` runs next to ``onnx.reference``.
 
 - ``QuantizeLinear`` / ``DequantizeLinear`` for every opset the converter emits (onnx's reference
-  only ships them from opset 19): per-tensor or per-axis, int8 / uint8, round half to even,
-  saturating, as the ONNX spec defines them.
+  only ships them from opset 19), and ONNX Runtime's ``com.microsoft`` versions (the same
+  semantics; what 16-bit activations are written with): per-tensor or per-axis, int8 / uint8 /
+  int16 / uint16, round half to even, saturating, as the ONNX spec defines them.
 - float ops whose reference implementations loop in Python (``MaxPool``), kept to the
   contract of the ONNX op for the cases they accept.
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 from onnx.reference.op_run import OpRun
 
-_LIMITS = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}
+_LIMITS = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255),
+           np.dtype(np.int16): (-32768, 32767), np.dtype(np.uint16): (0, 65535)}
 
 
 def _along(v: np.ndarray, axis: int, ndim: int) -> np.ndarray:
@@ -32,7 +34,7 @@ class QuantizeLinear(OpRun):
         zp = np.zeros((), np.uint8) if y_zero_point is None else np.asarray(y_zero_point)
         lo, hi = _LIMITS.get(zp.dtype, (None, None))
         if lo is None:
-            raise NotImplementedError(f"exact-int QuantizeLinear handles int8/uint8, not {zp.dtype}")
+            raise NotImplementedError(f"exact-int QuantizeLinear handles 8- and 16-bit integers, not {zp.dtype}")
         s = _along(np.asarray(y_scale, np.float32), axis, x.ndim)
         q = np.rint(x.astype(np.float32) / s) + _along(zp.astype(np.float32), axis, x.ndim)
         return (np.clip(q, lo, hi).astype(zp.dtype),)
@@ -65,4 +67,13 @@ class MaxPool(OpRun):
         return (win[:, :, ::sh, ::sw, ::dh, ::dw].max(axis=(4, 5)).astype(x.dtype),)
 
 
-FAST_FLOAT_OPS = [QuantizeLinear, DequantizeLinear, MaxPool]
+class QuantizeLinearMS(QuantizeLinear):
+    op_domain = "com.microsoft"
+
+
+class DequantizeLinearMS(DequantizeLinear):
+    op_domain = "com.microsoft"
+
+
+QuantizeLinearMS.__name__, DequantizeLinearMS.__name__ = "QuantizeLinear", "DequantizeLinear"
+FAST_FLOAT_OPS = [QuantizeLinear, DequantizeLinear, QuantizeLinearMS, DequantizeLinearMS, MaxPool]

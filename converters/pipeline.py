@@ -75,6 +75,7 @@ class ConvertOptions:
     trust_pickle: bool = False                  # allow pickled PyTorch checkpoints (runs their code)
     opset: int | None = None                    # ONNX opset of the export of PyTorch sources
     verify_on: str = "host"                     # "emulated": also verify arm64 artifacts on the emulated core
+    int8_fallback: str | None = None            # "float" | "int16": ONNX int8 nodes kept out of 8 bits (None: the profile's)
 
 
 @dataclass
@@ -163,11 +164,26 @@ def _plan(profile: Profile, opts: ConvertOptions) -> list[tuple[str, str]]:
     return [(f, p) for f in formats for p in precisions]
 
 
+INT8_FALLBACKS = ("float", "int16")
+INT16_VARIANT = "int16 activations (A16W8)"
+
+
+def int8_fallback(fmt: str, profile: Profile, opts: ConvertOptions) -> str:
+    """What ``fmt``'s int8 artifact does with the nodes kept out of 8 bits (search or --keep-float):
+    ``int16`` activations with 8-bit weights (ONNX only: ``--int8-fallback``, else the profile's
+    ``[recipe] int8_fallback``, for NPUs that run A16W8 but would hand float nodes to the CPU), else ``float``."""
+    if fmt != "onnx":
+        return "float"
+    return opts.int8_fallback or profile.data["recipe"].get("int8_fallback", "float")
+
+
 def _emit_options(fmt: str, profile: Profile, opts: ConvertOptions, keep_float: list[str]) -> dict[str, Any]:
     recipe = profile.data["recipe"]
     o: dict[str, Any] = {"activation_dtype": recipe.get("activation_dtype", "int8"), "nodes_to_exclude": list(keep_float)}
     if fmt == "onnx":
         o["int8_pair_safe"] = saturates(profile.int8_kernels)
+        if keep_float and int8_fallback(fmt, profile, opts) == "int16":
+            o["nodes_to_exclude"], o["int16_nodes"] = [], list(keep_float)
     if fmt == "tflite":
         o["io_dtype"] = opts.emitter_options.get("tflite_io_dtype") or recipe.get("tflite_io_dtype", "float32")
         o["int8_mode"] = opts.emitter_options.get("int8_mode") or "full"
@@ -224,12 +240,14 @@ def _resolve_postprocess(source, task: str, labels, spec: dict[str, Any], opts: 
 
 
 def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[str, Any],
-                opts: ConvertOptions) -> tuple[list[str], dict[str, Any] | None, CalibrationResult | None]:
+                opts: ConvertOptions, int16: bool = False) -> tuple[list[str], dict[str, Any] | None, CalibrationResult | None]:
     """Nodes kept in float in int8 artifacts (user's --keep-float, or the search) + manifest entry +
     the activation ranges to emit with (the search may choose thin SiLU tails cut).
 
     The search runs for detectors (target: mAP@0.5 agreement within 0.01 of fp32) and for any task
-    given ``--min-agreement`` (target: that agreement), on the calibration images."""
+    given ``--min-agreement`` (target: that agreement), on the calibration images. ``int16``: some
+    artifact computes those nodes with 16-bit activations instead (``int8_fallback``); the search
+    measures its final set that way too."""
     if opts.exclude_nodes:
         names = {n.name for n in model.graph.node}
         unknown = [n for n in opts.exclude_nodes if n not in names]
@@ -246,28 +264,41 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
 
     def tails_cut(c: CalibrationResult) -> CalibrationResult:
         return with_tails_clipped(model, c, samples, progress=opts.progress)
+
+    def a16w8(m, c, names):
+        from .quantize_onnx import quantize_int8
+        return quantize_int8(m, c, int16_nodes=tuple(names), pair_safe=True)
+    variants = {INT16_VARIANT: a16w8} if int16 else None
     if task == "detect":
         tolerance = 0.01 if opts.min_agreement is None else max(0.0, 1.0 - opts.min_agreement)
         rep = detector_keep_float(model, calib, samples, post, tolerance=tolerance, progress=opts.progress,
-                                  time_budget=opts.search_seconds, alternative=tails_cut)
+                                  time_budget=opts.search_seconds, alternative=tails_cut, variants=variants)
         metric = "map50_agreement on calibration images"
     else:
         tolerance = max(0.0, 1.0 - opts.min_agreement)
         rep = classifier_keep_float(model, calib, samples, opts.min_agreement, progress=opts.progress,
-                                    time_budget=opts.search_seconds, alternative=tails_cut)
+                                    time_budget=opts.search_seconds, alternative=tails_cut, variants=variants)
         metric = "top1_agreement on calibration images"
     entry = {"kept_float": rep.excluded, "metric": metric, "float": rep.float_metric, "naive_int8": rep.naive_metric,
              "final": rep.final_metric, "evaluations": rep.evaluations, "ranked_by_sqnr_lost": rep.ranking,
              "out_of_time": rep.out_of_time, "arithmetic": "pair-safe int8 on this host's ORT (= exact-int)",
              "target": rep.float_metric - tolerance, "met": bool(rep.final_metric >= rep.float_metric - tolerance),
              "silu_tails_cut": rep.alternative}
+    if INT16_VARIANT in rep.variants:
+        entry["int16_activations"] = {"formats": ["onnx"], "final": rep.variants[INT16_VARIANT]}
     return list(rep.excluded), entry, rep.calibration or calib
 
 
 def search_missed(mixed: dict[str, Any] | None) -> str | None:
     """A warning line when the keep-float search ended below its target (the manifest's
     ``mixed_precision`` entry), else None."""
-    if not mixed or mixed.get("met") is not False:
+    if not mixed:
+        return None
+    wide = mixed.get("int16_activations")
+    if mixed.get("met") is not False:
+        if wide and mixed.get("target") is not None and wide["final"] < mixed["target"]:
+            return (f"int8 (ONNX, 16-bit activations on the kept nodes): {mixed['metric']} {wide['final']:.4f}, below "
+                    f"the target {mixed['target']:.4f} that float reached: ship that profile's fp16, or pass --int8-fallback float")
         return None
     return (f"int8: the keep-float search reached {mixed['metric']} {mixed['final']:.4f}, below its target "
             f"{mixed['target']:.4f}: the int8 artifacts lose more than the target allows (ship fp16/fp32, or check "
@@ -391,7 +422,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     # the keep-float search is for int8 activations: weight-only Core ML int8 has none (GPTQ weights instead)
     w8a8 = bool(opts.emitter_options.get("coreml_w8a8"))
     wants_int8 = any(prec == "int8" and (fmt != "coreml" or w8a8) for plan in plans.values() for fmt, prec in plan)
-    keep_float, mixed, chosen = _keep_float(model, calib if wants_int8 else None, task, post, opts)
+    int16 = any(int8_fallback(fmt, p, opts) == "int16" for p in profiles for fmt, prec in plans[p.name] if prec == "int8")
+    keep_float, mixed, chosen = _keep_float(model, calib if wants_int8 else None, task, post, opts, int16)
     calib = chosen if chosen is not None else calib
     int4_trace: dict[str, Any] = {}
     int4_plan = _int4_plan(model, calib_samples, calib, plans, task, post, labels, size_hw, opts, int4_trace)

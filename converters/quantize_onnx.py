@@ -43,19 +43,22 @@ def tensors_range(calib: CalibrationResult) -> TensorsData:
 
 def quantize_int8(model: onnx.ModelProto, calib: CalibrationResult, *, per_channel: bool = True,
                   nodes_to_exclude=(), activation_dtype: str = "int8", pair_safe: bool = False,
-                  bias_correction: bool = True, uint16_tensors=()) -> onnx.ModelProto:
+                  bias_correction: bool = True, uint16_tensors=(), int16_nodes=()) -> onnx.ModelProto:
     """Static QDQ int8: per-channel symmetric int8 weights, activations from the shared ranges.
 
     ``pair_safe``: weights re-quantized so x86 u8s8 kernels without VNNI cannot saturate
     (``make_pair_safe``); for targets whose int8 kernels saturate (``edgeinfer.int8_arith``).
     ``bias_correction``: float biases absorb the mean shift the weight rounding causes on the
     calibration images (``converters.bias_correction``; input means cached on ``calib``).
+    ``uint16_tensors``: activations quantized to 16 bits instead (ONNX Runtime's com.microsoft Q/DQ);
+    ``int16_nodes``: nodes whose every activation input and output is (A16W8: weights stay 8-bit).
     """
     if calib is None:
         raise EdgeInferError("int8 needs calibration data: pass --calib DIR (or --calib-synthetic to accept random inputs)")
     if activation_dtype not in ACTIVATION_TYPES:
         raise EdgeInferError(f"activation dtype {activation_dtype!r} is not one of {', '.join(ACTIVATION_TYPES)}")
-    wide = {t: [{"quant_type": QuantType.QUInt16}] for t in uint16_tensors if t in calib.ranges}
+    wide = a16_overrides(model, (set(uint16_tensors) | activation_tensors(model, int16_nodes)) & set(calib.ranges),
+                         ACTIVATION_TYPES[activation_dtype])
     quantizer = QDQQuantizer(
         onnx.ModelProto.FromString(model.SerializeToString()),
         per_channel, False, QuantType.QInt8, ACTIVATION_TYPES[activation_dtype], tensors_range(calib),
@@ -75,6 +78,30 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationResult, *, per_chann
         correct_biases(qmodel, model, calib.samples, calib.channel_means)
     lower_qdq_opset(qmodel)
     return qmodel
+
+
+def activation_tensors(model: onnx.ModelProto, nodes) -> set[str]:
+    """The tensors ``nodes`` (names) read or write that are not initializers: their activations."""
+    wanted = set(nodes)
+    if not wanted:
+        return set()
+    inits = {t.name for t in model.graph.initializer}
+    return {t for n in model.graph.node if n.name in wanted for t in [*n.input, *n.output] if t and t not in inits}
+
+
+def a16_overrides(model: onnx.ModelProto, tensors, activation_qtype) -> dict:
+    """ONNX Runtime ``TensorQuantOverrides`` putting ``tensors`` at uint16, completed by its own
+    mixed-precision fixer (as its QNN config does): an op reading or writing a 16-bit tensor gets
+    all its activations at 16 bits, with a requantization where an 8-bit neighbour meets it."""
+    if not tensors or activation_qtype == QuantType.QUInt16:
+        return {}
+    from onnxruntime.quantization.execution_providers.qnn.mixed_precision_overrides_utils import (
+        MixedPrecisionTensorQuantOverridesFixer)
+    from onnxruntime.quantization.tensor_quant_overrides import TensorQuantOverridesHelper
+    overrides = TensorQuantOverridesHelper({t: [{"quant_type": QuantType.QUInt16}] for t in sorted(tensors)})
+    MixedPrecisionTensorQuantOverridesFixer.create_from_model(overrides, model, activation_qtype).apply(
+        activation_qtype, False)
+    return overrides.get_dict()
 
 
 # ONNX Runtime's WeightBiasQuantization re-quantizes the float weights of these ops (symmetric,

@@ -13,7 +13,9 @@
    ``tolerance`` or ``budget`` weighted nodes are kept in float;
 4. when the target is met, drops again each kept node the target does not need;
 5. with ``alternative`` ranges (e.g. ``calibrate.with_tails_clipped``), measures the final set under
-   them too and keeps whichever ranges score higher (``report.calibration``, ``report.alternative``).
+   them too and keeps whichever ranges score higher (``report.calibration``, ``report.alternative``);
+6. measures each of ``variants`` (other recipes for the final set, e.g. its nodes with 16-bit
+   activations instead of float) once, for the record (``report.variants``).
 
 ``metric_fn(outputs) -> float`` scores a model's outputs on ``eval_inputs`` (higher is better):
 ``outputs[i]`` is the list of output arrays for ``eval_inputs[i]``. It can be a task metric
@@ -41,6 +43,7 @@ from .emitters.api import CalibrationResult
 Outputs = list[list[np.ndarray]]
 MetricFn = Callable[[Outputs], float]
 Candidate = str | tuple[str, ...]
+Quantize = Callable[[onnx.ModelProto, CalibrationResult, Sequence[str]], onnx.ModelProto]
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 RANKED_CANDIDATES = 8     # quantized nodes (by SQNR lost) evaluated one by one
 RANKING_PIXELS = 8 * 224 * 224   # the instrumented ranking run sees about this many input pixels
@@ -67,6 +70,7 @@ class SensitivityReport:
     out_of_time: bool = False
     calibration: CalibrationResult | None = None   # the ranges the result was measured with
     alternative: dict | None = None   # {"tails_clipped", "metric_without", "metric_with", "chosen"}
+    variants: dict[str, float] = field(default_factory=dict)   # variant name -> metric of the final set under it
 
 
 def run_outputs(model: onnx.ModelProto, inputs: np.ndarray, threads: int | None = None) -> Outputs:
@@ -180,10 +184,11 @@ def _log(msg: str) -> None:
 def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_inputs: np.ndarray,
                        metric_fn: MetricFn, candidates: Iterable[Candidate] | None = None, budget: int = 8,
                        tolerance: float = 0.01, *, calibration: CalibrationResult | None = None,
-                       quantize: Callable[[onnx.ModelProto, CalibrationResult, Sequence[str]], onnx.ModelProto] | None = None,
+                       quantize: Quantize | None = None,
                        progress: bool = True, top_k: int | None = RANKED_CANDIDATES,
                        time_budget: float | None = None, float_outputs: Outputs | None = None,
-                       alternative: Callable[[CalibrationResult], CalibrationResult] | None = None) -> SensitivityReport:
+                       alternative: Callable[[CalibrationResult], CalibrationResult] | None = None,
+                       variants: dict[str, Quantize] | None = None) -> SensitivityReport:
     """The full search (see module docstring); ``find_sensitive_nodes`` returns only its names.
 
     ``candidates`` None: the ``head_groups`` plus the quantized nodes, ranked by the SQNR they lose
@@ -196,7 +201,8 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
     replaces the default recipe. ``time_budget`` (seconds, from the start of the search): after it no
     ranked candidate is scanned (the head groups and mixed-range concats always are), the greedy pass
     stops once it has kept something, and ``report.out_of_time`` says so. ``float_outputs``: the
-    float model's outputs on ``eval_inputs`` when the caller already has them.
+    float model's outputs on ``eval_inputs`` when the caller already has them. ``variants``: name ->
+    ``quantize``-like recipe, each measured on the final set and ranges (step 6; not used to choose).
     """
     from .calibrate import calibrate
     from .quantize_onnx import quantize_int8
@@ -219,9 +225,12 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
         report.out_of_time = time_budget is not None and time.perf_counter() - t_start > time_budget
         return report.out_of_time
 
-    def measure(exclude: Sequence[str], other: CalibrationResult | None = None) -> float:
+    def measure_with(recipe: Quantize, exclude: Sequence[str], ranges: CalibrationResult) -> float:
         report.evaluations += 1
-        return float(metric_fn(run_outputs(quant(model, other or calib, list(exclude)), eval_inputs)))
+        return float(metric_fn(run_outputs(recipe(model, ranges, list(exclude)), eval_inputs)))
+
+    def measure(exclude: Sequence[str], other: CalibrationResult | None = None) -> float:
+        return measure_with(quant, exclude, other or calib)
 
     report.float_metric = float(metric_fn(float_outputs if float_outputs is not None else run_outputs(model, eval_inputs)))
     naive = quant(model, calib, [])
@@ -232,7 +241,7 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
     report.calibration = calib
     target = report.float_metric - tolerance
     if report.naive_metric >= target:
-        return _try_alternative(report, calib, alternative, [], measure, log)
+        return _measure_variants(_try_alternative(report, calib, alternative, [], measure, log), variants, measure_with, log)
 
     always: list[Candidate] = []     # evaluated even past the time budget: the known int8 failure points
     rank_later = False               # the SQNR ranking run happens only if the always-candidates fall short
@@ -306,7 +315,7 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
                 report.steps.append((f"- {name}", m, True))
                 log(f"  prune: - {name} -> {m:.4f} (still within tolerance)")
     report.excluded, report.final_metric = excluded, current
-    return _try_alternative(report, calib, alternative, excluded, measure, log)
+    return _measure_variants(_try_alternative(report, calib, alternative, excluded, measure, log), variants, measure_with, log)
 
 
 def _try_alternative(report: SensitivityReport, calib: CalibrationResult, alternative, excluded: list[str],
@@ -323,6 +332,16 @@ def _try_alternative(report: SensitivityReport, calib: CalibrationResult, altern
         f"({'kept' if chosen else 'dropped'})")
     if chosen:
         report.calibration, report.final_metric = alt, m
+    return report
+
+
+def _measure_variants(report: SensitivityReport, variants: dict[str, Quantize] | None, measure_with,
+                      log) -> SensitivityReport:
+    """Step 6: the final set and ranges measured under each other recipe (nothing kept: nothing to measure)."""
+    if report.excluded:
+        for name, recipe in (variants or {}).items():
+            report.variants[name] = measure_with(recipe, report.excluded, report.calibration)
+            log(f"  the same nodes as {name}: {report.variants[name]:.4f}")
     return report
 
 
@@ -346,18 +365,20 @@ def top1_agreement(reference: Outputs) -> MetricFn:
 
 def classifier_keep_float(model: onnx.ModelProto, calibration: CalibrationResult, eval_inputs: np.ndarray,
                           min_agreement: float, budget: int = 8, progress: bool = True,
-                          time_budget: float | None = None, alternative=None) -> SensitivityReport:
+                          time_budget: float | None = None, alternative=None, variants=None) -> SensitivityReport:
     """The converter's call for a classifier with ``--min-agreement``: nodes of the CLEANED ``model`` to
     keep in float so int8 top-1 agrees with fp32 on ``eval_inputs`` at least ``min_agreement``."""
     reference = run_outputs(model, eval_inputs)
     return sensitivity_search(model, calibration.samples, eval_inputs, top1_agreement(reference), budget=budget,
                               tolerance=max(0.0, 1.0 - min_agreement), calibration=calibration, progress=progress,
-                              time_budget=time_budget, float_outputs=reference, alternative=alternative)
+                              time_budget=time_budget, float_outputs=reference, alternative=alternative,
+                              variants=variants)
 
 
 def detector_keep_float(model: onnx.ModelProto, calibration: CalibrationResult, eval_inputs: np.ndarray,
                         postprocess: dict, tolerance: float = 0.01, budget: int = 8,
-                        progress: bool = True, time_budget: float | None = None, alternative=None) -> SensitivityReport:
+                        progress: bool = True, time_budget: float | None = None, alternative=None,
+                        variants=None) -> SensitivityReport:
     """The converter's one call for ``--task detect`` int8: nodes of the CLEANED ``model`` to keep in
     float so int8 detections agree with fp32 (``detection_agreement`` mAP@0.5) within ``tolerance``
     on ``eval_inputs`` (preprocessed NCHW, e.g. the verification inputs). Boxes are compared in
@@ -369,4 +390,4 @@ def detector_keep_float(model: onnx.ModelProto, calibration: CalibrationResult, 
     metric = detection_agreement(reference, postprocess, Transform((w, h)))
     return sensitivity_search(model, calibration.samples, eval_inputs, metric, budget=budget, tolerance=tolerance,
                               calibration=calibration, progress=progress, time_budget=time_budget,
-                              float_outputs=reference, alternative=alternative)
+                              float_outputs=reference, alternative=alternative, variants=variants)

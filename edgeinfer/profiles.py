@@ -54,6 +54,8 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "activation_dtype": (_one_of("int8", "uint8"), "int8 or uint8", False),
         "tflite_io_dtype": (_one_of("float32", "int8", "uint8"), "float32, int8 or uint8", False),
         "int8_kernels": (_one_of(*INT8_KERNELS), f"one of {', '.join(INT8_KERNELS)}", False),
+        "int8_fallback": (_one_of("float", "int16"), "float or int16 (what ONNX int8 artifacts do with nodes kept "
+                          "out of 8 bits)", False),
     },
     "runtime": {
         "threads": (_pos_int, "a positive integer", False),

@@ -1,0 +1,82 @@
+"""Nodes kept out of 8 bits: float everywhere, or 16-bit activations (A16W8) in ONNX for NPUs that run it."""
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgeinfer.bundle import read_manifest
+from edgeinfer.profiles import load_profile
+
+from conftest import ROOT, edgeinfer_cli
+
+DET = ROOT / "samples" / "detector"
+
+
+def _zero_point_types(model: onnx.ModelProto) -> dict[str, str]:
+    """Activation tensor -> dtype of the QuantizeLinear that quantizes it."""
+    inits = {t.name: t for t in model.graph.initializer}
+    return {n.input[0]: str(numpy_helper.to_array(inits[n.input[2]]).dtype)
+            for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits}
+
+
+@pytest.fixture(scope="module")
+def shapes_model():
+    from converters.clean import clean_model
+    return clean_model(onnx.load(str(DET / "shapes_det.onnx")))
+
+
+@pytest.fixture(scope="module")
+def shapes_calib(shapes_model):
+    from converters.calibrate import calibrate
+    x = np.random.default_rng(0).random((6, 3, 128, 128), dtype=np.float32)
+    return calibrate(shapes_model, x, progress=False)
+
+
+def test_int16_nodes_get_16bit_activations_and_exact_int_agrees(shapes_model, shapes_calib):
+    from converters.exact_int import run_exact
+    from converters.quantize_onnx import activation_tensors, quantize_int8
+    from converters.sensitivity import run_outputs
+    convs = [n.name for n in shapes_model.graph.node if n.op_type == "Conv"][1:3]
+    q = quantize_int8(shapes_model, shapes_calib, activation_dtype="uint8", int16_nodes=convs)
+    types = _zero_point_types(q)
+    wide = activation_tensors(shapes_model, convs)
+    assert wide and all(types.get(t) == "uint16" for t in wide if t in types), types
+    assert sum(v == "uint8" for v in types.values()) > len(wide), "the rest stays 8-bit"
+    plain = quantize_int8(shapes_model, shapes_calib, activation_dtype="uint8")
+    assert "uint16" not in _zero_point_types(plain).values()
+    x = shapes_calib.samples[:2]
+    ort_out = np.concatenate([o[0] for o in run_outputs(q, x)])
+    exact = run_exact(q, x)[0]
+    ref = np.concatenate([o[0] for o in run_outputs(shapes_model, x)])
+    # ONNX Runtime runs the 16-bit nodes in float, exact-int in integers: the same up to a rounding step
+    assert np.abs(exact - ort_out).max() <= 0.05 * np.abs(ref).max()
+
+
+def test_fallback_follows_profile_then_flag():
+    from converters.pipeline import ConvertOptions, _emit_options, int8_fallback
+    s24, pi = load_profile("galaxy-s24"), load_profile("raspberry-pi-4")
+    opts = ConvertOptions(model="m.onnx", profiles=[], out_dir="o")
+    assert int8_fallback("onnx", s24, opts) == "int16" and int8_fallback("tflite", s24, opts) == "float"
+    assert int8_fallback("onnx", pi, opts) == "float"
+    o = _emit_options("onnx", s24, opts, ["a"])
+    assert o["int16_nodes"] == ["a"] and o["nodes_to_exclude"] == []
+    assert _emit_options("tflite", s24, opts, ["a"])["nodes_to_exclude"] == ["a"]
+    opts.int8_fallback = "float"
+    assert _emit_options("onnx", s24, opts, ["a"])["nodes_to_exclude"] == ["a"]
+
+
+def test_a16w8_profile_converts_detector_with_searched_nodes_at_16_bits(tmp_path):
+    edgeinfer_cli("convert", DET / "shapes_det.onnx", "--profile", "galaxy-s24", "--formats", "onnx",
+                  "--quant", "int8", "--calib", DET / "calib", "--verify-data", DET / "val", "-o", tmp_path, "--quiet",
+                  check=True)
+    bundle = tmp_path / "shapes_det-galaxy-s24"
+    m = read_manifest(bundle)
+    mixed = m["mixed_precision"]
+    assert mixed["kept_float"] and 0.0 <= mixed["int16_activations"]["final"] <= 1.0
+    art = next(a for a in m["artifacts"] if a["precision"] == "int8")
+    assert any("A16W8" in n for n in art["notes"])
+    q = onnx.load(str(bundle / art["file"]))
+    types = _zero_point_types(q)
+    outs = [o for n in q.graph.node if n.name in mixed["kept_float"] for o in n.output if o in types]
+    assert outs and all(types[o] == "uint16" for o in outs), (outs, types)
+    assert art["verification"]["map50_agreement"] >= 0.97
