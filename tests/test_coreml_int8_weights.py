@@ -65,3 +65,17 @@ def test_affine_storage_keeps_the_layer_with_folded_std_in_fp16(tmp_path):
     assert kept == ["conv1"] and any("1 layers stay fp16" in n for n in art.notes)
     ref, got = ort_run(model, x)[0], run_mlpackage(art.path, x)[0]
     assert np.abs(got - ref).max() <= 0.05 * np.abs(ref).max()
+
+
+def test_weight_only_coreml_int8_convert_computes_no_activation_ranges(tmp_path, monkeypatch):
+    import converters.pipeline as pipeline
+    from converters.pipeline import ConvertOptions, convert
+
+    def refuse(*_a, **_k):
+        raise AssertionError("activation ranges calibrated for a weight-only artifact")
+    monkeypatch.setattr(pipeline, "calibrate", refuse)
+    res = convert(ConvertOptions(model=str(DIGITS / "digits.onnx"), profiles=["iphone-15-pro"], out_dir=str(tmp_path),
+                                 quant=["int8"], formats=["coreml"], calib_dir=str(DIGITS / "calib"), progress=False))
+    m = res.manifests[0]
+    assert m["calibration"]["images"] > 0 and m["calibration"]["method"] is None
+    assert any("GPTQ" in n for n in m["artifacts"][0]["notes"])
