@@ -265,9 +265,9 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
     def tails_cut(c: CalibrationResult) -> CalibrationResult:
         return with_tails_clipped(model, c, samples, progress=opts.progress)
 
-    def a16w8(m, c, names):
-        from .quantize_onnx import quantize_int8
-        return quantize_int8(m, c, int16_nodes=tuple(names), pair_safe=True)
+    def a16w8(m, c, names):     # None when every kept node is the graph's tail (float either way)
+        from .quantize_onnx import graph_tail, quantize_a16w8
+        return quantize_a16w8(m, c, names, pair_safe=True)[0] if set(graph_tail(m, names)) != set(names) else None
     variants = {INT16_VARIANT: a16w8} if int16 else None
     if task == "detect":
         tolerance = 0.01 if opts.min_agreement is None else max(0.0, 1.0 - opts.min_agreement)
@@ -285,7 +285,10 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
              "target": rep.float_metric - tolerance, "met": bool(rep.final_metric >= rep.float_metric - tolerance),
              "silu_tails_cut": rep.alternative}
     if INT16_VARIANT in rep.variants:
-        entry["int16_activations"] = {"formats": ["onnx"], "final": rep.variants[INT16_VARIANT]}
+        from .quantize_onnx import graph_tail
+        tail = graph_tail(model, rep.excluded)
+        entry["int16_activations"] = {"formats": ["onnx"], "final": rep.variants[INT16_VARIANT],
+                                      "nodes": [n for n in rep.excluded if n not in tail], "float_tail": tail}
     return list(rep.excluded), entry, rep.calibration or calib
 
 

@@ -89,6 +89,32 @@ def activation_tensors(model: onnx.ModelProto, nodes) -> set[str]:
     return {t for n in model.graph.node if n.name in wanted for t in [*n.input, *n.output] if t and t not in inits}
 
 
+def graph_tail(model: onnx.ModelProto, nodes) -> list[str]:
+    """The ``nodes`` (names) whose outputs reach the graph's outputs only through other such nodes:
+    the end of the graph, which an NPU hands back to the CPU once like any float output."""
+    wanted = set(nodes)
+    outputs = {o.name for o in model.graph.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    tail: set[str] = set()
+    for n in reversed(list(model.graph.node)):     # topological order: consumers are decided first
+        if n.name in wanted and all(t in outputs or all(c.name in tail for c in consumers.get(t, []))
+                                    for t in n.output if t in outputs or t in consumers):
+            tail.add(n.name)
+    return [n for n in nodes if n in tail]
+
+
+def quantize_a16w8(model: onnx.ModelProto, calib: CalibrationResult, nodes, **kwargs) -> tuple[onnx.ModelProto, list[str]]:
+    """``quantize_int8`` with ``nodes`` kept out of 8 bits the A16W8 way: 16-bit activations and 8-bit
+    weights, except the graph's tail among them (``graph_tail``), which stays float; returns (model,
+    the nodes kept float)."""
+    tail = graph_tail(model, nodes)
+    wide = [n for n in nodes if n not in tail]
+    return quantize_int8(model, calib, nodes_to_exclude=tail, int16_nodes=wide, **kwargs), tail
+
+
 def a16_overrides(model: onnx.ModelProto, tensors, activation_qtype) -> dict:
     """ONNX Runtime ``TensorQuantOverrides`` putting ``tensors`` at uint16, completed by its own
     mixed-precision fixer (as its QNN config does): an op reading or writing a 16-bit tensor gets

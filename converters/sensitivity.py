@@ -202,7 +202,8 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
     ranked candidate is scanned (the head groups and mixed-range concats always are), the greedy pass
     stops once it has kept something, and ``report.out_of_time`` says so. ``float_outputs``: the
     float model's outputs on ``eval_inputs`` when the caller already has them. ``variants``: name ->
-    ``quantize``-like recipe, each measured on the final set and ranges (step 6; not used to choose).
+    ``quantize``-like recipe, each measured on the final set and ranges (step 6; not used to choose);
+    a recipe returning None computes what the main one does for that set (its figure is the final one).
     """
     from .calibrate import calibrate
     from .quantize_onnx import quantize_int8
@@ -225,9 +226,12 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
         report.out_of_time = time_budget is not None and time.perf_counter() - t_start > time_budget
         return report.out_of_time
 
-    def measure_with(recipe: Quantize, exclude: Sequence[str], ranges: CalibrationResult) -> float:
+    def measure_with(recipe: Quantize, exclude: Sequence[str], ranges: CalibrationResult) -> float | None:
+        qmodel = recipe(model, ranges, list(exclude))
+        if qmodel is None:          # the recipe computes nothing different for this set
+            return None
         report.evaluations += 1
-        return float(metric_fn(run_outputs(recipe(model, ranges, list(exclude)), eval_inputs)))
+        return float(metric_fn(run_outputs(qmodel, eval_inputs)))
 
     def measure(exclude: Sequence[str], other: CalibrationResult | None = None) -> float:
         return measure_with(quant, exclude, other or calib)
@@ -340,8 +344,10 @@ def _measure_variants(report: SensitivityReport, variants: dict[str, Quantize] |
     """Step 6: the final set and ranges measured under each other recipe (nothing kept: nothing to measure)."""
     if report.excluded:
         for name, recipe in (variants or {}).items():
-            report.variants[name] = measure_with(recipe, report.excluded, report.calibration)
-            log(f"  the same nodes as {name}: {report.variants[name]:.4f}")
+            value = measure_with(recipe, report.excluded, report.calibration)
+            report.variants[name] = report.final_metric if value is None else value
+            if value is not None:
+                log(f"  the same nodes as {name}: {value:.4f}")
     return report
 
 

@@ -65,18 +65,47 @@ def test_fallback_follows_profile_then_flag():
     assert _emit_options("onnx", s24, opts, ["a"])["nodes_to_exclude"] == ["a"]
 
 
-def test_a16w8_profile_converts_detector_with_searched_nodes_at_16_bits(tmp_path):
+def test_graph_tail_is_the_end_of_the_graph(shapes_model):
+    from converters.quantize_onnx import graph_tail
+    names = [n.name for n in shapes_model.graph.node]
+    conv = next(n for n in names if n.endswith("Conv"))
+    assert graph_tail(shapes_model, [conv, "/Concat"]) == ["/Concat"]
+    assert graph_tail(shapes_model, [conv]) == []
+    assert graph_tail(shapes_model, names[-8:]) == names[-8:]      # the decode tail, Concat last
+    assert graph_tail(shapes_model, names[-8:-1]) == []             # without the Concat it feeds
+
+
+def test_search_measures_variants_on_its_final_set(shapes_model, shapes_calib):
+    from converters.quantize_onnx import quantize_int8
+    from converters.sensitivity import cosine_agreement, run_outputs, sensitivity_search
+    x = shapes_calib.samples[:4]
+    convs = [n.name for n in shapes_model.graph.node if n.op_type == "Conv"]
+    seen = []
+
+    def wide(m, c, names):
+        seen.append(list(names))
+        return quantize_int8(m, c, int16_nodes=names, pair_safe=True)
+    rep = sensitivity_search(shapes_model, x, x, cosine_agreement(run_outputs(shapes_model, x)), candidates=convs[:3],
+                             budget=1, tolerance=0.0, calibration=shapes_calib, progress=False,
+                             variants={"wide": wide, "same": lambda *_: None})
+    assert rep.excluded and seen == [rep.excluded]
+    assert 0.0 < rep.variants["wide"] <= 1.0 and rep.variants["same"] == rep.final_metric
+
+
+def test_a16w8_profile_gives_interior_kept_nodes_16_bits_and_leaves_the_tail_float(tmp_path):
+    conv = "/net/c3/c3.0/c3.0.0/Conv"
     edgeinfer_cli("convert", DET / "shapes_det.onnx", "--profile", "galaxy-s24", "--formats", "onnx",
                   "--quant", "int8", "--calib", DET / "calib", "--verify-data", DET / "val", "-o", tmp_path, "--quiet",
-                  check=True)
+                  "--keep-float", f"{conv},/Concat", check=True)
     bundle = tmp_path / "shapes_det-galaxy-s24"
     m = read_manifest(bundle)
-    mixed = m["mixed_precision"]
-    assert mixed["kept_float"] and 0.0 <= mixed["int16_activations"]["final"] <= 1.0
     art = next(a for a in m["artifacts"] if a["precision"] == "int8")
-    assert any("A16W8" in n for n in art["notes"])
+    assert any("A16W8" in n and conv in n for n in art["notes"]), art["notes"]
+    assert any(n.startswith("kept in float: /Concat") for n in art["notes"]), art["notes"]
     q = onnx.load(str(bundle / art["file"]))
     types = _zero_point_types(q)
-    outs = [o for n in q.graph.node if n.name in mixed["kept_float"] for o in n.output if o in types]
-    assert outs and all(types[o] == "uint16" for o in outs), (outs, types)
+    node = next(n for n in q.graph.node if n.name == conv)
+    assert types[node.output[0]] == "uint16"
+    concat = next(n for n in q.graph.node if n.name == "/Concat")
+    assert concat.output[0] not in types, "the graph's float tail is not quantized"
     assert art["verification"]["map50_agreement"] >= 0.97

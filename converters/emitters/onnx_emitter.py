@@ -22,10 +22,15 @@ def _fp16(req: EmitRequest) -> tuple[onnx.ModelProto, list[str]]:
 def _int8(req: EmitRequest) -> tuple[onnx.ModelProto, list[str]]:
     act = req.options.get("activation_dtype", "int8")
     pair_safe = bool(req.options.get("int8_pair_safe", True))
+    kept = list(req.options.get("nodes_to_exclude", ()))
     wide = list(req.options.get("int16_nodes", ()))
-    model = quantize_onnx.quantize_int8(req.model, req.calibration, per_channel=True,
-                                        nodes_to_exclude=req.options.get("nodes_to_exclude", ()), activation_dtype=act,
-                                        pair_safe=pair_safe, int16_nodes=wide)
+    if wide:
+        model, kept = quantize_onnx.quantize_a16w8(req.model, req.calibration, wide, per_channel=True,
+                                                   activation_dtype=act, pair_safe=pair_safe)
+        wide = [n for n in wide if n not in kept]
+    else:
+        model = quantize_onnx.quantize_int8(req.model, req.calibration, per_channel=True, nodes_to_exclude=kept,
+                                            activation_dtype=act, pair_safe=pair_safe)
     notes = [f"static QDQ: per-channel int8 weights, {act} activations ({req.calibration.method} calibration)"]
     source_opset = quantize_onnx.default_opset(req.model)
     if quantize_onnx.default_opset(model) < source_opset:
@@ -40,8 +45,9 @@ def _int8(req: EmitRequest) -> tuple[onnx.ModelProto, list[str]]:
     else:
         notes.append("full 8-bit weights for exact-accumulating int8 kernels (ARM NEON/dot-product, x86 VNNI); x86 CPUs "
                      "without VNNI saturate 16-bit pair sums with them, so such hosts verify in exact integer arithmetic")
-    if req.options.get("nodes_to_exclude"):
-        notes.append(f"kept in float: {', '.join(req.options['nodes_to_exclude'])}")
+    if kept:
+        notes.append(f"kept in float: {', '.join(kept)}" + (" (the end of the graph: an NPU hands it to the CPU once, "
+                                                               "like any float output)" if req.options.get("int16_nodes") else ""))
     if wide:
         notes.append(f"16-bit activations, 8-bit weights (A16W8) on: {', '.join(wide)} (the profile's NPU runs them "
                      "without leaving it; ONNX Runtime on CPUs runs them in float between Dequantize and Quantize)")
