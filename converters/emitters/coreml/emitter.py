@@ -272,11 +272,16 @@ def _store_int8(request: EmitRequest, mlmodel, built, img, target: str):
     return mlmodel, [note]
 
 
-def _check_int8(request: EmitRequest, out: Path, built, img, target: str) -> dict:
-    """The int8 plan's integers are what the package stores (``_int8_kept_float`` layers excepted)."""
+def _stored_integers(request: EmitRequest, out: Path) -> dict:
+    """The weight integers the written package stores, keyed by the ONNX node they came from."""
     from .int4 import node_of, read_integers
     names = mil_layer_names(request.model)
-    stored = {node_of(k, names) or k: v for k, v in read_integers(out).items()}
+    return {node_of(k, names) or k: v for k, v in read_integers(out).items()}
+
+
+def _check_int8(request: EmitRequest, out: Path, built, img, target: str) -> dict:
+    """The int8 plan's integers are what the package stores (``_int8_kept_float`` layers excepted)."""
+    stored = _stored_integers(request, out)
     kept = _int8_kept_float(request, built, img, target)
     check = request.int8_weights.compare(stored, kept)
     if not check["same_as_plan"]:
@@ -288,10 +293,7 @@ def _check_int8(request: EmitRequest, out: Path, built, img, target: str) -> dic
 
 def _check_int4(request: EmitRequest, out: Path) -> dict:
     from ...int4 import artifact_details, plan_for
-    from .int4 import node_of, read_integers
-    names = mil_layer_names(request.model)
-    stored = {node_of(k, names) or k: v for k, v in read_integers(out).items()}
-    return artifact_details(plan_for(request.int4, request.model, "coreml"), stored)
+    return artifact_details(plan_for(request.int4, request.model, "coreml"), _stored_integers(request, out))
 
 
 def emit(request: EmitRequest) -> EmittedArtifact:
