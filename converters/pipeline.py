@@ -239,6 +239,21 @@ def _resolve_postprocess(source, task: str, labels, spec: dict[str, Any], opts: 
     return validate_config(post)
 
 
+def _named_nodes(model, patterns: list[str]) -> list[str]:
+    """Node names of the cleaned graph given by ``patterns`` (names, or shell-style patterns such as
+    ``/model.[0-9]/*``), in graph order; a name or pattern that matches nothing is refused."""
+    import fnmatch
+    names = [n.name for n in model.graph.node]
+    chosen: set[str] = set()
+    for p in patterns:
+        hits = fnmatch.filter(names, p) if any(c in p for c in "*?[") else [p] if p in names else []
+        if not hits:
+            raise EdgeInferError(f"--keep-float names {p!r}, which matches no node of the cleaned graph; give node "
+                                 f"names or patterns of the model, e.g. {', '.join(sorted(names)[:3])}")
+        chosen.update(hits)
+    return [n for n in names if n in chosen]
+
+
 def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[str, Any],
                 opts: ConvertOptions, int16: bool = False) -> tuple[list[str], dict[str, Any] | None, CalibrationResult | None]:
     """Nodes kept in float in int8 artifacts (user's --keep-float, or the search) + manifest entry +
@@ -249,12 +264,8 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
     artifact computes those nodes with 16-bit activations instead (``int8_fallback``); the search
     measures its final set that way too."""
     if opts.exclude_nodes:
-        names = {n.name for n in model.graph.node}
-        unknown = [n for n in opts.exclude_nodes if n not in names]
-        if unknown:
-            raise EdgeInferError(f"--keep-float names node {unknown[0]!r}, which is not in the cleaned graph; "
-                                 f"give node names of the model, e.g. {', '.join(sorted(names)[:3])}")
-        return list(opts.exclude_nodes), {"kept_float": list(opts.exclude_nodes), "metric": "chosen with --keep-float"}, calib
+        chosen = _named_nodes(model, opts.exclude_nodes)
+        return chosen, {"kept_float": chosen, "metric": "chosen with --keep-float"}, calib
     if calib is None or not opts.auto_keep_float or (task != "detect" and opts.min_agreement is None):
         return [], None, calib
     from .calibrate import with_tails_clipped

@@ -151,7 +151,7 @@ def main() -> None:
               help="Training time budget in seconds (distill: default 900; blockwise: default 600; "
               "blockwise+distill: default 900, two thirds block by block).")
 @click.option("--keep-float", help="Node names kept out of 8 bits in int8 artifacts (float, or 16-bit activations "
-              "with --int8-fallback int16), comma-separated.")
+              "with --int8-fallback int16), comma-separated; shell-style patterns such as '/model.[0-9]/*' allowed.")
 @click.option("--int8-fallback", type=click.Choice(["float", "int16"]),
               help="What ONNX int8 artifacts do with the nodes kept out of 8 bits: float, or 16-bit activations with "
               "8-bit weights (A16W8, for NPUs such as Qualcomm's HTP that run it natively). Default: the profile's "

@@ -109,3 +109,12 @@ def test_a16w8_profile_gives_interior_kept_nodes_16_bits_and_leaves_the_tail_flo
     concat = next(n for n in q.graph.node if n.name == "/Concat")
     assert concat.output[0] not in types, "the graph's float tail is not quantized"
     assert art["verification"]["map50_agreement"] >= 0.97
+
+
+def test_keep_float_takes_patterns_and_refuses_one_that_matches_nothing(shapes_model):
+    from converters.pipeline import _named_nodes
+    from edgeinfer.errors import EdgeInferError
+    got = _named_nodes(shapes_model, ["/net/c3/*", "/Concat"])
+    assert got[-1] == "/Concat" and len(got) > 3 and all(n.startswith("/net/c3/") for n in got[:-1])
+    with pytest.raises(EdgeInferError, match=r"/net/c9/\*"):
+        _named_nodes(shapes_model, ["/net/c9/*"])
