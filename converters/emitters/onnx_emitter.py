@@ -50,8 +50,8 @@ def _int8(req: EmitRequest) -> tuple[onnx.ModelProto, list[str]]:
                                                                "like any float output)" if req.options.get("int16_nodes") else ""))
     if wide:
         named = ", ".join(wide[:4]) + (f" and {len(wide) - 4} more" if len(wide) > 4 else "")
-        notes.append(f"16-bit activations, 8-bit weights (A16W8) on {len(wide)} node(s): {named} (the profile's NPU runs them "
-                     "without leaving it; ONNX Runtime on CPUs runs them in float between Dequantize and Quantize)")
+        notes.append(f"16-bit activations, 8-bit weights (A16W8) on {len(wide)} node(s): {named} (NPUs with A16W8 kernels, such as Qualcomm's HTP, run them "
+                     "in their quantized graph; ONNX Runtime on CPUs runs them in float between Dequantize and Quantize)")
     return model, notes
 
 
