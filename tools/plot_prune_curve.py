@@ -19,7 +19,8 @@ the scored ones, disjoint from everything pruning and recovery see. Labels are r
 score. Prints every row as it is measured, with wall and process CPU seconds and the load average.
 ``--resolution`` lets the MAC budget lower the input size too (``--prune-resolution``); the scored
 photos are then read again at the chosen size (field of view kept). ``--sizes`` scores the
-unpruned model at smaller input sizes alone, for reference.
+unpruned model at smaller input sizes alone, for reference. ``--fold K`` scores the eval photos at
+position K modulo 4 instead of 3 (recovery takes the rest), so four runs score every eval photo once.
 """
 from __future__ import annotations
 
@@ -75,10 +76,11 @@ def logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return np.concatenate([sess.run(None, {name: x[i:i + step]})[0] for i in range(0, len(x), step)]).reshape(len(x), -1)
 
 
-def split_recovery(calib: np.ndarray, x: np.ndarray, y: np.ndarray, extra: int):
+def split_recovery(calib: np.ndarray, x: np.ndarray, y: np.ndarray, extra: int, fold: int = 3):
     """(unlabelled recovery images, scored images, their labels): calib plus ``extra`` eval photos
-    (3 of every 4 in file order, at most 600) for recovery, every 4th eval photo scored."""
-    held = np.arange(len(x)) % 4 == 3
+    (3 of every 4 in file order, at most 600) for recovery, every 4th eval photo scored (those at
+    ``fold`` modulo 4: the four folds score every eval photo once)."""
+    held = np.arange(len(x)) % 4 == fold
     if extra > int((~held).sum()):
         raise SystemExit(f"--extra-recovery {extra}: at most {int((~held).sum())} eval photos can be used "
                          "(every 4th is kept for scoring)")
@@ -92,20 +94,20 @@ def cpu_seconds() -> float:
 
 
 def scored_at(root: Path, pre: dict, full: tuple[int, int], hw: tuple[int, int], extra: int,
-              cache: dict) -> np.ndarray:
+              cache: dict, fold: int = 3) -> np.ndarray:
     """The scored eval photos read again at ``hw`` (preprocessing scaled to keep the field of view)."""
     from converters.prune.resolution import scaled_preprocess
     if hw not in cache:
         cfg = PreprocessConfig.from_dict(scaled_preprocess(pre, full, hw))
         x, y = load_split(root, "eval", cfg, hw)
-        cache[hw] = split_recovery(x[:0], x, y, extra)[1]
+        cache[hw] = split_recovery(x[:0], x, y, extra, fold)[1]
     return cache[hw]
 
 
 def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, extra: int,
               save_dir: Path | None, multiple: int = 8, blockwise_cfg=None, final_cfg=None,
               resolution: bool = False, sizes: tuple[int, ...] = (),
-              model_file: str = "mobilenet_v2.onnx") -> tuple[float, list[dict]]:
+              model_file: str = "mobilenet_v2.onnx", fold: int = 3) -> tuple[float, list[dict]]:
     from converters.prune.graph import prepare as prepare_model
     from converters.prune.resolution import resample, resize_input
     model = onnx.load(root / model_file)
@@ -116,7 +118,7 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
     full = (dims[2], dims[3])
     calib, _ = load_split(root, "calib", cfg, full)
     x, y = load_split(root, "eval", cfg, full)
-    recovery, x, y = split_recovery(calib, x, y, extra)
+    recovery, x, y = split_recovery(calib, x, y, extra, fold)
     scored = {full: x}
     ref = logits(model, x).argmax(1)
     base = 100 * float((ref == y).mean())
@@ -126,7 +128,7 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
     for size in sizes:      # the input size alone (no channel cut, no recovery): MobileNet's resolution multiplier
         from converters.prune import flops
         small = resize_input(prepare_model(model), (size, size))
-        pred = logits(small, scored_at(root, pre, full, (size, size), extra, scored)).argmax(1)
+        pred = logits(small, scored_at(root, pre, full, (size, size), extra, scored, fold)).argmax(1)
         drop = 1.0 - flops.count(small, shapes_ready=True).macs / flops.count(prepare_model(model), shapes_ready=True).macs
         row = {"cut": round(drop, 4), "recover": "none", "macs": flops.count(small, shapes_ready=True).macs,
                "macs_drop": round(drop, 4), "input": [size, size], "resolution": True, "size_only": True,
@@ -173,7 +175,7 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
                 if rec == "lsq":
                     lsq = (pm, rep, seconds, cpu)
             hw = rep.input_hw[1] if rep.input_hw else full
-            pred = logits(pm, scored_at(root, pre, full, hw, extra, scored)).argmax(1)
+            pred = logits(pm, scored_at(root, pre, full, hw, extra, scored, fold)).argmax(1)
             row = {"cut": cut, "recover": rec, "macs": rep.macs[1], "macs_drop": round(rep._drop(rep.macs), 4),
                    "input": list(hw), "resolution": resolution,
                    "top1": round(100 * float((pred == y).mean()), 2), "agreement": round(float((pred == ref).mean()), 4),
@@ -217,6 +219,8 @@ def main(argv=None) -> int:
     ap.add_argument("--feature-weight", type=float, help="distillation feature-loss weight (default: DistillConfig's)")
     ap.add_argument("--train-size", type=int, help="distillation training resolution in pixels (default: DistillConfig's)")
     ap.add_argument("--batch", type=int, help="distillation batch size (default: DistillConfig's)")
+    ap.add_argument("--fold", type=int, choices=range(4), default=3,
+                    help="score the eval photos at this position modulo 4 (recovery uses the others); run 0-3 to score all")
     ap.add_argument("--extra-recovery", type=int, default=600,
                     help="eval photos added (unlabelled) to the recovery data; the rest of eval is scored")
     ap.add_argument("--channel-multiple", type=int, default=8,
@@ -253,7 +257,7 @@ def main(argv=None) -> int:
         real = real_rows(args.real, [float(c) for c in args.cuts.split(",")], args.recover.split(","),
                          DistillConfig(time_budget=args.budget, **knobs), args.extra_recovery, args.save_dir,
                          args.channel_multiple, BlockwiseConfig(time_budget=args.blockwise_budget, **bw), final,
-                         args.resolution, tuple(int(v) for v in args.sizes.split(",") if v), args.model)
+                         args.resolution, tuple(int(v) for v in args.sizes.split(",") if v), args.model, args.fold)
     if args.json:
         args.json.write_text(json.dumps({"digits": digits, "real": real and {"fp32_top1": real[0], "rows": real[1]}}, indent=1))
 
