@@ -164,7 +164,6 @@ def _plan(profile: Profile, opts: ConvertOptions) -> list[tuple[str, str]]:
     return [(f, p) for f in formats for p in precisions]
 
 
-INT8_FALLBACKS = ("float", "int16")
 INT16_VARIANT = "int16 activations (A16W8)"
 
 
@@ -265,7 +264,10 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
     measures its final set that way too."""
     if opts.exclude_nodes:
         chosen = _named_nodes(model, opts.exclude_nodes)
-        return chosen, {"kept_float": chosen, "metric": "chosen with --keep-float"}, calib
+        entry = {"kept_float": chosen, "metric": "chosen with --keep-float"}
+        if int16:
+            entry["int16_activations"] = _int16_entry(model, chosen)
+        return chosen, entry, calib
     if calib is None or not opts.auto_keep_float or (task != "detect" and opts.min_agreement is None):
         return [], None, calib
     from .calibrate import with_tails_clipped
@@ -296,11 +298,17 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
              "target": rep.float_metric - tolerance, "met": bool(rep.final_metric >= rep.float_metric - tolerance),
              "silu_tails_cut": rep.alternative}
     if INT16_VARIANT in rep.variants:
-        from .quantize_onnx import graph_tail
-        tail = graph_tail(model, rep.excluded)
-        entry["int16_activations"] = {"formats": ["onnx"], "final": rep.variants[INT16_VARIANT],
-                                      "nodes": [n for n in rep.excluded if n not in tail], "float_tail": tail}
+        entry["int16_activations"] = _int16_entry(model, rep.excluded, rep.variants[INT16_VARIANT])
     return list(rep.excluded), entry, rep.calibration or calib
+
+
+def _int16_entry(model, kept: list[str], final: float | None = None) -> dict[str, Any]:
+    """The manifest's record of the A16W8 artifacts: which kept nodes get 16-bit activations, which
+    (the graph's tail) stay float, and the search's figure for that recipe when it measured one."""
+    from .quantize_onnx import graph_tail
+    tail = graph_tail(model, kept)
+    entry = {"formats": ["onnx"], "nodes": [n for n in kept if n not in tail], "float_tail": tail}
+    return entry if final is None else dict(entry, final=final)
 
 
 def search_missed(mixed: dict[str, Any] | None) -> str | None:

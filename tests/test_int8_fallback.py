@@ -109,6 +109,7 @@ def test_a16w8_profile_gives_interior_kept_nodes_16_bits_and_leaves_the_tail_flo
     concat = next(n for n in q.graph.node if n.name == "/Concat")
     assert concat.output[0] not in types, "the graph's float tail is not quantized"
     assert art["verification"]["map50_agreement"] >= 0.97
+    assert m["mixed_precision"]["int16_activations"] == {"formats": ["onnx"], "nodes": [conv], "float_tail": ["/Concat"]}
 
 
 def test_keep_float_takes_patterns_and_refuses_one_that_matches_nothing(shapes_model):
