@@ -75,5 +75,6 @@ class DequantizeLinearMS(DequantizeLinear):
     op_domain = "com.microsoft"
 
 
+# onnx.reference finds an implementation by class name and op_domain: the same names, ORT's domain
 QuantizeLinearMS.__name__, DequantizeLinearMS.__name__ = "QuantizeLinear", "DequantizeLinear"
 FAST_FLOAT_OPS = [QuantizeLinear, DequantizeLinear, QuantizeLinearMS, DequantizeLinearMS, MaxPool]

@@ -316,9 +316,9 @@ def search_missed(mixed: dict[str, Any] | None) -> str | None:
     ``mixed_precision`` entry), else None."""
     if not mixed:
         return None
-    wide = mixed.get("int16_activations")
-    if mixed.get("met") is not False:
-        if wide and mixed.get("target") is not None and wide["final"] < mixed["target"]:
+    wide = mixed.get("int16_activations") or {}
+    if mixed.get("met") is not False:     # float met it (or no target: --keep-float); the A16W8 figure may not
+        if "final" in wide and wide["final"] < mixed["target"]:
             return (f"int8 (ONNX, 16-bit activations on the kept nodes): {mixed['metric']} {wide['final']:.4f}, below "
                     f"the target {mixed['target']:.4f} that float reached: ship that profile's fp16, or pass --int8-fallback float")
         return None
@@ -415,11 +415,11 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         check_available([dict(p.data, name=p.name) for p in profiles])
     plans = {p.name: _plan(p, opts) for p in profiles}
     need_calib = any(prec in ("int8", "int4") for plan in plans.values() for _, prec in plan)
-    # activation ranges: int8 with int8 activations (all but weight-only Core ML), and int4 TFLite;
-    # int4 ONNX / Core ML and Core ML int8 without --coreml-w8a8 are weight-only
+    # int8 activations: every int8 artifact but weight-only Core ML (no --coreml-w8a8)
     w8a8 = bool(opts.emitter_options.get("coreml_w8a8"))
-    need_ranges = any((prec == "int8" and (fmt != "coreml" or w8a8)) or (prec, fmt) == ("int4", "tflite")
-                      for plan in plans.values() for fmt, prec in plan)
+    wants_int8 = any(prec == "int8" and (fmt != "coreml" or w8a8) for plan in plans.values() for fmt, prec in plan)
+    # activation ranges: those, and int4 TFLite (int8 activations); int4 ONNX / Core ML are weight-only
+    need_ranges = wants_int8 or any((prec, fmt) == ("int4", "tflite") for plan in plans.values() for fmt, prec in plan)
     calib_samples, verify_samples, facts = _gather_inputs(opts, cfg, size_hw, need_calib)
 
     model = source
@@ -445,7 +445,6 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         calib = calibrate(model, calib_samples, opts.calib_method, skipped=facts.get("skipped", 0),
                           synthetic=bool(facts.get("synthetic")), progress=opts.progress)
     # the keep-float search is for int8 activations: weight-only Core ML int8 has none (GPTQ weights instead)
-    wants_int8 = any(prec == "int8" and (fmt != "coreml" or w8a8) for plan in plans.values() for fmt, prec in plan)
     int16 = any(int8_fallback(fmt, p, opts) == "int16" for p in profiles for fmt, prec in plans[p.name] if prec == "int8")
     keep_float, mixed, chosen = _keep_float(model, calib if wants_int8 else None, task, post, opts, int16)
     calib = chosen if chosen is not None else calib
