@@ -176,13 +176,17 @@ def int8_fallback(fmt: str, profile: Profile, opts: ConvertOptions) -> str:
     return opts.int8_fallback or profile.data["recipe"].get("int8_fallback", "float")
 
 
-def _emit_options(fmt: str, profile: Profile, opts: ConvertOptions, keep_float: list[str]) -> dict[str, Any]:
+def _emit_options(fmt: str, profile: Profile, opts: ConvertOptions, keep_float: list[str],
+                  wide: list[str] | None = None) -> dict[str, Any]:
+    """The emitter's options for ``fmt`` on ``profile``; ``wide``: the nodes an A16W8 artifact
+    (``int8_fallback`` int16) keeps out of 8 bits (None: ``keep_float``)."""
     recipe = profile.data["recipe"]
     o: dict[str, Any] = {"activation_dtype": recipe.get("activation_dtype", "int8"), "nodes_to_exclude": list(keep_float)}
     if fmt == "onnx":
         o["int8_pair_safe"] = saturates(profile.int8_kernels)
-        if keep_float and int8_fallback(fmt, profile, opts) == "int16":
-            o["nodes_to_exclude"], o["int16_nodes"] = [], list(keep_float)
+        wide = list(keep_float) if wide is None else list(wide)
+        if wide and int8_fallback(fmt, profile, opts) == "int16":
+            o["nodes_to_exclude"], o["int16_nodes"] = [], wide
     if fmt == "tflite":
         o["io_dtype"] = opts.emitter_options.get("tflite_io_dtype") or recipe.get("tflite_io_dtype", "float32")
         o["int8_mode"] = opts.emitter_options.get("int8_mode") or "full"
@@ -297,9 +301,38 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
              "out_of_time": rep.out_of_time, "arithmetic": "pair-safe int8 on this host's ORT (= exact-int)",
              "target": rep.float_metric - tolerance, "met": bool(rep.final_metric >= rep.float_metric - tolerance),
              "silu_tails_cut": rep.alternative}
-    if INT16_VARIANT in rep.variants:
-        entry["int16_activations"] = _int16_entry(model, rep.excluded, rep.variants[INT16_VARIANT])
+    if int16:
+        region = _int16_region(model, rep, samples, post, task, opts)
+        final = region.recorded[region.fraction]
+        entry["int16_activations"] = dict(_int16_entry(model, rep.excluded + region.nodes, final),
+                                          region=region.to_dict())
     return list(rep.excluded), entry, rep.calibration or calib
+
+
+def _int16_region(model, rep, samples: np.ndarray, post: dict[str, Any], task: str, opts: ConvertOptions):
+    """``wide_regions.choose_region`` on the search's set and ranges: detectors on mAP@0.5:0.95
+    agreement (recording mAP@0.5), other tasks on cosine agreement (recording top-1 agreement)."""
+    from edgeinfer.preprocess import Transform
+
+    from .quantize_onnx import quantize_a16w8
+    from .sensitivity import cosine_agreement, detection_agreement, top1_agreement
+    from .wide_regions import choose_region, dense_detection_metric
+    if task == "detect":
+        t = Transform((int(samples.shape[3]), int(samples.shape[2])))
+        dense, name = dense_detection_metric(rep.reference, post, t), "map50_95_agreement"
+        record = detection_agreement(rep.reference, post, t)
+    else:
+        dense, name, record = cosine_agreement(rep.reference), "cosine_agreement", top1_agreement(rep.reference)
+    _say(opts, "measuring how much of the graph 16-bit activations should cover (A16W8 target)")
+    return choose_region(model, samples, rep.excluded,
+                         lambda names: quantize_a16w8(model, rep.calibration, names, pair_safe=True)[0],
+                         dense, name, progress=opts.progress, record=record)
+
+
+def _int16_nodes(mixed: dict[str, Any] | None) -> list[str] | None:
+    """The nodes the manifest says A16W8 artifacts keep out of 8 bits (16-bit + float tail), or None."""
+    wide = (mixed or {}).get("int16_activations")
+    return None if wide is None else wide["nodes"] + wide["float_tail"]
 
 
 def _int16_entry(model, kept: list[str], final: float | None = None) -> dict[str, Any]:
@@ -495,7 +528,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                 _say(opts, f"[{profile.name}] emitting {fmt} {precision}")
                 req = EmitRequest(model=model, precision=precision, out_path=tmp / name, calibration=calib,
                                   input_layout=_input_layout(fmt, profile, opts, src.layout),
-                                  options=_emit_options(fmt, profile, opts, keep_float),
+                                  options=_emit_options(fmt, profile, opts, keep_float, _int16_nodes(mixed)),
                                   preprocess=cfg.to_dict(), labels=labels, task=task, profile=profile.data,
                                   int4=int4_plan if precision == "int4" else None,
                                   int8_weights=int8_weights if (fmt, precision) == ("coreml", "int8") else None,

@@ -90,8 +90,10 @@ def activation_tensors(model: onnx.ModelProto, nodes) -> set[str]:
 
 
 def graph_tail(model: onnx.ModelProto, nodes) -> list[str]:
-    """The ``nodes`` (names) whose outputs reach the graph's outputs only through other such nodes:
-    the end of the graph, which an NPU hands back to the CPU once like any float output."""
+    """The ``nodes`` (names) whose outputs reach the graph's outputs only through other such nodes,
+    none of them a Conv/Gemm/MatMul: the end of the graph (decode arithmetic), which an NPU hands
+    back to the CPU once like any float output. Weighted ops stay on the NPU, and so does all above them."""
+    from .sensitivity import WEIGHTED_OPS
     wanted = set(nodes)
     outputs = {o.name for o in model.graph.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -100,7 +102,7 @@ def graph_tail(model: onnx.ModelProto, nodes) -> list[str]:
             consumers.setdefault(i, []).append(n)
     tail: set[str] = set()
     for n in reversed(list(model.graph.node)):     # topological order: consumers are decided first
-        if n.name in wanted and all(t in outputs or all(c.name in tail for c in consumers.get(t, []))
+        if n.name in wanted and n.op_type not in WEIGHTED_OPS and all(t in outputs or all(c.name in tail for c in consumers.get(t, []))
                                     for t in n.output if t in outputs or t in consumers):
             tail.add(n.name)
     return [n for n in nodes if n in tail]

@@ -71,6 +71,7 @@ class SensitivityReport:
     calibration: CalibrationResult | None = None   # the ranges the result was measured with
     alternative: dict | None = None   # {"tails_clipped", "metric_without", "metric_with", "chosen"}
     variants: dict[str, float] = field(default_factory=dict)   # variant name -> metric of the final set under it
+    reference: Outputs | None = field(default=None, repr=False)   # the float model's outputs on the eval inputs
 
 
 def run_outputs(model: onnx.ModelProto, inputs: np.ndarray, threads: int | None = None) -> Outputs:
@@ -123,17 +124,26 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
-def head_groups(model: onnx.ModelProto) -> list[tuple[str, ...]]:
-    """Op groups of a model's head: the float tail after the last weighted ops (decode arithmetic,
-    the concat of box and score branches) and the last weighted ops themselves (final convs)."""
+def _after_weighted(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The nodes from which no Conv/Gemm/MatMul is reachable (topological order)."""
     cons = _consumers(model)
     reaches_weighted: dict[str, bool] = {}
     for n in reversed(model.graph.node):  # topological order: consumers are already known
         reaches_weighted[n.name] = any(c.op_type in WEIGHTED_OPS or reaches_weighted.get(c.name, False)
                                        for o in n.output for c in cons.get(o, []))
-    tail = tuple(n.name for n in model.graph.node if n.op_type not in WEIGHTED_OPS and not reaches_weighted[n.name])
-    final = tuple(n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and not reaches_weighted[n.name])
-    return [g for g in (tail, final) if g]
+    return [n for n in model.graph.node if not reaches_weighted[n.name]]
+
+
+def decode_tail(model: onnx.ModelProto) -> tuple[str, ...]:
+    """The float tail after the last weighted ops (decode arithmetic, the concat of box and score branches)."""
+    return tuple(n.name for n in _after_weighted(model) if n.op_type not in WEIGHTED_OPS)
+
+
+def head_groups(model: onnx.ModelProto) -> list[tuple[str, ...]]:
+    """Op groups of a model's head: the float tail after the last weighted ops (``decode_tail``)
+    and the last weighted ops themselves (final convs)."""
+    final = tuple(n.name for n in _after_weighted(model) if n.op_type in WEIGHTED_OPS)
+    return [g for g in (decode_tail(model), final) if g]
 
 
 def mixed_range_concats(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
@@ -236,7 +246,8 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
     def measure(exclude: Sequence[str], other: CalibrationResult | None = None) -> float:
         return measure_with(quant, exclude, other or calib)
 
-    report.float_metric = float(metric_fn(float_outputs if float_outputs is not None else run_outputs(model, eval_inputs)))
+    report.reference = float_outputs if float_outputs is not None else run_outputs(model, eval_inputs)
+    report.float_metric = float(metric_fn(report.reference))
     naive = quant(model, calib, [])
     report.naive_metric = report.final_metric = float(metric_fn(run_outputs(naive, eval_inputs)))
     report.evaluations += 1

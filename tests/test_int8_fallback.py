@@ -73,6 +73,10 @@ def test_graph_tail_is_the_end_of_the_graph(shapes_model):
     assert graph_tail(shapes_model, [conv]) == []
     assert graph_tail(shapes_model, names[-8:]) == names[-8:]      # the decode tail, Concat last
     assert graph_tail(shapes_model, names[-8:-1]) == []             # without the Concat it feeds
+    whole = graph_tail(shapes_model, names)                          # weighted ops and all above them stay
+    assert conv not in whole and whole == [n.name for n in shapes_model.graph.node
+                                           if n.name in whole and n.op_type not in ("Conv", "Gemm", "MatMul")]
+    assert set(names[-8:]) <= set(whole)
 
 
 def test_search_measures_variants_on_its_final_set(shapes_model, shapes_calib):
@@ -119,3 +123,45 @@ def test_keep_float_takes_patterns_and_refuses_one_that_matches_nothing(shapes_m
     assert got[-1] == "/Concat" and len(got) > 3 and all(n.startswith("/net/c3/") for n in got[:-1])
     with pytest.raises(EdgeInferError, match=r"/net/c9/\*"):
         _named_nodes(shapes_model, ["/net/c9/*"])
+
+
+def test_prefix_regions_are_nested_and_all_hold_the_decode_tail(shapes_model):
+    from converters.sensitivity import WEIGHTED_OPS, decode_tail
+    from converters.wide_regions import prefix_regions
+    regions = prefix_regions(shapes_model)
+    order = sorted(regions)
+    assert order[0] == 0.0 and order[-1] == 1.0
+    tail = list(decode_tail(shapes_model))
+    assert tail and regions[0.0] == tail
+    for small, big in zip(order, order[1:]):
+        assert set(regions[small]) < set(regions[big])
+    ops = {n.name: n.op_type for n in shapes_model.graph.node}
+    assert sum(ops[n] in WEIGHTED_OPS for n in regions[1.0]) == sum(t in WEIGHTED_OPS for t in ops.values())
+    quarter = [n for n in regions[0.25] if n not in tail]   # a conv's activation comes with it: the next node is weighted
+    assert ops[[n.name for n in shapes_model.graph.node][len(quarter)]] in WEIGHTED_OPS
+
+
+@pytest.mark.parametrize("figures, chosen", [
+    ({None: 0.80, 0.0: 0.82, 0.25: 0.85, 0.5: 0.95, 0.75: 0.96, 1.0: 0.96}, 0.5),
+    ({None: 0.80, 0.0: 0.90, 0.25: 0.955, 0.5: 0.95, 0.75: 0.96, 1.0: 0.96}, 0.25),
+    ({None: 0.80, 0.0: 0.955, 0.25: 0.955, 0.5: 0.956, 0.75: 0.96, 1.0: 0.96}, 0.0),
+    ({None: 0.80, 0.0: 0.82, 0.25: 0.85, 0.5: 0.90, 0.75: 0.92, 1.0: 0.96}, 1.0),
+    ({None: 0.955, 0.0: 0.9, 0.25: 0.9, 0.5: 0.9, 0.75: 0.9, 1.0: 0.96}, None),
+])
+def test_choose_region_takes_the_smallest_region_near_the_whole_graph(shapes_model, figures, chosen):
+    from converters.wide_regions import choose_region, prefix_regions
+    regions = prefix_regions(shapes_model)
+    by_size = {len(v): f for f, v in regions.items()}
+    kept = ["/Concat"]                # in the decode tail, so every region holds it already
+    asked = []
+
+    def quantize(names):            # stands in for the A16W8 model: remembers which region it was asked for
+        asked.append(None if names == kept else by_size[len(names)])
+        return shapes_model
+
+    x = np.zeros((1, 3, 128, 128), np.float32)
+    choice = choose_region(shapes_model, x, kept, quantize, lambda _o: figures[asked[-1]], "m", progress=False,
+                           record=lambda _o: -1.0 if asked[-1] is None else asked[-1])
+    assert choice.fraction == chosen and len(asked) <= 5
+    assert set(choice.nodes) == (set() if chosen is None else set(regions[chosen]) - set(kept))
+    assert choice.recorded[None] == -1.0 and choice.to_dict()["chosen_fraction"] == chosen
