@@ -46,13 +46,17 @@ def _int8(req: EmitRequest) -> tuple[onnx.ModelProto, list[str]]:
         notes.append("full 8-bit weights for exact-accumulating int8 kernels (ARM NEON/dot-product, x86 VNNI); x86 CPUs "
                      "without VNNI saturate 16-bit pair sums with them, so such hosts verify in exact integer arithmetic")
     if kept:
-        notes.append(f"kept in float: {', '.join(kept)}" + (" (the end of the graph: an NPU hands it to the CPU once, "
+        notes.append(f"kept in float: {_some(kept)}" + (" (the end of the graph: an NPU hands it to the CPU once, "
                                                                "like any float output)" if req.options.get("int16_nodes") else ""))
     if wide:
-        named = ", ".join(wide[:4]) + (f" and {len(wide) - 4} more" if len(wide) > 4 else "")
-        notes.append(f"16-bit activations, 8-bit weights (A16W8) on {len(wide)} node(s): {named} (NPUs with A16W8 kernels, such as Qualcomm's HTP, run them "
+        notes.append(f"16-bit activations, 8-bit weights (A16W8) on {len(wide)} node(s): {_some(wide)} (NPUs with A16W8 kernels, such as Qualcomm's HTP, run them "
                      "in their quantized graph; ONNX Runtime on CPUs runs them in float between Dequantize and Quantize)")
     return model, notes
+
+
+def _some(names: list[str], shown: int = 4) -> str:
+    """The first ``shown`` names, then how many more."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _int4(req: EmitRequest) -> tuple[onnx.ModelProto, list[str], dict]:
