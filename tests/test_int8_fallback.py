@@ -165,3 +165,19 @@ def test_choose_region_takes_the_smallest_region_near_the_whole_graph(shapes_mod
     assert choice.fraction == chosen and len(asked) <= 5
     assert set(choice.nodes) == (set() if chosen is None else set(regions[chosen]) - set(kept))
     assert choice.recorded[None] == -1.0 and choice.to_dict()["chosen_fraction"] == chosen
+
+
+def test_a16w8_profile_search_records_its_region_and_the_artifact_follows_it(tmp_path):
+    edgeinfer_cli("convert", DET / "shapes_det.onnx", "--profile", "galaxy-s24", "--formats", "onnx",
+                  "--quant", "int8", "--calib", DET / "calib", "--verify-data", DET / "val", "-o", tmp_path, "--quiet",
+                  check=True)
+    bundle = tmp_path / "shapes_det-galaxy-s24"
+    wide = read_manifest(bundle)["mixed_precision"]["int16_activations"]
+    region = wide["region"]
+    assert region["metric"] == "map50_95_agreement" and "1.00" in region["prefixes"]
+    assert 0.0 <= region["kept_nodes_only"] <= 1.0 and 0.0 <= wide["final"] <= 1.0
+    assert region["nodes"] == 0 if region["chosen_fraction"] is None else region["nodes"] > 0
+    art = next(a for a in read_manifest(bundle)["artifacts"] if a["precision"] == "int8")
+    q = onnx.load(str(bundle / art["file"]))
+    sixteen = {n.name for n in q.graph.node if n.op_type == "QuantizeLinear" and n.domain == "com.microsoft"}
+    assert bool(sixteen) == bool(wide["nodes"])

@@ -161,6 +161,10 @@ def test_a_missed_target_and_a_low_int8_figure_become_warnings():
     entry = {"metric": "map50_agreement on calibration images", "final": 0.9203, "target": 0.99, "met": False}
     assert "0.9203, below its target 0.9900" in search_missed(entry)
     assert search_missed(dict(entry, met=True)) is None and search_missed(None) is None
+    rescued = dict(entry, int16_activations={"final": 0.995})      # an A16W8 region met it for that artifact
+    assert "A16W8 ONNX artifact reached 0.9950" in search_missed(rescued) and "0.9203" in search_missed(rescued)
+    assert "below the target 0.9900 that float reached" in search_missed(
+        dict(entry, met=True, int16_activations={"final": 0.98}))
     low = below_default_floor({"map50_agreement": 0.663, "inputs": 13}, "detect", None)
     assert "map50_agreement" in low and "0.6630 on 13 held-out inputs, below 0.9" in low
     assert below_default_floor({"map50_agreement": 0.663}, "detect", 0.5) is None     # --min-agreement decides
