@@ -48,7 +48,9 @@ class RegionChoice:
     def to_dict(self) -> dict:
         return {"metric": self.metric, "kept_nodes_only": round(self.base, 4),
                 "prefixes": {f"{f:.2f}": round(v, 4) for f, v in sorted(self.measured.items())},
-                "chosen_fraction": self.fraction, "delta": self.delta, "nodes": len(self.nodes)}
+                "chosen_fraction": self.fraction, "delta": self.delta, "nodes": len(self.nodes),
+                "recorded": {("kept_nodes_only" if f is None else f"{f:.2f}"): round(v, 4)
+                             for f, v in self.recorded.items()}}
 
 
 def prefix_regions(model: onnx.ModelProto, fractions: Sequence[float] = FRACTIONS) -> dict[float, list[str]]:

@@ -165,6 +165,7 @@ def test_choose_region_takes_the_smallest_region_near_the_whole_graph(shapes_mod
     assert choice.fraction == chosen and len(asked) <= 5
     assert set(choice.nodes) == (set() if chosen is None else set(regions[chosen]) - set(kept))
     assert choice.recorded[None] == -1.0 and choice.to_dict()["chosen_fraction"] == chosen
+    assert choice.to_dict()["recorded"]["kept_nodes_only"] == -1.0
 
 
 def test_a16w8_profile_search_records_its_region_and_the_artifact_follows_it(tmp_path):
