@@ -66,7 +66,8 @@ class Curve:
                 "macs_removed": [round(g, 5) for g in self.gains]}
 
 
-def _outputs(model: onnx.ModelProto, samples: np.ndarray) -> list[np.ndarray]:
+def model_outputs(model: onnx.ModelProto, samples: np.ndarray) -> list[np.ndarray]:
+    """Every graph output of ``model`` on ``samples`` (batches of 8), float64."""
     names = [o.name for o in model.graph.output]
     parts = list(iter_tensors(model, names, samples, batch=8))
     return [np.concatenate([p[n] for p in parts]).astype(np.float64) for n in names]
@@ -114,7 +115,7 @@ def measure(an: Analysis, scores: np.ndarray, cfg, samples: np.ndarray, keep_cou
     than others (inverted-residual hidden channels: their one consumer is refit; residual streams:
     the lost channels themselves are gone), so the allocation must see the error *after* it."""
     macs0 = flops.count(an.view.model, shapes_ready=True).macs
-    ref = _outputs(an.view.model, samples)
+    ref = model_outputs(an.view.model, samples)
     todo = []
     for g in an.groups:
         if not g.prunable or g.size < max(cfg.protect_channels, 2):
@@ -135,7 +136,7 @@ def measure(an: Analysis, scores: np.ndarray, cfg, samples: np.ndarray, keep_cou
                 if refit is not None:
                     m = refit(m, kept)
                 c.ratios.append(r)
-                c.errors.append(output_error(ref, _outputs(m, samples)))
+                c.errors.append(output_error(ref, model_outputs(m, samples)))
                 c.gains.append(1.0 - flops.count(m, shapes_ready=True).macs / macs0)
                 bar.update()
             curves.append(c)

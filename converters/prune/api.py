@@ -325,7 +325,7 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
         ratio = config.ratio if config.ratio is not None else 0.0
         if config.resolution:
             full = resolution.input_hw(base)
-            ref = allocate._outputs(base, sens)     # the unpruned model at full size: the sizes' and plans' reference
+            ref = allocate.model_outputs(base, sens)     # the unpruned model at full size: the sizes' and plans' reference
             rcurve = resolution.measure(base, sens, resolution.candidates(
                 full, config.resolution_step, config.min_resolution_scale), ref)
             progress("resolution sensitivity: " + ", ".join(
@@ -342,10 +342,9 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
             ratio = 1.0 - float(kept_class.mean())
     pruned, kept = surgery.apply(an, kept_class)
     full_samples = samples = None if calib_samples is None else np.asarray(calib_samples, np.float32)
-    teacher = base
-    resized = hw is not None and hw != resolution.input_hw(base)
+    pruned, teacher = _at_size(pruned, base, hw)
+    resized = teacher is not base
     if resized:
-        pruned, teacher = resolution.resize_input(pruned, hw), resolution.resize_input(base, hw)
         samples = resolution.resample(samples, hw)
         progress(f"input {'x'.join(map(str, resolution.input_hw(base)))} -> {hw[0]}x{hw[1]}: the refit and block-wise "
                  "recovery match the unpruned model at that size, distillation the unpruned model at full size")
@@ -387,6 +386,14 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     return pruned, report
 
 
+def _at_size(pruned: onnx.ModelProto, base: onnx.ModelProto,
+             hw: tuple[int, int] | None) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """``pruned`` and the unpruned ``base`` with input size ``hw`` (both returned as given at ``base``'s size or None)."""
+    if hw is None or hw == resolution.input_hw(base):
+        return pruned, base
+    return resolution.resize_input(pruned, hw), resolution.resize_input(base, hw)
+
+
 def _plan_error(an: Analysis, base: onnx.ModelProto, sens: np.ndarray, ref: list[np.ndarray], fit: np.ndarray,
                 cfg: PruneConfig):
     """``measure(kept, size)`` for ``_joint_plan``: the plan built at that size, refit (when the
@@ -395,13 +402,11 @@ def _plan_error(an: Analysis, base: onnx.ModelProto, sens: np.ndarray, ref: list
 
     def measure(kept_class: np.ndarray, hw: tuple[int, int]) -> float:
         m, kept = surgery.apply(an, kept_class)
-        teacher = base
-        if hw != resolution.input_hw(base):
-            m, teacher = resolution.resize_input(m, hw), resolution.resize_input(base, hw)
+        m, teacher = _at_size(m, base, hw)
         if cfg.reconstruct and cfg.sensitivity_refit and kept:
             with quiet():
                 m = reconstruct(teacher, m, kept, resolution.resample(fit, hw), ridge=cfg.ridge)[0]
-        return allocate.output_error(ref, allocate._outputs(m, resolution.resample(sens, hw)))
+        return allocate.output_error(ref, allocate.model_outputs(m, resolution.resample(sens, hw)))
     return measure
 
 

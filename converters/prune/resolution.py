@@ -20,7 +20,7 @@ from PIL import Image
 from edgeinfer.errors import EdgeInferError
 
 from . import flops
-from .allocate import _outputs as outputs, output_error
+from .allocate import model_outputs, output_error
 from .graph import infer_shapes
 
 
@@ -140,12 +140,12 @@ def measure(model: onnx.ModelProto, samples: np.ndarray, sizes: list[tuple[int, 
     """Cost and gain of each size in ``sizes`` for ``model`` (shape-inferred, full-size ``samples``)."""
     full = input_hw(model)
     macs0 = flops.count(model, shapes_ready=True).macs
-    ref = ref if ref is not None else outputs(model, samples)
+    ref = ref if ref is not None else model_outputs(model, samples)
     curve = ResolutionCurve(full, [], [], [])
     for hw in sizes:
         m = resize_input(model, hw)
         curve.sizes.append(hw)
-        curve.errors.append(output_error(ref, outputs(m, resample(samples, hw))))
+        curve.errors.append(output_error(ref, model_outputs(m, resample(samples, hw))))
         curve.gains.append(1.0 - flops.count(m, shapes_ready=True).macs / macs0)
     return curve
 
