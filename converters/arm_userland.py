@@ -237,7 +237,7 @@ def run_python(cpu: str, paths: list[Path], args: list[str], timeout: float = 90
            "PYTHONPATH": os.pathsep.join(str(p) for p in paths), "OMP_NUM_THREADS": "1"}
     try:
         return subprocess.run(command(cpu, args, log), capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
-    except subprocess.TimeoutExpired as exc:
+    except subprocess.TimeoutExpired:
         raise EdgeInferError(f"the emulated arm64 run ({cpu}) did not finish within {timeout:.0f} s: "
                              f"{' '.join(map(str, args))[:200]}") from None
 

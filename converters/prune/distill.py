@@ -144,7 +144,7 @@ def fixed_views(n_images: int, h: int, w: int, cfg: DistillConfig, rng: np.rando
 
 
 def teacher_cache(torch, teacher, names: list[str], x_all, views: list[list[tuple]], size_hw,
-                  batch: int) -> dict[str, "torch.Tensor"]:
+                  batch: int) -> dict[str, Any]:
     """The teacher's ``names`` tensors for every (image, view), computed once: {name: [images, views, ...]}.
     Training then never runs the teacher."""
     n, k = len(views), len(views[0])
