@@ -14,7 +14,6 @@ from conftest import edgeinfer_cli
 from converters.api import convert
 from converters.intake.layout import nchw_view, nhwc_input
 from edgeinfer import Predictor
-from edgeinfer.bundle import read_manifest
 from edgeinfer.detection.anchors import ANCHOR_PRESETS, anchor_preset
 from edgeinfer.detection.decoders import decode_ssd, decode_yolov8, ssd_anchors
 from edgeinfer.preprocess import PreprocessConfig, preprocess_image

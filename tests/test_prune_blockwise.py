@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from converters.prune import PruneConfig, prune_model
-from prune_helpers import G, kl_to, run
+from prune_helpers import G, kl_to
 
 torch = pytest.importorskip("torch")
 

@@ -236,7 +236,6 @@ def _external(t, location: str) -> None:
 def _tiny_model(kind: str):
     """A valid model with one tensor pointing at '../secret.bin': in a subgraph, a sparse initializer, a
     tensor-list attribute, or a model-local function."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
