@@ -107,7 +107,8 @@ def evaluate(bundle: Path, stem: str, photos: list[Path], rounds: int) -> dict:
     ref_post = DetectPostprocessor(manifest["postprocess"])
     test_post = ranked_postprocessor(ref_post)
     ref_results = [ref_post(o, t) for o, t in zip(ref, transforms)]
-    row = {"kept_float": (manifest.get("mixed_precision") or {}).get("kept_float"),
+    mixed = manifest.get("mixed_precision") or {}
+    row = {"kept_float": mixed.get("kept_float"), "int16_nodes": len((mixed.get("int16_activations") or {}).get("nodes", [])),
            "calibration": manifest["calibration"]["method"],
            "fp32_boxes": sum(len(r.detections) for r in ref_results)}
     for fmt, suffix in FORMATS.items():
@@ -161,7 +162,8 @@ def main(argv=None) -> int:
                  for fmt in FORMATS]
         print(f"{r['calibration']:<12} {r.get('wall_s', float('nan')):>14.1f} {r.get('cpu_s', float('nan')):>7.1f} "
               f"{r.get('load_before', float('nan')):>5.1f} {r['fp32_boxes']:>10}" + "".join(f"{c:>28}" for c in cells)
-              + f"  {', '.join(r['kept_float'] or []) or '-'}")
+              + f"  {', '.join(r['kept_float'] or []) or '-'}"
+              + (f" (ONNX: {r['int16_nodes']} nodes at 16 bits, A16W8)" if r.get("int16_nodes") else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
