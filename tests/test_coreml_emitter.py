@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 
 from coreml_helpers import ort_run, pixel_batch, single_op, tiny_convnet
 

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tflite_util import convert, ort_run, run_tflite, tiny_cnn
+from tflite_util import convert, ort_run, tiny_cnn
 
 from edgeinfer.backends import BackendOptions, open_backend
 

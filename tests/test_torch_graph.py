@@ -6,7 +6,6 @@ import numpy as np
 import onnx
 import pytest
 from numpy.testing import assert_allclose
-from onnx import TensorProto, helper
 
 from converters.clean import clean_model
 from edgeinfer.errors import EdgeInferError
