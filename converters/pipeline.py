@@ -105,9 +105,12 @@ def _validate_lists(opts: ConvertOptions) -> None:
         raise EdgeInferError(f"--min-agreement {opts.min_agreement} must be between 0 and 1")
 
 
-def _gather_inputs(opts: ConvertOptions, cfg, size_hw, need_calib: bool) -> tuple[np.ndarray | None, np.ndarray, dict]:
-    """(calibration samples or None, verification samples, facts for the manifest)."""
+def _gather_inputs(opts: ConvertOptions, cfg, size_hw, need_calib: bool
+                   ) -> tuple[np.ndarray | None, np.ndarray, dict, dict[str, list[Path]]]:
+    """(calibration samples or None, verification samples, facts for the manifest, the image files
+    each set was read from: ``calib`` / ``held_out``, empty for random inputs)."""
     facts: dict[str, Any] = {}
+    files: dict[str, list[Path]] = {"calib": [], "held_out": []}
     calib = verify = None
     if opts.calib_dir:
         paths = image_io.list_images(opts.calib_dir)
@@ -121,12 +124,14 @@ def _gather_inputs(opts: ConvertOptions, cfg, size_hw, need_calib: bool) -> tupl
         vset = image_io.read_images(hold_paths, Path(opts.verify_dir or opts.calib_dir), cfg, size_hw,
                                     "reading held-out images", opts.progress)
         calib, verify = cset.samples, vset.samples
+        files.update(calib=cset.paths, held_out=vset.paths)
         facts.update(images=len(cset.paths), skipped=len(cset.skipped) + len(vset.skipped), held_out=len(vset.paths),
                      source=Path(opts.calib_dir).resolve().name)   # a folder name: no path of this machine travels
     elif opts.verify_dir:
         vset = image_io.read_images(image_io.list_images(opts.verify_dir), Path(opts.verify_dir), cfg, size_hw,
                                     "reading held-out images", opts.progress)
         verify = vset.samples
+        files["held_out"] = vset.paths
         facts.update(held_out=len(vset.paths), skipped=len(vset.skipped))
     if calib is None and need_calib:
         if not opts.calib_synthetic:
@@ -137,7 +142,18 @@ def _gather_inputs(opts: ConvertOptions, cfg, size_hw, need_calib: bool) -> tupl
     if verify is None:
         verify = image_io.synthetic_inputs(cfg, size_hw, 16, seed=2)
         facts["verify_synthetic"] = True
-    return calib, verify, facts
+    return calib, verify, facts, files
+
+
+def _read_again(files: list[Path], cfg, size_hw):
+    """``prune.resolution.ReadAt`` over ``files`` (the first n read at another input size with the
+    field of view kept), or None when the samples came from no files."""
+    if not files:
+        return None
+
+    def read(hw: tuple[int, int], n: int) -> np.ndarray:
+        return image_io.read_images(files[:n], None, _pruned_preprocess(cfg, size_hw, hw), hw, "", False).samples
+    return read
 
 
 def _op_coverage(profile: Profile, art: EmittedArtifact) -> list[dict[str, Any]]:
@@ -459,7 +475,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     wants_int8 = any(prec == "int8" and (fmt != "coreml" or w8a8) for plan in plans.values() for fmt, prec in plan)
     # activation ranges: those, and int4 TFLite (int8 activations); int4 ONNX / Core ML are weight-only
     need_ranges = wants_int8 or any((prec, fmt) == ("int4", "tflite") for plan in plans.values() for fmt, prec in plan)
-    calib_samples, verify_samples, facts = _gather_inputs(opts, cfg, size_hw, need_calib)
+    calib_samples, verify_samples, facts, files = _gather_inputs(opts, cfg, size_hw, need_calib)
 
     model = source
     prune_report = None
@@ -469,13 +485,15 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         from .prune.runner import set_progress
         set_progress(opts.progress)
         _say(opts, "pruning channels")
-        model, prune_report = prune_model(model, opts.prune, calib_samples, progress_bar=opts.progress)
-        _prune_floor(model, prune_report, reference, verify_samples, task, post, labels, size_hw, opts)
+        model, prune_report = prune_model(model, opts.prune, calib_samples, progress_bar=opts.progress,
+                                          read_at=_read_again(files["calib"], cfg, size_hw))
+        _prune_floor(model, prune_report, reference, verify_samples, task, post, labels, size_hw, opts,
+                     _read_again(files["held_out"], cfg, size_hw))
         if prune_report.input_hw is not None and prune_report.input_hw[1] != tuple(size_hw):
             cfg, size_hw = _pruned_preprocess(cfg, size_hw, prune_report.input_hw[1]), prune_report.input_hw[1]
             spec = dict(spec, shape=[*spec["shape"][:2], *size_hw])
             _say(opts, f"  reading the images again at {size_hw[0]}x{size_hw[1]} (preprocess {cfg.to_dict()})")
-            calib_samples, verify_samples, facts = _gather_inputs(opts, cfg, size_hw, need_calib)
+            calib_samples, verify_samples, facts, _ = _gather_inputs(opts, cfg, size_hw, need_calib)
     _say(opts, "cleaning graph (shape inference, constant folding, BatchNorm folding)")
     model = clean_model(model)
 
@@ -607,18 +625,21 @@ def _pruned_preprocess(cfg, size_hw, new_hw):
     return PreprocessConfig.from_dict(scaled_preprocess(cfg.to_dict(), tuple(size_hw), tuple(new_hw)))
 
 
-def _prune_floor(model, report, reference, samples, task, post, labels, size_hw, opts: ConvertOptions) -> None:
+def _prune_floor(model, report, reference, samples, task, post, labels, size_hw, opts: ConvertOptions,
+                 read=None) -> None:
     """Refuse a pruned model whose agreement with the unpruned one on the held-out images is below
     --min-agreement (or the shared DEFAULT_AGREEMENT_FLOOR): one line naming the figure and the
-    largest cut that met it."""
+    largest cut that met it. A model at a smaller input size sees the images as ``read`` gives them
+    at that size (``prune.resolution.at_size``: as it will be deployed), else resampled."""
     from .prune.api import enforce_floor
     from .verify import AGREEMENT, AGREEMENT_KEY, DEFAULT_AGREEMENT_FLOOR
     key = AGREEMENT_KEY[task]
 
-    from .prune.resolution import fit_to
+    from .prune.resolution import at_size, fixed_hw
 
-    def agreement(m) -> float:   # a model at a lower resolution sees the same images resampled
-        return AGREEMENT[task](reference, run_reference(m, fit_to(samples, m)), postprocess=post,
+    def agreement(m) -> float:
+        x = at_size(samples, slice(None), fixed_hw(m), read)
+        return AGREEMENT[task](reference, run_reference(m, x), postprocess=post,
                                labels=labels, input_hw=size_hw)[key]
     floor = opts.min_agreement if opts.min_agreement is not None else DEFAULT_AGREEMENT_FLOOR
     value = enforce_floor(model, report, agreement, floor, key, len(samples))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from converters.prune import PruneConfig, prune_model
-from converters.prune.resolution import candidates, fit_to, resample, resize_input, scaled_preprocess
+from converters.prune.resolution import at_size, candidates, fixed_hw, resample, resize_input, scaled_preprocess
 from edgeinfer.errors import EdgeInferError
 from prune_helpers import G, run
 
@@ -55,7 +55,7 @@ def test_resolution_joins_the_budget_when_it_costs_less_than_channels():
     onnx.helper.set_model_props(m, {"edgeinfer.preprocess": json.dumps({"resize_mode": "shorter", "resize": 73, "crop": 64})})
     calib, x = _smooth(96), _smooth(32, seed=7)
     y = run(m, x)
-    err = lambda p: float(np.linalg.norm(run(p, fit_to(x, p)) - y) / np.linalg.norm(y))
+    err = lambda p: float(np.linalg.norm(run(p, at_size(x, slice(None), fixed_hw(p))) - y) / np.linalg.norm(y))
     channels, rep_c = prune_model(m, PruneConfig(flops_target=0.3, recover="none"), calib, progress_bar=False)
     both, rep = prune_model(m, PruneConfig(flops_target=0.3, recover="none", resolution=True), calib,
                             progress_bar=False)
@@ -77,6 +77,41 @@ def test_resolution_joins_the_budget_when_it_costs_less_than_channels():
     assert f"input      64x64 -> {h1}x{w1}" in rep.format()
     meta = json.loads({p.key: p.value for p in both.metadata_props}["edgeinfer.preprocess"])
     assert meta == {"resize_mode": "shorter", "resize": round(73 * h1 / 64), "crop": h1}
+
+
+def test_at_size_reads_the_images_again_or_resamples():
+    x = _smooth(10)
+    calls = []
+
+    def read(hw, n):
+        calls.append((hw, n))
+        return np.full((n, 3, *hw), 7.0, np.float32)
+    assert at_size(x, slice(2, 5), (64, 64), read).shape == (3, 3, 64, 64) and not calls   # already at that size
+    got = at_size(x, slice(2, 5), (48, 48), read)
+    assert calls == [((48, 48), 5)] and got.shape == (3, 3, 48, 48) and np.all(got == 7.0)
+    assert at_size(x, slice(None), (48, 48), read).shape[0] == 10 and calls[-1] == ((48, 48), 10)
+    np.testing.assert_allclose(at_size(x, slice(0, 4), (48, 48)), resample(x[:4], (48, 48)))
+
+
+def test_smaller_sizes_are_measured_and_refit_on_the_images_read_at_them():
+    """With ``read_at`` the sizes, the plans and the refit see images read at each size (here: a
+    reader whose images are 0.2 % brighter than the resampled ones), never a resample of the full-size ones."""
+    m = _gap_net()
+    calib = _smooth(96)
+    calls = []
+
+    def read_at(hw, n):
+        calls.append((hw, n))
+        return 1.002 * resample(calib[:n], hw)
+    cfg = PruneConfig(flops_target=0.3, recover="lsq", resolution=True)
+    pruned, rep = prune_model(m, cfg, calib, progress_bar=False, read_at=read_at)
+    plain, rep0 = prune_model(m, cfg, calib, progress_bar=False)
+    curve = rep.to_dict()["resolution_sensitivity"]
+    read_sizes = {hw for hw, _ in calls}
+    assert {tuple(s) for s in curve["sizes"]} <= read_sizes
+    h = rep.input_hw[1]
+    assert h != (64, 64) and (h, 96) in calls                    # the refit: every calibration image at that size
+    assert curve["error"] != rep0.to_dict()["resolution_sensitivity"]["error"]
 
 
 def test_resolution_is_kept_when_the_images_have_fine_detail():
@@ -125,6 +160,9 @@ def test_cli_bundle_runs_at_the_pruned_resolution(tmp_path):
     assert man["pruning"]["macs"]["drop"] >= 0.3
     for art in man["artifacts"]:
         assert art["verification"]["top1_agreement"] >= 0.5, art
+    # the floor judged the pruned model on the held-out photos read at its own size, as the fp32 artifact is verified
+    fp32 = next(a for a in man["artifacts"] if a["file"] == "gap-fp32.onnx")
+    assert man["pruning"]["agreement_floor"]["value"] == round(fp32["verification"]["top1_agreement"], 4)
     onnx_fp32 = onnx.load(bundle / "gap-fp32.onnx")
     assert [d.dim_value for d in onnx_fp32.graph.input[0].type.tensor_type.shape.dim][2:] == [h, h]
     run = edgeinfer_cli("run", bundle, calib / "im00.png", "--json")

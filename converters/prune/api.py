@@ -291,9 +291,10 @@ def _measured(an: Analysis, scores: np.ndarray, cfg: PruneConfig, samples: np.nd
 
 
 def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.ndarray | None,
-                progress_bar: bool = True) -> tuple[onnx.ModelProto, PruneReport]:
+                progress_bar: bool = True, read_at: resolution.ReadAt | None = None) -> tuple[onnx.ModelProto, PruneReport]:
     """Structured pruning of ``model``; returns (pruned model, report). Never changes graph outputs;
-    the input's spatial size changes only with ``config.resolution``.
+    the input's spatial size changes only with ``config.resolution``: smaller sizes see the
+    calibration images read again by ``read_at`` when given, else resampled (``resolution.at_size``).
 
     With ``recover="distill"`` or ``"blockwise"`` the returned model is already cleaned (BatchNorm folded)."""
     config.validate()
@@ -318,7 +319,8 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
         n_sens = min(config.sensitivity_samples, len(calib_samples))
         sens = np.asarray(calib_samples[:n_sens], np.float32)
         n_fit = config.sensitivity_fit_samples
-        fit = np.asarray(calib_samples[n_sens:n_sens + n_fit] if len(calib_samples) - n_sens >= 16 else sens, np.float32)
+        fit_part = slice(n_sens, n_sens + n_fit) if len(calib_samples) - n_sens >= 16 else slice(0, n_sens)
+        fit = np.asarray(calib_samples[fit_part], np.float32)
         curves = _measured(an, scores, config, sens, fit, progress_bar)
         target = config.flops_target if config.flops_target is not None else \
             _uniform_drop(an, scores, config, config.ratio, before.macs)
@@ -327,7 +329,7 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
             full = resolution.input_hw(base)
             ref = allocate.model_outputs(base, sens)     # the unpruned model at full size: the sizes' and plans' reference
             rcurve = resolution.measure(base, sens, resolution.candidates(
-                full, config.resolution_step, config.min_resolution_scale), ref)
+                full, config.resolution_step, config.min_resolution_scale), ref, read_at)
             progress("resolution sensitivity: " + ", ".join(
                 f"{h}x{w} {e:.3f}" for (h, w), e in zip(rcurve.sizes, rcurve.errors)))
 
@@ -336,7 +338,8 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
                 return _joint_plan(an, scores, curves, rcurve, target, config, before.macs, measure)
             ratios, _ = allocate.search(an, scores, curves, target, config, keep_count, before.macs)
             return allocate.kept_for(an, scores, ratios, config, keep_count), None
-        measure = _plan_error(an, base, sens, ref, fit, config) if rcurve is not None else None
+        measure = _plan_error(an, base, calib_samples, n_sens, fit_part, ref, config, read_at) \
+            if rcurve is not None else None
         kept_class, hw = cut_plan(target, measure) if target > 0 else (surgery.plain_kept(an), None)
         if config.ratio is None:
             ratio = 1.0 - float(kept_class.mean())
@@ -345,7 +348,7 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     pruned, teacher = _at_size(pruned, base, hw)
     resized = teacher is not base
     if resized:
-        samples = resolution.resample(samples, hw)
+        samples = resolution.at_size(full_samples, slice(None), hw, read_at)
         progress(f"input {'x'.join(map(str, resolution.input_hw(base)))} -> {hw[0]}x{hw[1]}: the refit and block-wise "
                  "recovery match the unpruned model at that size, distillation the unpruned model at full size")
     fits: list[LayerFit] = []
@@ -394,19 +397,21 @@ def _at_size(pruned: onnx.ModelProto, base: onnx.ModelProto,
     return resolution.resize_input(pruned, hw), resolution.resize_input(base, hw)
 
 
-def _plan_error(an: Analysis, base: onnx.ModelProto, sens: np.ndarray, ref: list[np.ndarray], fit: np.ndarray,
-                cfg: PruneConfig):
+def _plan_error(an: Analysis, base: onnx.ModelProto, calib: np.ndarray, n_sens: int, fit_part: slice,
+                ref: list[np.ndarray], cfg: PruneConfig, read_at: resolution.ReadAt | None):
     """``measure(kept, size)`` for ``_joint_plan``: the plan built at that size, refit (when the
-    recovery will refit) on ``fit`` against the unpruned model at that size, its output error on
-    ``sens`` against ``ref`` (the unpruned model's outputs at full size)."""
+    recovery will refit) on ``calib[fit_part]`` against the unpruned model at that size, its output
+    error on the first ``n_sens`` images against ``ref`` (the unpruned model's outputs at full size);
+    images at that size as ``resolution.at_size`` gives them."""
 
     def measure(kept_class: np.ndarray, hw: tuple[int, int]) -> float:
         m, kept = surgery.apply(an, kept_class)
         m, teacher = _at_size(m, base, hw)
         if cfg.reconstruct and cfg.sensitivity_refit and kept:
             with quiet():
-                m = reconstruct(teacher, m, kept, resolution.resample(fit, hw), ridge=cfg.ridge)[0]
-        return allocate.output_error(ref, allocate.model_outputs(m, resolution.resample(sens, hw)))
+                m = reconstruct(teacher, m, kept, resolution.at_size(calib, fit_part, hw, read_at), ridge=cfg.ridge)[0]
+        return allocate.output_error(ref, allocate.model_outputs(m, resolution.at_size(calib, slice(0, n_sens), hw,
+                                                                                       read_at)))
     return measure
 
 

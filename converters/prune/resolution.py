@@ -6,12 +6,15 @@ label-free cost (``allocate.output_error`` of the model at that size against the
 full size, on the same images resampled: the metric the channel groups are measured by) and gain (fraction of MACs removed), ``resize_input`` makes
 the model take the new size (refused when an output's shape would change, e.g. a detector's grid),
 ``resample`` brings preprocessed samples to it, and ``scaled_preprocess`` rewrites the
-preprocessing so images are read at the new size with the same field of view.
+preprocessing so images are read at the new size with the same field of view. ``at_size`` gives
+calibration images at a size: read again from their files (``ReadAt``, what the pruned model will
+see) when the caller can, resampled otherwise.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -112,10 +115,22 @@ def resample(samples: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def fit_to(samples: np.ndarray, model: onnx.ModelProto) -> np.ndarray:
-    """``samples`` resampled to ``model``'s fixed input size when it differs (else unchanged)."""
-    hw = fixed_hw(model)
-    return resample(samples, hw) if hw is not None and np.ndim(samples) == 4 and hw != samples.shape[2:] else samples
+ReadAt = Callable[[tuple[int, int], int], np.ndarray]
+"""``read(hw, n)``: the first ``n`` calibration images (in the order of the full-size samples) read
+again from their files at input size ``hw`` with the field of view kept (``scaled_preprocess``)."""
+
+
+def at_size(samples: np.ndarray, part: slice, hw: tuple[int, int] | None, read: ReadAt | None = None) -> np.ndarray:
+    """``samples[part]`` at input size ``hw`` (None: as they are). With ``read`` (``samples`` then being
+    the first images of the set it reads) they are read again from their files, as the pruned model
+    will see them; without, ``resample``d (one bilinear pass more than the deployed preprocessing)."""
+    x = np.asarray(samples[part], np.float32)
+    if hw is None or tuple(hw) == tuple(x.shape[2:]):
+        return x
+    if read is None:
+        return resample(x, hw)
+    return np.asarray(read(tuple(hw), len(samples) if part.stop is None else min(part.stop, len(samples)))[part],
+                      np.float32)
 
 
 def scaled_preprocess(pre: dict, full: tuple[int, int], hw: tuple[int, int]) -> dict:
@@ -136,8 +151,9 @@ def scaled_preprocess(pre: dict, full: tuple[int, int], hw: tuple[int, int]) -> 
 
 
 def measure(model: onnx.ModelProto, samples: np.ndarray, sizes: list[tuple[int, int]],
-            ref: list[np.ndarray] | None = None) -> ResolutionCurve:
-    """Cost and gain of each size in ``sizes`` for ``model`` (shape-inferred, full-size ``samples``)."""
+            ref: list[np.ndarray] | None = None, read: ReadAt | None = None) -> ResolutionCurve:
+    """Cost and gain of each size in ``sizes`` for ``model`` (shape-inferred, full-size ``samples``;
+    ``read`` as in ``at_size``)."""
     full = input_hw(model)
     macs0 = flops.count(model, shapes_ready=True).macs
     ref = ref if ref is not None else model_outputs(model, samples)
@@ -145,7 +161,7 @@ def measure(model: onnx.ModelProto, samples: np.ndarray, sizes: list[tuple[int, 
     for hw in sizes:
         m = resize_input(model, hw)
         curve.sizes.append(hw)
-        curve.errors.append(output_error(ref, model_outputs(m, resample(samples, hw))))
+        curve.errors.append(output_error(ref, model_outputs(m, at_size(samples, slice(None), hw, read))))
         curve.gains.append(1.0 - flops.count(m, shapes_ready=True).macs / macs0)
     return curve
 
