@@ -99,6 +99,26 @@ def test_floor_refuses_with_one_line_naming_figure_and_largest_cut():
     assert round(enforce_floor(pruned, rep, agree, 0.0, "output_agreement", len(x)), 4) == rep.floor["value"]
 
 
+def test_the_floors_cuts_get_the_runs_least_squares_refit():
+    """With ``lsq`` recovery the bisection measures each cut after the same kind of refit (on the
+    calibration images, never the held-out ones): a closer bound than the raw cut, and said so."""
+    m, _, _ = _two_branch_net()
+    calib = _smooth(48)
+    x = _smooth(32, seed=9)
+    y = run(m, x)
+    err = lambda model: float(np.linalg.norm(run(model, x) - y) / np.linalg.norm(y))
+    _, raw = prune_model(m, PruneConfig(flops_target=0.6, recover="none"), calib, progress_bar=False)
+    pruned, rep = prune_model(m, PruneConfig(flops_target=0.6, recover="lsq"), calib, progress_bar=False)
+    assert raw.cut_refit == 0 and 0 < rep.cut_refit <= len(calib)
+    assert err(rep.cut_at(0.4)) < err(raw.cut_at(0.4))
+    with pytest.raises(EdgeInferError) as exc:
+        enforce_floor(pruned, rep, lambda model: 1.0 - err(model), 0.999, "output_agreement", len(x))
+    assert f"measured after a least-squares refit on {rep.cut_refit} calibration images;" in str(exc.value)
+    with pytest.raises(EdgeInferError) as exc:
+        enforce_floor(pruned, raw, lambda model: 1.0 - err(model), 0.999, "output_agreement", len(x))
+    assert "measured without recovery;" in str(exc.value)
+
+
 def test_cli_refuses_a_pruned_bundle_below_the_floor(tmp_path):
     from conftest import edgeinfer_cli
     from pathlib import Path

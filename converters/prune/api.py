@@ -122,10 +122,11 @@ class PruneReport:
     sensitivity: list[allocate.Curve] = field(default_factory=list)
     distillation: dict[str, Any] | None = None   # the training report of "distill" or "blockwise" (its "method")
     floor: dict[str, Any] | None = None              # agreement with the unpruned model on held-out images
-    cut_at: Callable[[float], onnx.ModelProto] | None = field(default=None, repr=False)  # MAC drop -> model, no recovery
+    cut_at: Callable[[float], onnx.ModelProto] | None = field(default=None, repr=False)  # MAC drop -> model (the floor's)
     kept: dict[str, np.ndarray] = field(default_factory=dict, repr=False)   # tensor -> kept channels (for ``distill``)
     input_hw: tuple[tuple[int, int], tuple[int, int]] | None = None   # (before, after) when the size may change
     resolution: resolution.ResolutionCurve | None = None              # measured cost of each smaller size
+    cut_refit: int = 0      # calibration images ``cut_at``'s models are refit on by least squares (0: no recovery)
 
     @staticmethod
     def _drop(pair: tuple[int, int]) -> float:
@@ -308,6 +309,7 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     curves: list[allocate.Curve] = []
     rcurve: resolution.ResolutionCurve | None = None
     hw: tuple[int, int] | None = None
+    fit_part = None if calib_samples is None else slice(0, min(config.sensitivity_fit_samples, len(calib_samples)))
     if config.allocation == "uniform":
         ratio = config.ratio if config.ratio is not None else \
             _search_ratio(an, scores, config, before.macs, config.flops_target)
@@ -383,8 +385,11 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     report = PruneReport(config.criterion, float(ratio), config.flops_target, (before.params, after.params),
                          (before.macs, after.macs), (before.size_bytes, after.size_bytes), groups, unprunable,
                          fits, report_notes, bool(config.reconstruct and fits), config.allocation, config.recover,
-                         curves, distilled, None, lambda t: _cut_model(an, *cut_plan(t)), kept,
+                         curves, distilled, None, None, kept,
                          (resolution.input_hw(base), resolution.input_hw(pruned)) if rcurve is not None else None, rcurve)
+    refit_part = fit_part if config.reconstruct else None      # the floor's cuts get the run's refit, not its training
+    report.cut_at = lambda t: _cut_model(an, *cut_plan(t), base, calib_samples, refit_part, config.ridge, read_at)
+    report.cut_refit = 0 if refit_part is None else len(calib_samples[refit_part])
     progress(f"params {before.params:,} -> {after.params:,}, MACs {before.macs:,} -> {after.macs:,}")
     return pruned, report
 
@@ -404,20 +409,27 @@ def _plan_error(an: Analysis, base: onnx.ModelProto, calib: np.ndarray, n_sens: 
     error on the first ``n_sens`` images against ``ref`` (the unpruned model's outputs at full size);
     images at that size as ``resolution.at_size`` gives them."""
 
+    refit = fit_part if cfg.reconstruct and cfg.sensitivity_refit else None
+
     def measure(kept_class: np.ndarray, hw: tuple[int, int]) -> float:
-        m, kept = surgery.apply(an, kept_class)
-        m, teacher = _at_size(m, base, hw)
-        if cfg.reconstruct and cfg.sensitivity_refit and kept:
-            with quiet():
-                m = reconstruct(teacher, m, kept, resolution.at_size(calib, fit_part, hw, read_at), ridge=cfg.ridge)[0]
+        m = _cut_model(an, kept_class, hw, base, calib, refit, cfg.ridge, read_at)
         return allocate.output_error(ref, allocate.model_outputs(m, resolution.at_size(calib, slice(0, n_sens), hw,
                                                                                        read_at)))
     return measure
 
 
-def _cut_model(an: Analysis, kept_class: np.ndarray, hw: tuple[int, int] | None) -> onnx.ModelProto:
-    m = surgery.apply(an, kept_class)[0]
-    return m if hw is None or hw == resolution.input_hw(m) else resolution.resize_input(m, hw)
+def _cut_model(an: Analysis, kept_class: np.ndarray, hw: tuple[int, int] | None, base: onnx.ModelProto | None = None,
+               calib: np.ndarray | None = None, fit_part: slice | None = None, ridge: float = 0.0,
+               read_at: resolution.ReadAt | None = None) -> onnx.ModelProto:
+    """The plan ``kept_class`` at input size ``hw`` (None: as it is); with ``fit_part``, refit by least
+    squares on ``calib[fit_part]`` (at that size, as ``resolution.at_size`` gives them) against the
+    unpruned ``base`` at that size."""
+    m, kept = surgery.apply(an, kept_class)
+    if fit_part is None or not kept:
+        return m if hw is None or hw == resolution.input_hw(m) else resolution.resize_input(m, hw)
+    m, teacher = _at_size(m, base, hw)
+    with quiet():
+        return reconstruct(teacher, m, kept, resolution.at_size(calib, fit_part, hw, read_at), ridge=ridge)[0]
 
 
 JOINT_MEASURED = 3   # the input size + channel plans measured for real (the best estimates, + the size alone)
@@ -482,6 +494,14 @@ def _joint_plan(an: Analysis, scores: np.ndarray, curves: list[allocate.Curve], 
     return best[1], best[2]
 
 
+def _cuts_measured(report: PruneReport) -> str:
+    """How the floor's bisection measured its cuts, for the refusal line."""
+    if not report.cut_refit:
+        return "measured without recovery"
+    later = "" if report.recover == "lsq" else f", without the {report.recover} step"
+    return f"measured after a least-squares refit on {report.cut_refit} calibration images{later}"
+
+
 def enforce_floor(pruned: onnx.ModelProto, report: PruneReport, agreement: Callable[[onnx.ModelProto], float],
                   floor: float, metric: str, images: int, floor_flag: str = "--min-agreement") -> float:
     """Agreement of ``pruned`` with the unpruned model; below ``floor`` raise one line naming the
@@ -501,8 +521,8 @@ def enforce_floor(pruned: onnx.ModelProto, report: PruneReport, agreement: Calla
                 hi = mid
     raise EdgeInferError(
         f"pruned model's {metric} with the unpruned model is {value:.3f} on {images} held-out images, below the "
-        f"floor {floor:g}; the largest cut that met it here was --prune-flops {lo:.2f} (measured without "
-        f"recovery{'; try --recover blockwise or distill' if report.recover in ('none', 'lsq') else ''}"
+        f"floor {floor:g}; the largest cut that met it here was --prune-flops {lo:.2f} ({_cuts_measured(report)}"
+        f"{'; try --recover blockwise or distill' if report.recover in ('none', 'lsq') else ''}"
         f"{'; for a classifier, --prune-resolution lets the input size take part of the cut' if report.input_hw is None else ''}), "
         f"or set {floor_flag} "
         f"to accept less")
