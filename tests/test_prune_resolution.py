@@ -72,7 +72,8 @@ def test_resolution_joins_the_budget_when_it_costs_less_than_channels():
     plans = curve["joint_plans"]            # the shortlisted size + channel plans, built and measured
     assert len(plans) >= 2 and {tuple(p["size"]) for p in plans} >= {(h1, w1)}
     assert min(plans, key=lambda p: p["measured_error"])["size"] == [h1, w1]
-    rep.cut_at(0.1)                         # the floor's bisection re-plans without measuring ...
+    assert fixed_hw(rep.cut_at(0.3)) == (h1, w1)   # the floor's cut at the run's target is the run's own plan
+    rep.cut_at(0.1)                         # the floor's bisection re-plans (measuring its plans) ...
     assert rep.to_dict()["resolution_sensitivity"]["joint_plans"] == plans   # ... and leaves the report as it was
     assert f"input      64x64 -> {h1}x{w1}" in rep.format()
     meta = json.loads({p.key: p.value for p in both.metadata_props}["edgeinfer.preprocess"])
