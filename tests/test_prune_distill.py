@@ -99,6 +99,21 @@ def test_floor_refuses_with_one_line_naming_figure_and_largest_cut():
     assert round(enforce_floor(pruned, rep, agree, 0.0, "output_agreement", len(x)), 4) == rep.floor["value"]
 
 
+def test_a_top1_floor_figure_carries_its_interval_over_the_held_out_images():
+    from converters.stats import wilson_interval
+    m, _, _ = _two_branch_net()
+    pruned, rep = prune_model(m, PruneConfig(flops_target=0.6, recover="none"), _smooth(48), progress_bar=False)
+    with pytest.raises(EdgeInferError) as exc:
+        enforce_floor(pruned, rep, lambda model: 0.775, 0.9, "top1_agreement", 40)
+    assert "is 0.775 on 40 held-out images (95 % interval 0.62-0.88), below the floor 0.9" in str(exc.value)
+    assert rep.floor["interval95"] == [0.625, 0.8768] and "95 % interval 0.625-0.877)" in rep.format()
+    lo, hi = wilson_interval(0.9, 160)
+    assert 0.84 < lo < 0.85 and 0.93 < hi < 0.94          # one photo in 160 is 0.6 pt; the interval is +-5 pt
+    assert wilson_interval(1.0, 10)[1] == 1.0 and wilson_interval(0.5, 0) == (0.0, 1.0)
+    enforce_floor(pruned, rep, lambda model: 0.5, 0.4, "output_agreement", 40)
+    assert "interval95" not in rep.floor                    # not a proportion of images: no interval
+
+
 def test_the_floors_cuts_get_the_runs_least_squares_refit():
     """With ``lsq`` recovery the bisection measures each cut after the same kind of refit (on the
     calibration images, never the held-out ones): a closer bound than the raw cut, and said so."""

@@ -200,7 +200,8 @@ class PruneReport:
         if self.floor:
             f = self.floor
             lines.append(f"  {f['metric']} with the unpruned model on {f['images']} held-out images: "
-                         f"{f['value']:.4f} (floor {f['floor']})")
+                         f"{f['value']:.4f} (floor {f['floor']}"
+                         + (", 95 % interval {:.3f}-{:.3f}".format(*f["interval95"]) if "interval95" in f else "") + ")")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -524,9 +525,15 @@ def _cuts_measured(report: PruneReport) -> str:
 def enforce_floor(pruned: onnx.ModelProto, report: PruneReport, agreement: Callable[[onnx.ModelProto], float],
                   floor: float, metric: str, images: int, floor_flag: str = "--min-agreement") -> float:
     """Agreement of ``pruned`` with the unpruned model; below ``floor`` raise one line naming the
-    figure and the largest MAC cut (bisected on the same allocation, without recovery) that met it."""
+    figure (with its 95 % interval when it is a top-1 agreement, a proportion of ``images``) and the
+    largest MAC cut that met it (bisected with ``report.cut_at``: planned and refit as the run)."""
+    from ..stats import wilson_interval
     value = float(agreement(pruned))
     report.floor = {"metric": metric, "value": round(value, 4), "floor": floor, "images": images}
+    spread = ""
+    if metric == "top1_agreement":
+        report.floor["interval95"] = [round(v, 4) for v in wilson_interval(value, images)]
+        spread = " (95 % interval {:.2f}-{:.2f})".format(*report.floor["interval95"])
     if value >= floor:
         return value
     lo, hi = 0.0, report._drop(report.macs)
@@ -539,7 +546,7 @@ def enforce_floor(pruned: onnx.ModelProto, report: PruneReport, agreement: Calla
             else:
                 hi = mid
     raise EdgeInferError(
-        f"pruned model's {metric} with the unpruned model is {value:.3f} on {images} held-out images, below the "
+        f"pruned model's {metric} with the unpruned model is {value:.3f} on {images} held-out images{spread}, below the "
         f"floor {floor:g}; the largest cut that met it here was --prune-flops {lo:.2f} ({_cuts_measured(report)}"
         f"{'; try --recover blockwise or distill' if report.recover in ('none', 'lsq') else ''}"
         f"{'; for a classifier, --prune-resolution lets the input size take part of the cut' if report.input_hw is None else ''}), "
