@@ -57,7 +57,8 @@ def prefix_regions(model: onnx.ModelProto, fractions: Sequence[float] = FRACTION
     """fraction -> the ``decode_tail`` plus the node names (topological order) before the weighted
     node that follows the first ``fraction`` of the weighted nodes (so a conv's activation comes with it)."""
     tail = decode_tail(model)
-    interior = [n for n in model.graph.node if n.name not in set(tail)]
+    in_tail = set(tail)
+    interior = [n for n in model.graph.node if n.name not in in_tail]
     weighted = [i for i, n in enumerate(interior) if n.op_type in WEIGHTED_OPS]
     out = {}
     for f in fractions:

@@ -310,9 +310,9 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     curves: list[allocate.Curve] = []
     rcurve: resolution.ResolutionCurve | None = None
     hw: tuple[int, int] | None = None
-    fit_part = None if calib_samples is None else slice(0, min(config.sensitivity_fit_samples, len(calib_samples)))
     measure = None
     if config.allocation == "uniform":
+        fit_part = None if calib_samples is None else slice(0, min(config.sensitivity_fit_samples, len(calib_samples)))
         ratio = config.ratio if config.ratio is not None else \
             _search_ratio(an, scores, config, before.macs, config.flops_target)
 
@@ -392,10 +392,17 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     refit_part = fit_part if config.reconstruct else None      # the floor's cuts get the run's refit, not its training
 
     def floor_cut(t: float) -> onnx.ModelProto:
-        """MAC drop ``t`` planned as this run planned (size + channel plans measured), refit as it refits."""
-        kept_t, hw_t = cut_plan(t, measure)
-        return _cut_model(an, kept_t, hw_t, base, calib_samples, refit_part, config.ridge, read_at)
-    report.cut_at = _untouched(floor_cut, rcurve)
+        """MAC drop ``t`` planned as this run planned (size + channel plans measured), refit as it refits;
+        quietly, leaving the report's measured plans (``rcurve.plans``) as the run left them."""
+        plans = None if rcurve is None else rcurve.plans
+        try:
+            with quiet():
+                kept_t, hw_t = cut_plan(t, measure)
+                return _cut_model(an, kept_t, hw_t, base, calib_samples, refit_part, config.ridge, read_at)
+        finally:
+            if rcurve is not None:
+                rcurve.plans = plans
+    report.cut_at = floor_cut
     report.cut_refit = 0 if refit_part is None else len(calib_samples[refit_part])
     progress(f"params {before.params:,} -> {after.params:,}, MACs {before.macs:,} -> {after.macs:,}")
     return pruned, report
@@ -499,19 +506,6 @@ def _joint_plan(an: Analysis, scores: np.ndarray, curves: list[allocate.Curve], 
         if best is None or got < best[0]:
             best = (got, kept, hw)
     return best[1], best[2]
-
-
-def _untouched(cut: Callable[[float], onnx.ModelProto], rcurve: resolution.ResolutionCurve | None):
-    """``cut`` run quietly, leaving the report's measured plans (``rcurve.plans``) as the run left them."""
-    def run(t: float) -> onnx.ModelProto:
-        plans = None if rcurve is None else rcurve.plans
-        try:
-            with quiet():
-                return cut(t)
-        finally:
-            if rcurve is not None:
-                rcurve.plans = plans
-    return run
 
 
 def _cuts_measured(report: PruneReport) -> str:

@@ -3,7 +3,7 @@
 A convolutional classifier with global pooling runs at any input size; its MACs scale with the
 number of pixels. ``candidates`` lists smaller square-scaled sizes, ``measure`` gives each one's
 label-free cost (``allocate.output_error`` of the model at that size against the same model at
-full size, on the same images resampled: the metric the channel groups are measured by) and gain (fraction of MACs removed), ``resize_input`` makes
+full size, on the same images brought to that size by ``at_size``: the metric the channel groups are measured by) and gain (fraction of MACs removed), ``resize_input`` makes
 the model take the new size (refused when an output's shape would change, e.g. a detector's grid),
 ``resample`` brings preprocessed samples to it, and ``scaled_preprocess`` rewrites the
 preprocessing so images are read at the new size with the same field of view. ``at_size`` gives
