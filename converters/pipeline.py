@@ -76,6 +76,7 @@ class ConvertOptions:
     opset: int | None = None                    # ONNX opset of the export of PyTorch sources
     verify_on: str = "host"                     # "emulated": also verify arm64 artifacts on the emulated core
     int8_fallback: str | None = None            # "float" | "int16": ONNX int8 nodes kept out of 8 bits (None: the profile's)
+    max_float_macs: float | None = None         # CPU-only int8 detectors: float region's MAC share cap (None: default, 0: off)
 
 
 @dataclass
@@ -192,11 +193,19 @@ def int8_fallback(fmt: str, profile: Profile, opts: ConvertOptions) -> str:
     return opts.int8_fallback or profile.data["recipe"].get("int8_fallback", "float")
 
 
+def cpu_only(profile: Profile) -> bool:
+    """Whether every accelerator of ``profile`` is a CPU (float nodes in int8 graphs split no delegate)."""
+    return bool(profile.accelerators) and all(a.get("kind") == "cpu" for a in profile.accelerators)
+
+
 def _emit_options(fmt: str, profile: Profile, opts: ConvertOptions, keep_float: list[str],
-                  wide: list[str] | None = None) -> dict[str, Any]:
+                  wide: list[str] | None = None, float_region: list[str] | None = None) -> dict[str, Any]:
     """The emitter's options for ``fmt`` on ``profile``; ``wide``: the nodes an A16W8 artifact
-    (``int8_fallback`` int16) keeps out of 8 bits (None: ``keep_float``)."""
+    (``int8_fallback`` int16) keeps out of 8 bits (None: ``keep_float``); ``float_region``: nodes the
+    int8 artifacts of CPU-only profiles keep in float besides ``keep_float`` (``float_regions``)."""
     recipe = profile.data["recipe"]
+    if float_region and cpu_only(profile) and int8_fallback(fmt, profile, opts) == "float":
+        keep_float = list(keep_float) + [n for n in float_region if n not in keep_float]
     o: dict[str, Any] = {"activation_dtype": recipe.get("activation_dtype", "int8"), "nodes_to_exclude": list(keep_float)}
     if fmt == "onnx":
         o["int8_pair_safe"] = saturates(profile.int8_kernels)
@@ -274,14 +283,16 @@ def _named_nodes(model, patterns: list[str]) -> list[str]:
 
 
 def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[str, Any],
-                opts: ConvertOptions, int16: bool = False) -> tuple[list[str], dict[str, Any] | None, CalibrationResult | None]:
+                opts: ConvertOptions, int16: bool = False,
+                cpu_float: bool = False) -> tuple[list[str], dict[str, Any] | None, CalibrationResult | None]:
     """Nodes kept in float in int8 artifacts (user's --keep-float, or the search) + manifest entry +
     the activation ranges to emit with (the search may choose thin SiLU tails cut).
 
     The search runs for detectors (target: mAP@0.5 agreement within 0.01 of fp32) and for any task
     given ``--min-agreement`` (target: that agreement), on the calibration images. ``int16``: some
     artifact computes those nodes with 16-bit activations instead (``int8_fallback``); the search
-    measures its final set that way too."""
+    measures its final set that way too. ``cpu_float``: some int8 artifact runs on a CPU-only profile
+    with float fallback; for detectors a float region is chosen for it too (``_float_region``)."""
     if opts.exclude_nodes:
         chosen = _named_nodes(model, opts.exclude_nodes)
         entry = {"kept_float": chosen, "metric": "chosen with --keep-float"}
@@ -322,7 +333,42 @@ def _keep_float(model, calib: CalibrationResult | None, task: str, post: dict[st
         final = region.recorded[region.fraction]
         entry["int16_activations"] = dict(_int16_entry(model, rep.excluded + region.nodes, final),
                                           region=region.to_dict())
+    if cpu_float and task == "detect" and (opts.max_float_macs is None or opts.max_float_macs > 0):
+        region = _float_region(model, rep, samples, post, opts)
+        entry["float_region"] = dict(region.to_dict(), node_names=region.nodes)
     return list(rep.excluded), entry, rep.calibration or calib
+
+
+def _float_region(model, rep, samples: np.ndarray, post: dict[str, Any], opts: ConvertOptions):
+    """``float_regions.choose_float_region`` on the search's set and ranges (recording mAP@0.5 agreement)."""
+    from edgeinfer.preprocess import Transform
+
+    from . import float_regions
+    from .quantize_onnx import quantize_int8
+    from .sensitivity import detection_agreement
+    record = detection_agreement(rep.reference, post, Transform((int(samples.shape[3]), int(samples.shape[2]))))
+    cap = float_regions.MAX_FLOAT_MACS if opts.max_float_macs is None else opts.max_float_macs
+    _say(opts, f"measuring how much of the graph's start int8 should keep in float on CPUs (at most {cap:.0%} of MACs)")
+    return float_regions.choose_float_region(
+        model, samples, rep.excluded,
+        lambda names: quantize_int8(model, rep.calibration, nodes_to_exclude=tuple(names), pair_safe=True),
+        rep.reference, min_sqnr_db=float_regions.MIN_OUTPUT_SQNR_DB, max_macs=cap, record=record, progress=opts.progress)
+
+
+def float_region_missed(mixed: dict[str, Any] | None) -> str | None:
+    """A warning line when the float region (CPU-only profiles) stayed below its SQNR target, else None."""
+    region = (mixed or {}).get("float_region")
+    if not region or region["met"]:
+        return None
+    best = max([region["kept_nodes_only_db"], *region["prefixes_db"].values()])
+    return (f"int8 float region: the outputs reached {best:.1f} dB SQNR against fp32 with at most "
+            f"{region['max_float_macs']:.0%} of the MACs in float, below the target {region['target_db']:.0f} dB: "
+            "int8 detections may differ from fp32 (raise --max-float-macs, or ship fp16/fp32)")
+
+
+def _float_region_nodes(mixed: dict[str, Any] | None) -> list[str]:
+    """The nodes the manifest says CPU-only profiles' int8 artifacts keep in float besides ``kept_float``."""
+    return list(((mixed or {}).get("float_region") or {}).get("node_names", []))
 
 
 def _int16_region(model, rep, samples: np.ndarray, post: dict[str, Any], task: str, opts: ConvertOptions):
@@ -503,7 +549,9 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                           synthetic=bool(facts.get("synthetic")), progress=opts.progress)
     # the keep-float search is for int8 activations: weight-only Core ML int8 has none (GPTQ weights instead)
     int16 = any(int8_fallback(fmt, p, opts) == "int16" for p in profiles for fmt, prec in plans[p.name] if prec == "int8")
-    keep_float, mixed, chosen = _keep_float(model, calib if wants_int8 else None, task, post, opts, int16)
+    cpu_float = any(cpu_only(p) and int8_fallback(fmt, p, opts) == "float"
+                    for p in profiles for fmt, prec in plans[p.name] if prec == "int8" and fmt != "coreml")
+    keep_float, mixed, chosen = _keep_float(model, calib if wants_int8 else None, task, post, opts, int16, cpu_float)
     calib = chosen if chosen is not None else calib
     int4_trace: dict[str, Any] = {}
     int4_plan = _int4_plan(model, calib_samples, calib, plans, task, post, labels, size_hw, opts, int4_trace)
@@ -547,12 +595,15 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                 manifest["warnings"].append("calibrated on RANDOM inputs (--calib-synthetic): accuracy is not representative")
             if missed:
                 manifest["warnings"].append(missed)
+            if cpu_only(profile) and float_region_missed(mixed):
+                manifest["warnings"].append(float_region_missed(mixed))
             for fmt, precision in plans[profile.name]:
                 name = f"{stem}-{precision}{FILE_SUFFIX[fmt]}"
                 _say(opts, f"[{profile.name}] emitting {fmt} {precision}")
                 req = EmitRequest(model=model, precision=precision, out_path=tmp / name, calibration=calib,
                                   input_layout=_input_layout(fmt, profile, opts, src.layout),
-                                  options=_emit_options(fmt, profile, opts, keep_float, _int16_nodes(mixed)),
+                                  options=_emit_options(fmt, profile, opts, keep_float, _int16_nodes(mixed),
+                                                        _float_region_nodes(mixed)),
                                   preprocess=cfg.to_dict(), labels=labels, task=task, profile=profile.data,
                                   int4=int4_plan if precision == "int4" else None,
                                   int8_weights=int8_weights if (fmt, precision) == ("coreml", "int8") else None,

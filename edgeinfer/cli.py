@@ -156,6 +156,9 @@ def main() -> None:
               help="What ONNX int8 artifacts do with the nodes kept out of 8 bits: float, or 16-bit activations with "
               "8-bit weights (A16W8, for NPUs such as Qualcomm's HTP that run it natively). Default: the profile's "
               "[recipe] int8_fallback, else float. TFLite and Core ML keep such nodes in float.")
+@click.option("--max-float-macs", type=click.FloatRange(min=0.0, max=1.0),
+              help="Detectors on CPU-only profiles: int8 artifacts may keep the start of the graph in float, up to this "
+              "share of the model's MACs, until the outputs reach 40 dB SQNR against fp32 (default 0.5; 0: off).")
 @click.option("--no-auto-keep-float", is_flag=True, help="Skip the search for int8-sensitive nodes (detectors, --min-agreement).")
 @click.option("--search-seconds", type=click.FloatRange(min=1.0), default=45.0, show_default=True,
               help="Time budget of the int8 keep-float search.")
@@ -177,7 +180,7 @@ def main() -> None:
 def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, calib_limit, calib_synthetic, verify_dir,
             labels_file, task, preset, mean, std, scale, resize, crop, letterbox, layout, color, tflite_io, int8_mode, coreml_w8a8, coreml_fp32_ops, input_shape, trust_pickle, opset, decoder, anchors,
             score_threshold, iou_threshold, max_detections, nms, prune_ratio, prune_flops, prune_criterion,
-            prune_min_channels, prune_allocation, prune_resolution, recover, recover_budget, keep_float, int8_fallback, no_auto_keep_float, search_seconds, min_agreement, int4_size, verify_on, force, as_json, quiet,
+            prune_min_channels, prune_allocation, prune_resolution, recover, recover_budget, keep_float, int8_fallback, max_float_macs, no_auto_keep_float, search_seconds, min_agreement, int4_size, verify_on, force, as_json, quiet,
             package_targets):
     """Convert MODEL (.onnx, .pt2 torch.export program, TorchScript) into one verified bundle per --profile under -o OUT."""
     try:
@@ -214,7 +217,7 @@ def convert(model, profiles, out_dir, quant, formats, calib_dir, calib_method, c
         postprocess_overrides={} if post else overrides, prune=prune_cfg, min_agreement=min_agreement, int4_size=int4_size, force=force, progress=not quiet,
         emitter_options={"tflite_io_dtype": tflite_io, "tflite_layout": layout, "int8_mode": int8_mode,
                          "coreml_w8a8": coreml_w8a8, "coreml_fp32_ops": coreml_fp32_ops}, exclude_nodes=_csv(keep_float) or [],
-        auto_keep_float=not no_auto_keep_float, search_seconds=search_seconds, int8_fallback=int8_fallback,
+        auto_keep_float=not no_auto_keep_float, search_seconds=search_seconds, int8_fallback=int8_fallback, max_float_macs=max_float_macs,
         input_shape=_input_shape(input_shape), trust_pickle=trust_pickle, opset=opset, verify_on=verify_on)
     pack = None
     if package_targets:

@@ -1,0 +1,142 @@
+"""Float regions for int8 detectors on CPUs: how much of the graph's start to keep out of 8 bits.
+
+On a CPU (a profile whose every accelerator is a CPU) a float node costs only its float speed: no
+delegate is split. Real YOLOv8 detectors lose their int8 accuracy across the backbone's 8-bit
+activations, not in a few nodes the keep-float search could name (COCO YOLOv8n, 800 photos: mAP@0.5
+agreement 0.949 with the decode tail float, 0.980 with the first 1/8 of the weighted nodes float
+too, 0.990 with 1/4, 0.994 with 1/2). ``choose_float_region`` measures the same nested prefixes as
+``wide_regions.prefix_regions`` (the decode tail + a topological prefix of the weighted nodes, each
+conv with its activation), limited to ``max_macs`` of the model's MACs in float, and returns the
+smallest whose raw-output SQNR against fp32 reaches ``min_sqnr_db``.
+
+Why SQNR and not mAP: on the 16-64 photos a convert can afford, mAP@0.5 agreement saturates at 1.0
+and jumps by several points between samples (YOLOv8n, 15 samples of 51 photos, one prefix: 0.94 to
+1.00), so it cannot tell prefixes apart; the output SQNR moves by under 1 dB between the same samples
+and grows with the prefix (YOLOv8n: 32.2, 38.5, 39.4, 41.0, 42.8 dB for 0, 1/8, 1/4, 3/8, 1/2).
+The threshold ``MIN_OUTPUT_SQNR_DB`` is where two real detectors reached mAP@0.5 agreement 0.99
+on 800 photos (README, "int8 on real detectors"): a measured rule of thumb, not a guarantee; the
+bundle's verification and ``edgeinfer eval`` on the user's photos say what it gives.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+
+from edgeinfer.progress import Progress
+
+from .sensitivity import MetricFn, Outputs, run_outputs
+from .wide_regions import prefix_regions
+
+FRACTIONS = (0.0, 0.125, 0.25, 0.375, 0.5)
+MIN_OUTPUT_SQNR_DB = 40.0
+MAX_FLOAT_MACS = 0.5      # default share of the model's MACs an int8 artifact may keep in float
+
+
+@dataclass
+class FloatRegion:
+    """What ``choose_float_region`` measured: output SQNR (dB) of the search's set (``base``) and of each
+    prefix tried (fraction of weighted nodes -> dB), each prefix's share of the MACs, the choice
+    (None: no region) and its nodes, whether the choice reached ``target_db``, and ``record``'s figure."""
+
+    base: float
+    target_db: float
+    max_macs: float
+    measured: dict[float, float] = field(default_factory=dict)
+    macs: dict[float, float] = field(default_factory=dict)
+    fraction: float | None = None
+    nodes: list[str] = field(default_factory=list)
+    met: bool = True
+    recorded: dict[float | None, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        key = (lambda f: "kept_nodes_only" if f is None else f"{f:.3f}")
+        return {"metric": "output_sqnr_db", "target_db": self.target_db, "max_float_macs": self.max_macs,
+                "kept_nodes_only_db": round(self.base, 2),
+                "prefixes_db": {key(f): round(v, 2) for f, v in sorted(self.measured.items())},
+                "macs_share": {key(f): round(v, 4) for f, v in sorted(self.macs.items())},
+                "chosen_fraction": self.fraction, "chosen_macs_share": self.macs.get(self.fraction, 0.0),
+                "nodes": len(self.nodes), "met": self.met,
+                "recorded_map50_agreement": {key(f): round(v, 4) for f, v in self.recorded.items()}}
+
+
+def output_sqnr(reference: Outputs) -> MetricFn:
+    """SQNR in dB of outputs against ``reference`` (every output array of every input pooled)."""
+    signal = sum(float(np.square(np.asarray(a, np.float64)).sum()) for outs in reference for a in outs)
+
+    def metric(outputs: Outputs) -> float:
+        noise = sum(float(np.square(np.asarray(a, np.float64) - np.asarray(b, np.float64)).sum())
+                    for ro, oo in zip(reference, outputs) for a, b in zip(ro, oo))
+        return float(10.0 * np.log10(signal / max(noise, 1e-30)))
+    return metric
+
+
+def macs_share(model: onnx.ModelProto, names: Sequence[str]) -> float:
+    """Fraction of ``model``'s MACs (shape-inferred) computed by the nodes ``names``."""
+    from .prune.flops import layer_macs
+    from .prune.graph import GraphView
+    view = GraphView(model)
+    macs = {n.name: layer_macs(view, n) or 0 for n in model.graph.node}
+    total = sum(macs.values())
+    return sum(macs.get(n, 0) for n in set(names)) / total if total else 0.0
+
+
+def choose_float_region(model: onnx.ModelProto, eval_inputs: np.ndarray, kept: Sequence[str],
+                        quantize: Callable[[list[str]], onnx.ModelProto], reference: Outputs,
+                        min_sqnr_db: float = MIN_OUTPUT_SQNR_DB, max_macs: float = MAX_FLOAT_MACS,
+                        fractions: Sequence[float] = FRACTIONS, record: MetricFn | None = None,
+                        progress: bool = True, metric: MetricFn | None = None) -> FloatRegion:
+    """The smallest prefix (``prefix_regions``) within ``max_macs`` whose int8 outputs reach
+    ``min_sqnr_db`` against ``reference`` (the fp32 outputs on ``eval_inputs``); the largest allowed
+    one, with ``met`` False, when none does; no region when the search's ``kept`` set reaches it alone.
+    ``quantize(names)``: the int8 model with ``names`` in float. Bisects, assuming SQNR grows with the
+    prefix: at most 2 + log2(prefixes) quantize + run steps. ``metric``: replaces the SQNR (same units as
+    ``min_sqnr_db``)."""
+    regions = prefix_regions(model, fractions)
+    kept = list(kept)
+    sqnr = metric or output_sqnr(reference)
+    choice = FloatRegion(float("nan"), min_sqnr_db, max_macs)
+    choice.macs = {f: macs_share(model, kept + regions[f]) for f in regions}
+    allowed = sorted(f for f in regions if choice.macs[f] <= max_macs + 1e-9)
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda _m: None)
+
+    def measure(names: list[str], key: float | None) -> float:
+        outs = run_outputs(quantize(names), eval_inputs)
+        if record is not None:
+            choice.recorded[key] = float(record(outs))
+        return sqnr(outs)
+
+    with Progress("measuring float regions", 2 + max(1, len(allowed)).bit_length(), progress) as bar:
+        choice.base = measure(kept, None)
+        bar.update()
+
+        def at(f: float) -> float:
+            if f not in choice.measured:
+                choice.measured[f] = measure(kept + [n for n in regions[f] if n not in kept], f)
+                bar.update()
+            return choice.measured[f]
+
+        if choice.base < min_sqnr_db and allowed:
+            lo, hi = 0, len(allowed) - 1
+            if at(allowed[hi]) < min_sqnr_db:
+                choice.met, lo = False, hi
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if at(allowed[mid]) >= min_sqnr_db:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            choice.fraction = allowed[hi]
+            choice.nodes = [n for n in regions[allowed[hi]] if n not in kept]
+        elif choice.base < min_sqnr_db:
+            choice.met = False
+    summary = ", ".join(f"{f:.3f} ({choice.macs[f]:.0%} MACs): {v:.1f} dB" for f, v in sorted(choice.measured.items()))
+    log(f"  float regions (output SQNR, target {min_sqnr_db:.0f} dB, at most {max_macs:.0%} of MACs): kept nodes only "
+        f"{choice.base:.1f} dB" + (f"; prefixes {summary}" if summary else "") + "; chosen: "
+        + ("none" if choice.fraction is None else
+           f"the first {choice.fraction:.1%} of the weighted nodes ({choice.macs[choice.fraction]:.0%} of MACs)")
+        + ("" if choice.met else " (below the target)"))
+    return choice
