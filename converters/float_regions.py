@@ -11,11 +11,12 @@ smallest whose raw-output SQNR against fp32 reaches ``min_sqnr_db``.
 
 Why SQNR and not mAP: on the 16-64 photos a convert can afford, mAP@0.5 agreement saturates at 1.0
 and jumps by several points between samples (YOLOv8n, 15 samples of 51 photos, one prefix: 0.94 to
-1.00), so it cannot tell prefixes apart; the output SQNR moves by under 1 dB between the same samples
-and grows with the prefix (YOLOv8n: 32.2, 38.5, 39.4, 41.0, 42.8 dB for 0, 1/8, 1/4, 3/8, 1/2).
-The threshold ``MIN_OUTPUT_SQNR_DB`` is where two real detectors reached mAP@0.5 agreement 0.99
-on 800 photos (README, "int8 on real detectors"): a measured rule of thumb, not a guarantee; the
-bundle's verification and ``edgeinfer eval`` on the user's photos say what it gives.
+1.00), so it cannot tell prefixes apart; the output SQNR moves by 0.5-2 dB between the same samples
+and grows with the prefix (YOLOv8n: 32.1, 38.5, 39.4, 41.0, 42.8 dB for 0, 1/8, 1/4, 3/8, 1/2).
+The threshold ``MIN_OUTPUT_SQNR_DB`` is read off two real detectors on 800 photos (README, Detection,
+"Float regions"): YOLOv8n reaches mAP@0.5 agreement 0.99 there, the fall YOLOv8s 0.98. A rule of
+thumb, not a guarantee; the bundle's verification and ``edgeinfer eval`` on the user's photos say
+what it gives.
 """
 from __future__ import annotations
 

@@ -355,6 +355,18 @@ def _float_region(model, rep, samples: np.ndarray, post: dict[str, Any], opts: C
         rep.reference, min_sqnr_db=float_regions.MIN_OUTPUT_SQNR_DB, max_macs=cap, record=record, progress=opts.progress)
 
 
+def float_region_note(mixed: dict[str, Any] | None) -> str | None:
+    """The summary's line on the float region the int8 artifacts of CPU-only profiles keep, else None."""
+    region = (mixed or {}).get("float_region")
+    if not region or not region["nodes"]:
+        return None
+    db = region["prefixes_db"].get(f"{region['chosen_fraction']:.3f}", float("nan"))
+    return (f"int8 float region (CPU-only profile): the first {region['chosen_fraction']:.1%} of the weighted nodes "
+            f"({region['nodes']} nodes, {region['chosen_macs_share']:.0%} of the MACs) stay float, taking the outputs from "
+            f"{region['kept_nodes_only_db']:.1f} to {db:.1f} dB SQNR against fp32 (target {region['target_db']:.0f} dB); "
+            "int8 runs slower for it: --max-float-macs 0 keeps full int8")
+
+
 def float_region_missed(mixed: dict[str, Any] | None) -> str | None:
     """A warning line when the float region (CPU-only profiles) stayed below its SQNR target, else None."""
     region = (mixed or {}).get("float_region")
@@ -595,6 +607,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                 manifest["warnings"].append("calibrated on RANDOM inputs (--calib-synthetic): accuracy is not representative")
             if missed:
                 manifest["warnings"].append(missed)
+            if cpu_only(profile) and float_region_note(mixed):
+                manifest["notes"] = [*manifest["notes"], float_region_note(mixed)]
             if cpu_only(profile) and float_region_missed(mixed):
                 manifest["warnings"].append(float_region_missed(mixed))
             for fmt, precision in plans[profile.name]:

@@ -108,6 +108,7 @@ def test_the_int8_artifacts_keep_the_chosen_region_in_float(tmp_path, monkeypatc
     names = region["node_names"]
     assert names and region["met"] is False and region["chosen_fraction"] == 0.125 and region["chosen_macs_share"] <= 0.3
     assert any("below" in w and "float region" in w for w in m["warnings"]), m["warnings"]
+    assert any(n.startswith("int8 float region") and "12.5%" in n for n in m["notes"]), m["notes"]
     bundle = res.bundles[0]
     onnx_art = next(a for a in m["artifacts"] if a["format"] == "onnx")
     q = onnx.load(str(bundle / onnx_art["file"]))
@@ -124,5 +125,6 @@ def test_the_int8_artifacts_keep_the_chosen_region_in_float(tmp_path, monkeypatc
 def test_float_region_is_off_with_zero_macs_and_on_npu_profiles(tmp_path):
     off = read_manifest(_convert(tmp_path / "off", "raspberry-pi-4", "--max-float-macs", "0"))
     assert "float_region" not in off["mixed_precision"]
+    assert not any("float region" in n for n in off["notes"] + off["warnings"])
     npu = read_manifest(_convert(tmp_path / "npu", "coral-edgetpu"))
     assert "float_region" not in (npu["mixed_precision"] or {})

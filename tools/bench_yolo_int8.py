@@ -13,7 +13,10 @@ printed (the machine is shared: CPU time / cores is the quiet-machine estimate).
 mAP@0.5 of the int8 artifact's detections against the fp32 artifact's on the same photos
 (`converters.sensitivity.detection_agreement`: no labels), for the ONNX and the TFLite int8 files, with
 a bootstrap interval over the photos (``--bootstrap``: how far the figure moves with the photo sample).
-``--bundle DIR`` evaluates a bundle already converted instead of converting. ``--formats onnx,tflite,coreml
+``--bundle DIR`` evaluates a bundle already converted instead of converting. ``--latency N``: also time
+each ONNX / TFLite artifact's engine (batch 1, one thread, N interleaved runs, median ms; this host's
+CPU, not the profile's device: an ARM profile's ONNX int8 file runs here through x86 kernels that
+do not fuse its int8-activation QDQ convolutions, so only its TFLite ratios are indicative). ``--formats onnx,tflite,coreml
 --profile iphone-15-pro`` adds the Core ML int8 package, run through the numpy MIL evaluator (Core ML
 itself runs only on Apple platforms; about 0.6 s per 640 px photo here).
 """
@@ -108,7 +111,9 @@ def evaluate(bundle: Path, stem: str, photos: list[Path], rounds: int) -> dict:
     test_post = ranked_postprocessor(ref_post)
     ref_results = [ref_post(o, t) for o, t in zip(ref, transforms)]
     mixed = manifest.get("mixed_precision") or {}
+    region = mixed.get("float_region") or {}
     row = {"kept_float": mixed.get("kept_float"), "int16_nodes": len((mixed.get("int16_activations") or {}).get("nodes", [])),
+           "float_region_nodes": region.get("nodes", 0), "float_region_macs": region.get("chosen_macs_share", 0.0),
            "calibration": manifest["calibration"]["method"],
            "fp32_boxes": sum(len(r.detections) for r in ref_results)}
     for fmt, suffix in FORMATS.items():
@@ -123,6 +128,16 @@ def evaluate(bundle: Path, stem: str, photos: list[Path], rounds: int) -> dict:
     return row
 
 
+def latency(bundle: Path, stem: str, runs: int) -> dict:
+    """Median engine milliseconds of every ONNX / TFLite artifact of ``bundle`` (interleaved, one thread)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_prune_latency import engine_fn
+    from timing import interleaved_medians_ms
+    fns = {f"{prec}.{fmt}": engine_fn(bundle, f"{stem}-{prec}{FORMATS[fmt]}", 1)
+           for fmt in ("onnx", "tflite") for prec in ("fp32", "int8") if (bundle / f"{stem}-{prec}{FORMATS[fmt]}").exists()}
+    return {f"{k}_ms": round(v, 2) for k, v in interleaved_medians_ms(fns, runs).items()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
@@ -135,6 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the rows here")
     ap.add_argument("--bootstrap", type=int, default=200, help="resamplings for the 90%% interval (0: none)")
     ap.add_argument("--bundle", default=None, help="evaluate this converted bundle instead of converting")
+    ap.add_argument("--latency", type=int, default=0, help="also time each artifact's engine, this many interleaved runs")
     args = ap.parse_args(argv)
 
     calib_names = {p.name for p in list_images(args.calib)}
@@ -142,15 +158,18 @@ def main(argv=None) -> int:
     stem = Path(args.model).stem
     rows = []
     if args.bundle:
-        rows.append({"method": "(given bundle)", **evaluate(Path(args.bundle), stem, photos, args.bootstrap)})
+        rows.append({"method": "(given bundle)", **evaluate(Path(args.bundle), stem, photos, args.bootstrap),
+                     **(latency(Path(args.bundle), stem, args.latency) if args.latency else {})})
         print(json.dumps(rows[-1]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for method in ([] if args.bundle else args.methods.split(",")):
             out = Path(tmp) / method
             print(f"converting with --calib-method {method} ...", file=sys.stderr, flush=True)
             timing = convert(args.model, args.calib, out, method, args.profile, args.formats)
+            bundle = next(out.iterdir())
             row = {"method": method, **{k: round(v, 1) for k, v in timing.items()},
-                   **evaluate(next(out.iterdir()), stem, photos, args.bootstrap)}
+                   **evaluate(bundle, stem, photos, args.bootstrap),
+                   **(latency(bundle, stem, args.latency) if args.latency else {})}
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\n{len(photos)} held-out real photos, {os.cpu_count()} cores; agreement = mAP@0.5 of int8 vs fp32 detections")
@@ -163,7 +182,12 @@ def main(argv=None) -> int:
         print(f"{r['calibration']:<12} {r.get('wall_s', float('nan')):>14.1f} {r.get('cpu_s', float('nan')):>7.1f} "
               f"{r.get('load_before', float('nan')):>5.1f} {r['fp32_boxes']:>10}" + "".join(f"{c:>28}" for c in cells)
               + f"  {', '.join(r['kept_float'] or []) or '-'}"
-              + (f" (ONNX: {r['int16_nodes']} nodes at 16 bits, A16W8)" if r.get("int16_nodes") else ""))
+              + (f" (ONNX: {r['int16_nodes']} nodes at 16 bits, A16W8)" if r.get("int16_nodes") else "")
+              + (f" + a float region of {r['float_region_nodes']} nodes ({r['float_region_macs']:.0%} of MACs)"
+                 if r.get("float_region_nodes") else ""))
+        times = {k[:-3]: v for k, v in r.items() if k.endswith("_ms")}
+        if times:
+            print("    engine ms (this host, 1 thread): " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
