@@ -29,8 +29,8 @@ import onnx
 
 from edgeinfer.progress import Progress
 
-from .sensitivity import MetricFn, Outputs, run_outputs
-from .wide_regions import prefix_regions
+from .sensitivity import MetricFn, Outputs
+from .wide_regions import RegionMeter, prefix_regions
 
 FRACTIONS = (0.0, 0.125, 0.25, 0.375, 0.5)
 MIN_OUTPUT_SQNR_DB = 40.0
@@ -98,40 +98,18 @@ def choose_float_region(model: onnx.ModelProto, eval_inputs: np.ndarray, kept: S
     ``min_sqnr_db``)."""
     regions = prefix_regions(model, fractions)
     kept = list(kept)
-    sqnr = metric or output_sqnr(reference)
     choice = FloatRegion(float("nan"), min_sqnr_db, max_macs)
     choice.macs = {f: macs_share(model, kept + regions[f]) for f in regions}
     allowed = sorted(f for f in regions if choice.macs[f] <= max_macs + 1e-9)
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda _m: None)
-
-    def measure(names: list[str], key: float | None) -> float:
-        outs = run_outputs(quantize(names), eval_inputs)
-        if record is not None:
-            choice.recorded[key] = float(record(outs))
-        return sqnr(outs)
-
     with Progress("measuring float regions", 2 + max(1, len(allowed)).bit_length(), progress) as bar:
-        choice.base = measure(kept, None)
-        bar.update()
-
-        def at(f: float) -> float:
-            if f not in choice.measured:
-                choice.measured[f] = measure(kept + [n for n in regions[f] if n not in kept], f)
-                bar.update()
-            return choice.measured[f]
-
+        meter = RegionMeter(regions, kept, eval_inputs, quantize, metric or output_sqnr(reference), record, bar)
+        choice.measured, choice.recorded = meter.measured, meter.recorded
+        choice.base = meter.base()
         if choice.base < min_sqnr_db and allowed:
-            lo, hi = 0, len(allowed) - 1
-            if at(allowed[hi]) < min_sqnr_db:
-                choice.met, lo = False, hi
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if at(allowed[mid]) >= min_sqnr_db:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            choice.fraction = allowed[hi]
-            choice.nodes = [n for n in regions[allowed[hi]] if n not in kept]
+            choice.met = meter.at(allowed[-1]) >= min_sqnr_db
+            choice.fraction = meter.smallest(allowed, lambda v: v >= min_sqnr_db) if choice.met else allowed[-1]
+            choice.nodes = [n for n in regions[choice.fraction] if n not in kept]
         elif choice.base < min_sqnr_db:
             choice.met = False
     summary = ", ".join(f"{f:.3f} ({choice.macs[f]:.0%} MACs): {v:.1f} dB" for f, v in sorted(choice.measured.items()))

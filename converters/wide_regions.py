@@ -53,6 +53,53 @@ class RegionChoice:
                              for f, v in self.recorded.items()}}
 
 
+@dataclass
+class RegionMeter:
+    """Measures ``prefix_regions`` once each: ``metric`` of ``quantize(kept + the region's nodes)`` on
+    ``eval_inputs`` (``measured``, by fraction), ``record``'s figure of the same outputs in ``recorded``
+    (key None: ``kept`` alone); each run ticks ``bar``."""
+
+    regions: dict[float, list[str]]
+    kept: list[str]
+    eval_inputs: np.ndarray
+    quantize: Callable[[list[str]], onnx.ModelProto]
+    metric: MetricFn
+    record: MetricFn | None = None
+    bar: Progress | None = None
+    measured: dict[float, float] = field(default_factory=dict)
+    recorded: dict[float | None, float] = field(default_factory=dict)
+
+    def _run(self, names: list[str], key: float | None) -> float:
+        outs = run_outputs(self.quantize(names), self.eval_inputs)
+        if self.record is not None:
+            self.recorded[key] = float(self.record(outs))
+        if self.bar is not None:
+            self.bar.update()
+        return float(self.metric(outs))
+
+    def base(self) -> float:
+        """The figure of ``kept`` alone."""
+        return self._run(self.kept, None)
+
+    def at(self, f: float) -> float:
+        """The figure of region ``f`` (measured once)."""
+        if f not in self.measured:
+            self.measured[f] = self._run(self.kept + [n for n in self.regions[f] if n not in self.kept], f)
+        return self.measured[f]
+
+    def smallest(self, order: Sequence[float], ok: Callable[[float], bool]) -> float:
+        """The first of ``order`` whose figure passes ``ok``, by bisection: ``ok`` is assumed to hold from
+        some region on and for ``order[-1]``, which is not measured again."""
+        lo, hi = 0, len(order) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ok(self.at(order[mid])):
+                hi = mid
+            else:
+                lo = mid + 1
+        return order[hi]
+
+
 def prefix_regions(model: onnx.ModelProto, fractions: Sequence[float] = FRACTIONS) -> dict[float, list[str]]:
     """fraction -> the ``decode_tail`` plus the node names (topological order) before the weighted
     node that follows the first ``fraction`` of the weighted nodes (so a conv's activation comes with it)."""
@@ -83,37 +130,14 @@ def choose_region(model: onnx.ModelProto, eval_inputs: np.ndarray, kept: Sequenc
     bits. ``record``: a second metric computed on the same outputs (``choice.recorded``)."""
     regions = prefix_regions(model, fractions)
     order = sorted(regions)
-    kept = list(kept)
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda _m: None)
-    recorded: dict[float, float] = {}
-
-    def measure(names: list[str], key: float | None) -> float:
-        outs = run_outputs(quantize(names), eval_inputs)
-        if record is not None:
-            recorded[key] = float(record(outs))
-        return float(metric(outs))
-
     with Progress("measuring 16-bit regions", 5, progress) as bar:
-        choice = RegionChoice(metric_name, measure(kept, None), delta=delta, recorded=recorded)
-        bar.update()
-
-        def at(f: float) -> float:
-            if f not in choice.measured:
-                choice.measured[f] = measure(kept + [n for n in regions[f] if n not in kept], f)
-                bar.update()
-            return choice.measured[f]
-
-        whole = at(order[-1])
-        if whole - choice.base > delta:
-            lo, hi = 0, len(order) - 1          # order[hi] is within delta of the whole graph; find the smallest
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if at(order[mid]) >= whole - delta:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            choice.fraction = order[hi]
-            choice.nodes = [n for n in regions[order[hi]] if n not in kept]
+        meter = RegionMeter(regions, list(kept), eval_inputs, quantize, metric, record, bar)
+        choice = RegionChoice(metric_name, meter.base(), delta=delta, measured=meter.measured, recorded=meter.recorded)
+        whole = meter.at(order[-1])
+        if whole - choice.base > delta:     # order[-1] is within delta of the whole graph; find the smallest
+            choice.fraction = meter.smallest(order, lambda v: v >= whole - delta)
+            choice.nodes = [n for n in regions[choice.fraction] if n not in meter.kept]
     summary = ", ".join(f"{f:.2f}: {v:.4f}" for f, v in sorted(choice.measured.items()))
     log(f"  16-bit regions ({metric_name}): kept nodes only {choice.base:.4f}; prefixes {summary}; "
         + (f"chosen: the decode tail{f' + the first {choice.fraction:.0%} of the weighted nodes' if choice.fraction else ' alone'}"

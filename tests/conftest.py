@@ -77,3 +77,15 @@ def iou(a, b) -> float:
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def region_asker(model, regions: dict, kept: list[str]):
+    """A stand-in ``quantize(names)`` for the region choosers, and the list it appends to: which region
+    (fraction; None for ``kept`` alone) each call asked for. Regions must differ in size; ``model`` is returned."""
+    by_size = {len(v): f for f, v in regions.items()}
+    asked: list = []
+
+    def quantize(names):
+        asked.append(None if list(names) == list(kept) else by_size[len(names)])
+        return model
+    return quantize, asked

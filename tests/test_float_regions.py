@@ -6,7 +6,7 @@ import pytest
 from edgeinfer.bundle import read_manifest
 from edgeinfer.profiles import load_profile
 
-from conftest import ROOT, edgeinfer_cli
+from conftest import ROOT, edgeinfer_cli, region_asker
 
 DET = ROOT / "samples" / "detector"
 
@@ -48,14 +48,8 @@ def test_choose_float_region_takes_the_smallest_prefix_that_reaches_the_target(s
     from converters.float_regions import FRACTIONS, choose_float_region
     from converters.wide_regions import prefix_regions
     regions = prefix_regions(shapes_model, FRACTIONS)
-    by_size = {len(v): f for f, v in regions.items()}
     kept = ["/Concat"]                 # in the decode tail, so every region holds it already
-    asked = []
-
-    def quantize(names):             # stands in for the int8 model: remembers which region it was asked for
-        asked.append(None if names == kept else by_size[len(names)])
-        return shapes_model
-
+    quantize, asked = region_asker(shapes_model, regions, kept)
     x = np.zeros((1, 3, 128, 128), np.float32)
     choice = choose_float_region(shapes_model, x, kept, quantize, [], min_sqnr_db=40.0, max_macs=cap,
                                  metric=lambda _o: figures[asked[-1]], record=lambda _o: 0.5, progress=False)

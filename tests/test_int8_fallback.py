@@ -7,7 +7,7 @@ from onnx import numpy_helper
 from edgeinfer.bundle import read_manifest
 from edgeinfer.profiles import load_profile
 
-from conftest import ROOT, edgeinfer_cli
+from conftest import ROOT, edgeinfer_cli, region_asker
 
 DET = ROOT / "samples" / "detector"
 
@@ -151,14 +151,8 @@ def test_prefix_regions_are_nested_and_all_hold_the_decode_tail(shapes_model):
 def test_choose_region_takes_the_smallest_region_near_the_whole_graph(shapes_model, figures, chosen):
     from converters.wide_regions import choose_region, prefix_regions
     regions = prefix_regions(shapes_model)
-    by_size = {len(v): f for f, v in regions.items()}
     kept = ["/Concat"]                # in the decode tail, so every region holds it already
-    asked = []
-
-    def quantize(names):            # stands in for the A16W8 model: remembers which region it was asked for
-        asked.append(None if names == kept else by_size[len(names)])
-        return shapes_model
-
+    quantize, asked = region_asker(shapes_model, regions, kept)
     x = np.zeros((1, 3, 128, 128), np.float32)
     choice = choose_region(shapes_model, x, kept, quantize, lambda _o: figures[asked[-1]], "m", progress=False,
                            record=lambda _o: -1.0 if asked[-1] is None else asked[-1])
