@@ -115,7 +115,7 @@ def choose_float_region(model: onnx.ModelProto, eval_inputs: np.ndarray, kept: S
     summary = ", ".join(f"{f:.3f} ({choice.macs[f]:.0%} MACs): {v:.1f} dB" for f, v in sorted(choice.measured.items()))
     log(f"  float regions (output SQNR, target {min_sqnr_db:.0f} dB, at most {max_macs:.0%} of MACs): kept nodes only "
         f"{choice.base:.1f} dB" + (f"; prefixes {summary}" if summary else "") + "; chosen: "
-        + ("none" if choice.fraction is None else
+        + ("none" if choice.fraction is None else "the decode tail" if choice.fraction == 0 else
            f"the first {choice.fraction:.1%} of the weighted nodes ({choice.macs[choice.fraction]:.0%} of MACs)")
         + ("" if choice.met else " (below the target)"))
     return choice

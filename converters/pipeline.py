@@ -361,7 +361,9 @@ def float_region_note(mixed: dict[str, Any] | None) -> str | None:
     if not region or not region["nodes"]:
         return None
     db = region["prefixes_db"].get(f"{region['chosen_fraction']:.3f}", float("nan"))
-    return (f"int8 float region (CPU-only profile): the first {region['chosen_fraction']:.1%} of the weighted nodes "
+    what = ("the decode tail" if region["chosen_fraction"] == 0
+            else f"the first {region['chosen_fraction']:.1%} of the weighted nodes")
+    return (f"int8 float region (CPU-only profile): {what} "
             f"({region['nodes']} nodes, {region['chosen_macs_share']:.0%} of the MACs) stay float, taking the outputs from "
             f"{region['kept_nodes_only_db']:.1f} to {db:.1f} dB SQNR against fp32 (target {region['target_db']:.0f} dB); "
             "int8 runs slower for it: --max-float-macs 0 keeps full int8")

@@ -122,3 +122,16 @@ def test_float_region_is_off_with_zero_macs_and_on_npu_profiles(tmp_path):
     assert not any("float region" in n for n in off["notes"] + off["warnings"])
     npu = read_manifest(_convert(tmp_path / "npu", "coral-edgetpu"))
     assert "float_region" not in (npu["mixed_precision"] or {})
+
+
+def test_summary_note_and_warning_say_what_stays_float():
+    from converters.pipeline import float_region_missed, float_region_note
+    region = {"nodes": 12, "chosen_fraction": 0.0, "chosen_macs_share": 0.0, "kept_nodes_only_db": 35.0,
+              "prefixes_db": {"0.000": 40.5}, "target_db": 40.0, "met": True, "max_float_macs": 0.5}
+    assert "the decode tail (12 nodes, 0% of the MACs)" in float_region_note({"float_region": region})
+    assert float_region_missed({"float_region": region}) is None
+    region.update(chosen_fraction=0.375, chosen_macs_share=0.34, prefixes_db={"0.375": 38.0}, met=False)
+    note = float_region_note({"float_region": region})
+    assert "first 37.5% of the weighted nodes" in note and "35.0 to 38.0 dB" in note and "--max-float-macs 0" in note
+    assert "38.0 dB" in float_region_missed({"float_region": region})
+    assert float_region_note({"float_region": dict(region, nodes=0)}) is None and float_region_note(None) is None
