@@ -26,6 +26,9 @@ def test_output_sqnr_is_signal_over_noise_in_db():
     assert metric(noisy) == pytest.approx(40.0, abs=1.0)
     assert metric(ref) > 200.0
     assert metric([[2 * r[0]] for r in ref]) == pytest.approx(0.0, abs=1e-6)
+    two = [[r[0], 1e-3 * r[0]] for r in ref]           # the small output's noise decides
+    noisy_small = [[r[0], 1e-3 * r[0] + 1e-4 * rng.standard_normal(r[0].shape).astype(np.float32)] for r in ref]
+    assert output_sqnr(two)(noisy_small) == pytest.approx(20.0, abs=1.0)
 
 
 def test_macs_share_grows_with_the_prefix(shapes_model):
