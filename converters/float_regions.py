@@ -80,14 +80,14 @@ def output_sqnr(reference: Outputs) -> MetricFn:
     return metric
 
 
-def macs_share(model: onnx.ModelProto, names: Sequence[str]) -> float:
-    """Fraction of ``model``'s MACs (shape-inferred) computed by the nodes ``names``."""
+def macs_shares(model: onnx.ModelProto, sets: dict[float, Sequence[str]]) -> dict[float, float]:
+    """key -> fraction of ``model``'s MACs (shape-inferred) computed by the nodes of ``sets[key]``."""
     from .prune.flops import layer_macs
     from .prune.graph import GraphView
     view = GraphView(model)
     macs = {n.name: layer_macs(view, n) or 0 for n in model.graph.node}
     total = sum(macs.values())
-    return sum(macs.get(n, 0) for n in set(names)) / total if total else 0.0
+    return {k: sum(macs.get(n, 0) for n in set(names)) / total if total else 0.0 for k, names in sets.items()}
 
 
 def choose_float_region(model: onnx.ModelProto, eval_inputs: np.ndarray, kept: Sequence[str],
@@ -104,7 +104,7 @@ def choose_float_region(model: onnx.ModelProto, eval_inputs: np.ndarray, kept: S
     regions = prefix_regions(model, fractions)
     kept = list(kept)
     choice = FloatRegion(float("nan"), min_sqnr_db, max_macs)
-    choice.macs = {f: macs_share(model, kept + regions[f]) for f in regions}
+    choice.macs = macs_shares(model, {f: kept + regions[f] for f in regions})
     allowed = sorted(f for f in regions if choice.macs[f] <= max_macs + 1e-9)
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda _m: None)
     with Progress("measuring float regions", 2 + max(1, len(allowed)).bit_length(), progress) as bar:

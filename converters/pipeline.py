@@ -198,13 +198,19 @@ def cpu_only(profile: Profile) -> bool:
     return bool(profile.accelerators) and all(a.get("kind") == "cpu" for a in profile.accelerators)
 
 
+def takes_float_region(fmt: str, profile: Profile, opts: ConvertOptions) -> bool:
+    """Whether ``fmt``'s int8 artifact on ``profile`` keeps the float region (``float_regions``): int8
+    activations (not Core ML's weight-only int8), a CPU-only profile, nodes kept out of 8 bits in float."""
+    return fmt != "coreml" and cpu_only(profile) and int8_fallback(fmt, profile, opts) == "float"
+
+
 def _emit_options(fmt: str, profile: Profile, opts: ConvertOptions, keep_float: list[str],
                   wide: list[str] | None = None, float_region: list[str] | None = None) -> dict[str, Any]:
     """The emitter's options for ``fmt`` on ``profile``; ``wide``: the nodes an A16W8 artifact
     (``int8_fallback`` int16) keeps out of 8 bits (None: ``keep_float``); ``float_region``: nodes the
     int8 artifacts of CPU-only profiles keep in float besides ``keep_float`` (``float_regions``)."""
     recipe = profile.data["recipe"]
-    if float_region and cpu_only(profile) and int8_fallback(fmt, profile, opts) == "float":
+    if float_region and takes_float_region(fmt, profile, opts):
         keep_float = list(keep_float) + [n for n in float_region if n not in keep_float]
     o: dict[str, Any] = {"activation_dtype": recipe.get("activation_dtype", "int8"), "nodes_to_exclude": list(keep_float)}
     if fmt == "onnx":
@@ -563,8 +569,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                           synthetic=bool(facts.get("synthetic")), progress=opts.progress)
     # the keep-float search is for int8 activations: weight-only Core ML int8 has none (GPTQ weights instead)
     int16 = any(int8_fallback(fmt, p, opts) == "int16" for p in profiles for fmt, prec in plans[p.name] if prec == "int8")
-    cpu_float = any(cpu_only(p) and int8_fallback(fmt, p, opts) == "float"
-                    for p in profiles for fmt, prec in plans[p.name] if prec == "int8" and fmt != "coreml")
+    cpu_float = any(takes_float_region(fmt, p, opts) for p in profiles for fmt, prec in plans[p.name] if prec == "int8")
     keep_float, mixed, chosen = _keep_float(model, calib if wants_int8 else None, task, post, opts, int16, cpu_float)
     calib = chosen if chosen is not None else calib
     int4_trace: dict[str, Any] = {}
@@ -598,6 +603,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     }
 
     missed = search_missed(mixed)
+    region_nodes, region_lines = _float_region_nodes(mixed), (float_region_note(mixed), float_region_missed(mixed))
     bundles, manifests = [], []
     done: dict[str, tuple[Path, dict[str, Any], str]] = {}   # identical requests across profiles: emit once
     # every bundle is built in its temp dir first; they are renamed into place only when ALL succeeded
@@ -609,17 +615,16 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                 manifest["warnings"].append("calibrated on RANDOM inputs (--calib-synthetic): accuracy is not representative")
             if missed:
                 manifest["warnings"].append(missed)
-            if cpu_only(profile) and float_region_note(mixed):
-                manifest["notes"] = [*manifest["notes"], float_region_note(mixed)]
-            if cpu_only(profile) and float_region_missed(mixed):
-                manifest["warnings"].append(float_region_missed(mixed))
+            if any(takes_float_region(fmt, profile, opts) for fmt, prec in plans[profile.name] if prec == "int8"):
+                note, warning = region_lines
+                manifest["notes"] = [*manifest["notes"], *([note] if note else [])]
+                manifest["warnings"] += [warning] if warning else []
             for fmt, precision in plans[profile.name]:
                 name = f"{stem}-{precision}{FILE_SUFFIX[fmt]}"
                 _say(opts, f"[{profile.name}] emitting {fmt} {precision}")
                 req = EmitRequest(model=model, precision=precision, out_path=tmp / name, calibration=calib,
                                   input_layout=_input_layout(fmt, profile, opts, src.layout),
-                                  options=_emit_options(fmt, profile, opts, keep_float, _int16_nodes(mixed),
-                                                        _float_region_nodes(mixed)),
+                                  options=_emit_options(fmt, profile, opts, keep_float, _int16_nodes(mixed), region_nodes),
                                   preprocess=cfg.to_dict(), labels=labels, task=task, profile=profile.data,
                                   int4=int4_plan if precision == "int4" else None,
                                   int8_weights=int8_weights if (fmt, precision) == ("coreml", "int8") else None,

@@ -32,10 +32,10 @@ def test_output_sqnr_is_signal_over_noise_in_db():
 
 
 def test_macs_share_grows_with_the_prefix(shapes_model):
-    from converters.float_regions import macs_share
+    from converters.float_regions import macs_shares
     from converters.wide_regions import prefix_regions
     regions = prefix_regions(shapes_model, (0.0, 0.25, 0.5, 1.0))
-    shares = [macs_share(shapes_model, regions[f]) for f in (0.0, 0.25, 0.5, 1.0)]
+    shares = list(macs_shares(shapes_model, {f: regions[f] for f in (0.0, 0.25, 0.5, 1.0)}).values())
     assert shares[0] == 0.0 and shares[-1] == pytest.approx(1.0)
     assert shares == sorted(shares) and 0.0 < shares[1] < shares[2] < 1.0
 
