@@ -146,14 +146,27 @@ def _gather_inputs(opts: ConvertOptions, cfg, size_hw, need_calib: bool
     return calib, verify, facts, files
 
 
+READ_AGAIN_SIZES = 2   # 640 images at 208 px: 330 MB each
+
+
 def _read_again(files: list[Path], cfg, size_hw):
     """``prune.resolution.ReadAt`` over ``files`` (the first n read at another input size with the
-    field of view kept), or None when the samples came from no files."""
+    field of view kept), or None when the samples came from no files. The images of the last
+    ``READ_AGAIN_SIZES`` sizes stay in memory (plans and floor steps read the same size again)."""
     if not files:
         return None
 
+    recent: dict[tuple[int, int], np.ndarray] = {}   # the last READ_AGAIN_SIZES sizes read, most recent last
+
     def read(hw: tuple[int, int], n: int) -> np.ndarray:
-        return image_io.read_images(files[:n], None, _pruned_preprocess(cfg, size_hw, hw), hw, "", False).samples
+        hw = tuple(hw)
+        have = recent.pop(hw, None)
+        if have is None or len(have) < n:
+            have = image_io.read_images(files[:n], None, _pruned_preprocess(cfg, size_hw, hw), hw, "", False).samples
+        recent[hw] = have
+        while len(recent) > READ_AGAIN_SIZES:
+            recent.pop(next(iter(recent)))
+        return have[:n].copy()   # callers own their arrays
     return read
 
 

@@ -187,3 +187,29 @@ def test_distillation_teaches_the_smaller_input_from_the_full_size_teacher():
     held = d["held_out"]
     assert held["images"] > 0 and (held["kl_after"] <= held["kl_before"] or held["reverted"])
     assert f"held-out KL {held['kl_before']:.4f} -> {held['kl_after']:.4f}" in rep.format()
+
+
+def test_images_read_again_are_kept_for_the_last_sizes(monkeypatch, tmp_path):
+    """The convert's reader decodes each size's files once while it stays among the last
+    READ_AGAIN_SIZES sizes (plans and floor steps ask again), and hands out copies."""
+    from types import SimpleNamespace
+
+    from converters import pipeline
+    from edgeinfer.preprocess import PreprocessConfig
+    decoded = []
+
+    def fake_read(files, root, cfg, hw, what, progress):
+        decoded.append((tuple(hw), len(files)))
+        return SimpleNamespace(samples=np.full((len(files), 3, *hw), float(len(decoded)), np.float32))
+    monkeypatch.setattr(pipeline.image_io, "read_images", fake_read)
+    cfg = PreprocessConfig.from_dict({"resize": 72, "crop": 64})
+    read = pipeline._read_again([tmp_path / f"{i}.png" for i in range(10)], cfg, (64, 64))
+    a = read((48, 48), 8)
+    a[:] = -1.0                                              # the caller's copy, not the cache
+    assert np.all(read((48, 48), 5) == 1.0) and decoded == [((48, 48), 8)]
+    read((48, 48), 10)                                       # more images than were read: read again
+    read((40, 40), 4)
+    read((56, 56), 4)                                        # a third size pushes out the oldest (48)
+    read((40, 40), 4)
+    read((48, 48), 4)
+    assert decoded == [((48, 48), 8), ((48, 48), 10), ((40, 40), 4), ((56, 56), 4), ((48, 48), 4)]
