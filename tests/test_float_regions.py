@@ -48,13 +48,14 @@ def test_macs_share_grows_with_the_prefix(shapes_model):
     ({None: 30.0, 0.0: 31.0, 0.125: 38.0, 0.25: 39.0, 0.375: 41.0, 0.5: 42.0}, 0.0, 0.0, False),
 ])
 def test_choose_float_region_takes_the_smallest_prefix_that_reaches_the_target(shapes_model, figures, cap, chosen, met):
-    from converters.float_regions import FRACTIONS, choose_float_region
+    from converters.float_regions import choose_float_region
     from converters.wide_regions import prefix_regions
-    regions = prefix_regions(shapes_model, FRACTIONS)
+    eighths = (0.0, 0.125, 0.25, 0.375, 0.5)
+    regions = prefix_regions(shapes_model, eighths)
     kept = ["/Concat"]                 # in the decode tail, so every region holds it already
     quantize, asked = region_asker(shapes_model, regions, kept)
     x = np.zeros((1, 3, 128, 128), np.float32)
-    choice = choose_float_region(shapes_model, x, kept, quantize, [], min_sqnr_db=40.0, max_macs=cap,
+    choice = choose_float_region(shapes_model, x, kept, quantize, [], min_sqnr_db=40.0, max_macs=cap, fractions=eighths,
                                  metric=lambda _o: figures[asked[-1]], record=lambda _o: 0.5, progress=False)
     assert choice.fraction == chosen and choice.met is met
     assert len(asked) <= 5 and asked[0] is None
@@ -62,6 +63,27 @@ def test_choose_float_region_takes_the_smallest_prefix_that_reaches_the_target(s
     d = choice.to_dict()
     assert d["chosen_fraction"] == chosen and d["recorded_map50_agreement"]["kept_nodes_only"] == 0.5
     assert all(choice.macs[f] <= cap + 1e-9 for f in choice.measured)
+
+
+def test_neighbouring_fractions_that_name_the_same_prefix_are_measured_once(shapes_model):
+    """Fine steps round to the same prefix on a model with few weighted nodes (the sample has ~20; the
+    default steps are 1/16): each prefix is measured once, under its smallest fraction."""
+    from converters.float_regions import FRACTIONS, choose_float_region, distinct_regions
+    from converters.wide_regions import prefix_regions
+    assert FRACTIONS == tuple(k / 16 for k in range(9))
+    fine = tuple(k / 64 for k in range(33))
+    regions = prefix_regions(shapes_model, fine)
+    distinct = distinct_regions(regions)
+    assert 1 < len(distinct) < len(regions) and list(distinct) == sorted(distinct)
+    assert len({frozenset(v) for v in distinct.values()}) == len(distinct)
+    assert all(any(set(regions[f]) == set(distinct[g]) and g <= f for g in distinct) for f in regions)
+    kept = ["/Concat"]
+    quantize, asked = region_asker(shapes_model, distinct, kept)
+    choice = choose_float_region(shapes_model, np.zeros((1, 3, 128, 128), np.float32), kept, quantize, [],
+                                 fractions=fine, metric=lambda _o: 0.0 if asked[-1] is None else 30.0 + 100.0 * asked[-1],
+                                 progress=False)
+    assert set(choice.measured) <= set(distinct) and choice.met
+    assert choice.fraction == min(f for f in distinct if 30.0 + 100.0 * f >= 40.0)
 
 
 def test_emit_options_add_the_region_on_cpu_only_profiles_with_float_fallback():
