@@ -149,7 +149,7 @@ def _gather_inputs(opts: ConvertOptions, cfg, size_hw, need_calib: bool
 READ_AGAIN_SIZES = 2   # 640 images at 208 px: 330 MB each
 
 
-def _read_again(files: list[Path], cfg, size_hw):
+def read_again(files: list[Path], cfg, size_hw):
     """``prune.resolution.ReadAt`` over ``files`` (the first n read at another input size with the
     field of view kept), or None when the samples came from no files. The images of the last
     ``READ_AGAIN_SIZES`` sizes stay in memory (plans and floor steps read the same size again)."""
@@ -565,9 +565,9 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         set_progress(opts.progress)
         _say(opts, "pruning channels")
         model, prune_report = prune_model(model, opts.prune, calib_samples, progress_bar=opts.progress,
-                                          read_at=_read_again(files["calib"], cfg, size_hw))
+                                          read_at=read_again(files["calib"], cfg, size_hw))
         _prune_floor(model, prune_report, reference, verify_samples, task, post, labels, size_hw, opts,
-                     _read_again(files["held_out"], cfg, size_hw))
+                     read_again(files["held_out"], cfg, size_hw))
         if prune_report.input_hw is not None and prune_report.input_hw[1] != tuple(size_hw):
             cfg, size_hw = _pruned_preprocess(cfg, size_hw, prune_report.input_hw[1]), prune_report.input_hw[1]
             spec = dict(spec, shape=[*spec["shape"][:2], *size_hw])

@@ -203,7 +203,7 @@ def test_images_read_again_are_kept_for_the_last_sizes(monkeypatch, tmp_path):
         return SimpleNamespace(samples=np.full((len(files), 3, *hw), float(len(decoded)), np.float32))
     monkeypatch.setattr(pipeline.image_io, "read_images", fake_read)
     cfg = PreprocessConfig.from_dict({"resize": 72, "crop": 64})
-    read = pipeline._read_again([tmp_path / f"{i}.png" for i in range(10)], cfg, (64, 64))
+    read = pipeline.read_again([tmp_path / f"{i}.png" for i in range(10)], cfg, (64, 64))
     a = read((48, 48), 8)
     a[:] = -1.0                                              # the caller's copy, not the cache
     assert np.all(read((48, 48), 5) == 1.0) and decoded == [((48, 48), 8)]

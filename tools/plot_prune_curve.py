@@ -89,6 +89,14 @@ def split_recovery(calib: np.ndarray, x: np.ndarray, y: np.ndarray, extra: int, 
     return np.concatenate([calib, x[~held][:extra]]), x[held], y[held]
 
 
+def recovery_files(root: Path, extra: int, fold: int = 3) -> list[Path]:
+    """The files of ``split_recovery``'s recovery images, in its order."""
+    names = {split: [root / split / line.split("\t")[0] for line in (root / split / "labels.tsv").read_text().splitlines()
+                     if line.strip()] for split in ("calib", "eval")}
+    unheld = [f for i, f in enumerate(names["eval"]) if i % 4 != fold]
+    return names["calib"] + (unheld[:extra] if extra else [])
+
+
 def cpu_seconds() -> float:
     return time.process_time()
 
@@ -109,7 +117,8 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
               resolution: bool = False, sizes: tuple[int, ...] = (),
               model_file: str = "mobilenet_v2.onnx", fold: int = 3) -> tuple[float, list[dict]]:
     from converters.prune.graph import prepare as prepare_model
-    from converters.prune.resolution import resample, resize_input
+    from converters.pipeline import read_again
+    from converters.prune.resolution import at_size, resize_input
     model = onnx.load(root / model_file)
     meta = {p.key: p.value for p in model.metadata_props}
     pre = json.loads(meta["edgeinfer.preprocess"])
@@ -119,6 +128,8 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
     calib, _ = load_split(root, "calib", cfg, full)
     x, y = load_split(root, "eval", cfg, full)
     recovery, x, y = split_recovery(calib, x, y, extra, fold)
+    # smaller input sizes see the recovery photos read again at that size, as the convert does
+    read_at = read_again(recovery_files(root, extra, fold), cfg, full)
     scored = {full: x}
     ref = logits(model, x).argmax(1)
     base = 100 * float((ref == y).mean())
@@ -149,7 +160,7 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
                 rep = lsq[1]
                 hw = rep.input_hw[1] if rep.input_hw else full
                 teacher = prepare(model) if hw == full else resize_input(prepare(model), hw)
-                data = resample(recovery, hw)
+                data = at_size(recovery, slice(None), hw, read_at)
                 if rec == "blockwise+distill" and bw is not None:
                     start, rep.distillation, s0, cpu0 = bw
                 else:
@@ -170,7 +181,7 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
                 pc = PruneConfig(flops_target=cut, recover=rec, distill=final_cfg if rec == "blockwise+distill"
                                  else distill_cfg, blockwise=blockwise_cfg, channel_multiple=multiple,
                                  resolution=resolution)
-                pm, rep = prune_model(model, pc, recovery)
+                pm, rep = prune_model(model, pc, recovery, read_at=read_at)
                 seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
                 if rec == "lsq":
                     lsq = (pm, rep, seconds, cpu)
