@@ -61,12 +61,18 @@ def digits_rows(max_ratio: float, step: float, criterion: str) -> list[tuple]:
     return rows
 
 
-def load_split(root: Path, split: str, cfg: PreprocessConfig, hw) -> tuple[np.ndarray, np.ndarray]:
+def split_labels(root: Path, split: str) -> list[tuple[Path, int]]:
+    """(photo, class index) of ``root/split/labels.tsv``, in its order."""
     pairs = [line.split("\t") for line in (root / split / "labels.tsv").read_text().splitlines() if line.strip()]
-    imgs = read_images([root / split / f for f, _ in pairs], root / split, cfg, hw, f"reading {split}", True)
+    return [(root / split / f, int(c)) for f, c in pairs]
+
+
+def load_split(root: Path, split: str, cfg: PreprocessConfig, hw) -> tuple[np.ndarray, np.ndarray]:
+    pairs = split_labels(root, split)
+    imgs = read_images([f for f, _ in pairs], root / split, cfg, hw, f"reading {split}", True)
     if imgs.skipped:
         raise SystemExit(f"{len(imgs.skipped)} unreadable images in {root / split}")
-    return imgs.samples, np.array([int(c) for _, c in pairs])
+    return imgs.samples, np.array([c for _, c in pairs])
 
 
 def logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -91,8 +97,7 @@ def split_recovery(calib: np.ndarray, x: np.ndarray, y: np.ndarray, extra: int, 
 
 def recovery_files(root: Path, extra: int, fold: int = 3) -> list[Path]:
     """The files of ``split_recovery``'s recovery images, in its order."""
-    names = {split: [root / split / line.split("\t")[0] for line in (root / split / "labels.tsv").read_text().splitlines()
-                     if line.strip()] for split in ("calib", "eval")}
+    names = {split: [f for f, _ in split_labels(root, split)] for split in ("calib", "eval")}
     unheld = [f for i, f in enumerate(names["eval"]) if i % 4 != fold]
     return names["calib"] + (unheld[:extra] if extra else [])
 
