@@ -258,3 +258,22 @@ def test_affine_training_keeps_the_function_and_writes_scaled_weights_back():
     scaled = [k for k in w0 if w0[k].ndim >= 2]
     assert scaled and all(np.allclose(w1[k], 2 * w0[k]) for k in scaled)
     assert np.allclose(run(out, x), tg(torch.from_numpy(x))[0].detach().numpy(), atol=1e-5)
+
+
+def test_mixup_blends_pairs_and_the_teacher_labels_the_blend():
+    from converters.prune.distill import DistillConfig, mix
+    x = torch.from_numpy(_smooth(8, seed=2))
+    a, b = mix(torch, x, np.random.default_rng(1), 1.0), mix(torch, x, np.random.default_rng(1), 1.0)
+    assert torch.equal(a, b) and a.shape == x.shape and not torch.equal(a, x)    # seeded, same shape, blended
+    assert bool((a >= x.amin(0, keepdim=True) - 1e-6).all() and (a <= x.amax(0, keepdim=True) + 1e-6).all())
+    assert torch.equal(mix(torch, x[:1], np.random.default_rng(1), 1.0), x[:1])   # nothing to blend with
+    g = G(seed=5)
+    a1 = g.relu(g.bn(g.conv("input", 3, 24), 24))
+    m = g.model(g.gemm(g.op("Flatten", [g.op("GlobalAveragePool", [g.relu(g.conv(a1, 24, 24))])], axis=1), 24, 10))
+    _, rep = _distill(m, _smooth(64), mixup=1.0, threads=1)
+    d = rep.distillation
+    assert d["augment"]["mixup"] == 1.0 and not d["augment"]["teacher_cached"] and d["loss_last"] < d["loss_first"]
+    with pytest.raises(EdgeInferError, match="views 0"):
+        DistillConfig(views=2, mixup=1.0).validate()
+    with pytest.raises(EdgeInferError, match="mixup must be"):
+        DistillConfig(views=0, mixup=-1.0).validate()

@@ -232,6 +232,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train", choices=("all", "affine"), help="distillation: whole weights or per-channel scales + biases")
     ap.add_argument("--views", type=int, help="distillation: fixed views per image, teacher logits cached (default: DistillConfig's)")
     ap.add_argument("--min-crop", type=float, help="distillation: smallest random crop, as a fraction of the area (default 0.5)")
+    ap.add_argument("--mixup", type=float, help="distillation: blend views, Beta(a, a) weights; needs --views 0 (default off)")
     ap.add_argument("--feature-weight", type=float, help="distillation feature-loss weight (default: DistillConfig's)")
     ap.add_argument("--train-size", type=int, help="distillation training resolution in pixels (default: DistillConfig's)")
     ap.add_argument("--batch", type=int, help="distillation batch size (default: DistillConfig's)")
@@ -269,7 +270,8 @@ def main(argv=None) -> int:
         bw = {k: v for k, v in (("lr", args.blockwise_lr), ("epochs", args.blockwise_epochs)) if v is not None}
         knobs = {k: v for k, v in (("lr", args.lr), ("epochs", args.epochs), ("train", args.train), ("views", args.views),
                                    ("crop_scale", args.min_crop and (args.min_crop, 1.0)), ("feature_weight", args.feature_weight),
-                                   ("train_size", args.train_size), ("batch", args.batch)) if v is not None}
+                                   ("train_size", args.train_size), ("batch", args.batch), ("mixup", args.mixup))
+                 if v is not None}
         real = real_rows(args.real, [float(c) for c in args.cuts.split(",")], args.recover.split(","),
                          DistillConfig(time_budget=args.budget, **knobs), args.extra_recovery, args.save_dir,
                          args.channel_multiple, BlockwiseConfig(time_budget=args.blockwise_budget, **bw), final,

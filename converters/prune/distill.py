@@ -10,7 +10,10 @@ teacher, the pruned one the student), and trains the student on the calibration 
   sums (``Add`` outputs) both graphs share, the teacher's tensors restricted to the kept channels;
 - data: the calibration images (already preprocessed), each step a random resized crop (area
   ``crop_scale``) and a horizontal flip (``flip``), resized to ``train_size`` pixels; teacher
-  and student see the same view;
+  and student see the same view; with ``mixup`` > 0 each view is blended with another image's view
+  (weight drawn from Beta(mixup, mixup)) and the teacher is run on the blend, so teacher and student
+  still see the same input ("function matching": a few hundred photos become unlimited distinct
+  inputs; needs ``views`` 0, since the teacher runs per step);
 - a student whose input is smaller than the images (``--prune-resolution``) sees each view
   resized to its size (antialiased bilinear), the teacher the view at full size;
 - ``train="affine"`` trains only a per-output-channel scale of each weight and the biases (the
@@ -73,6 +76,7 @@ class DistillConfig:
     views: int = 2                        # > 0: that many fixed views per image (whole, mirror, then random crops),
                                           # the teacher's logits on them computed once (no teacher pass per step)
     train: str = "all"                    # "all" weights, or "affine": per-channel weight scales + biases only
+    mixup: float = 0.0                    # > 0: blend each view with another's, Beta(mixup, mixup) weight (views 0)
 
     def validate(self) -> "DistillConfig":
         if not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
@@ -87,6 +91,10 @@ class DistillConfig:
         integer_at_least("distill", "views", self.views, 0)
         if self.train not in ("all", "affine"):
             raise EdgeInferError(f"distill train must be 'all' or 'affine', got {self.train!r}")
+        if not (isinstance(self.mixup, (int, float)) and self.mixup >= 0):
+            raise EdgeInferError(f"distill mixup must be >= 0 (0 = off), got {self.mixup!r}")
+        if self.views and self.mixup:
+            raise EdgeInferError("distill mixup needs the teacher run on each blend: set views 0")
         if self.views and self.feature_weight > 0:
             raise EdgeInferError("distill views caches the teacher's logits only: set feature_weight 0 or views 0")
         lo, hi = self.crop_scale
@@ -129,6 +137,16 @@ def _views(torch, x, rng: np.random.Generator, cfg: DistillConfig, size_hw):
     h, w = x.shape[2], x.shape[3]
     return torch.cat([_view(torch, img, _view_params(rng, h, w, cfg), size_hw) for img in x]
                      ).contiguous(memory_format=torch.channels_last)
+
+
+def mix(torch, x, rng: np.random.Generator, alpha: float):
+    """``x`` [N, ...] blended with a permutation of itself, weights drawn from Beta(alpha, alpha) per image
+    (mixup's inputs; the teacher labels the blend itself, so no label mixing is needed)."""
+    if len(x) < 2:
+        return x
+    lam = torch.from_numpy(rng.beta(alpha, alpha, len(x)).astype(np.float32)).view(-1, *([1] * (x.dim() - 1)))
+    other = x[torch.from_numpy(rng.permutation(len(x)))]
+    return (lam * x + (1.0 - lam) * other).contiguous(memory_format=torch.channels_last)
 
 
 def fixed_views(n_images: int, h: int, w: int, cfg: DistillConfig, rng: np.random.Generator) -> list[list[tuple]]:
@@ -315,6 +333,8 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
                 t_env = {t: v[torch.from_numpy(idx), torch.from_numpy(pick)] for t, v in cache.items()}
             else:
                 x = _views(torch, x_all[torch.from_numpy(idx)], rng, cfg, size_hw)
+                if cfg.mixup:
+                    x = mix(torch, x, rng, cfg.mixup)
                 with torch.no_grad():
                     _, t_env = teacher.features(x, t_names)
             _, s_env = student.features(student_view(x), s_names)
@@ -360,7 +380,7 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
               "train": cfg.train, "seconds": round(seconds, 1),
               "steps_per_second": round(step / max(seconds, 1e-9), 4), "cpu_seconds": round(cpu, 1), "threads": int(torch.get_num_threads()),
               "time_budget": cfg.time_budget, "stopped_by_budget": stopped, "seed": cfg.seed,
-              "augment": {"crop_scale": list(cfg.crop_scale), "flip": cfg.flip,
+              "augment": {"crop_scale": list(cfg.crop_scale), "flip": cfg.flip, "mixup": cfg.mixup,
                           "fixed_views": cfg.views, "teacher_cached": bool(cfg.views)},
               "feature_loss": {"weight": cfg.feature_weight, "tensors": len(feats)},
               "loss_first": float(np.mean(losses[:head])), "loss_last": float(np.mean(losses[-head:])),
