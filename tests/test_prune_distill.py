@@ -99,6 +99,24 @@ def test_floor_refuses_with_one_line_naming_figure_and_largest_cut():
     assert round(enforce_floor(pruned, rep, agree, 0.0, "output_agreement", len(x)), 4) == rep.floor["value"]
 
 
+def test_a_run_missing_the_floor_while_every_smaller_cut_met_it_says_so():
+    """The floor's cuts are planned and refit more lightly than the run: when all of them pass, the line
+    must not name a 'largest cut that met it' equal to the one refused (seen on MobileNetV2 at -20 %)."""
+    m, _, _ = _two_branch_net()
+    pruned, rep = prune_model(m, PruneConfig(flops_target=0.6, recover="none"), _smooth(48), progress_bar=False)
+    figures = iter([0.89] + [0.95] * 5)
+    with pytest.raises(EdgeInferError) as exc:
+        enforce_floor(pruned, rep, lambda model: next(figures), 0.9, "top1_agreement", 200)
+    msg = str(exc.value)
+    top = rep._drop(rep.macs) * (1 - 0.5 ** 5)
+    assert f"every cut the floor measured met it, up to --prune-flops {top:.2f}" in msg and "--verify-data" in msg
+    assert "largest cut that met it" not in msg and "\n" not in msg
+    figures = iter([0.89, 0.95, 0.85, 0.95, 0.85, 0.85])
+    with pytest.raises(EdgeInferError) as exc:
+        enforce_floor(pruned, rep, lambda model: next(figures), 0.9, "top1_agreement", 200)
+    assert "the largest cut that met it here was --prune-flops" in str(exc.value)
+
+
 def test_a_top1_floor_figure_carries_its_interval_over_the_held_out_images():
     from converters.stats import wilson_interval
     m, _, _ = _two_branch_net()

@@ -508,6 +508,9 @@ def _joint_plan(an: Analysis, scores: np.ndarray, curves: list[allocate.Curve], 
     return best[1], best[2]
 
 
+FLOOR_BISECTION_STEPS = 5     # cuts the floor measures when a run misses it
+
+
 def _cuts_measured(report: PruneReport) -> str:
     """How the floor's bisection measured its cuts, for the refusal line."""
     if not report.cut_refit:
@@ -531,17 +534,21 @@ def enforce_floor(pruned: onnx.ModelProto, report: PruneReport, agreement: Calla
     if value >= floor:
         return value
     lo, hi = 0.0, report._drop(report.macs)
+    every_cut_met = report.cut_at is not None
     if report.cut_at is not None:
         progress(f"{metric} {value:.4f} is below the floor {floor}: searching the largest cut that meets it")
-        for _ in range(5):
+        for _ in range(FLOOR_BISECTION_STEPS):
             mid = (lo + hi) / 2
             if agreement(report.cut_at(mid)) >= floor:
                 lo = mid
             else:
-                hi = mid
+                hi, every_cut_met = mid, False
+    found = (f"every cut the floor measured met it, up to --prune-flops {lo:.2f}, so this one misses within the "
+             "figure's noise: give more held-out photos (--verify-data)" if every_cut_met else
+             f"the largest cut that met it here was --prune-flops {lo:.2f}")
     raise EdgeInferError(
         f"pruned model's {metric} with the unpruned model is {value:.3f} on {images} held-out images{spread}, below the "
-        f"floor {floor:g}; the largest cut that met it here was --prune-flops {lo:.2f} ({_cuts_measured(report)}"
+        f"floor {floor:g}; {found} ({_cuts_measured(report)}"
         f"{'; try --recover blockwise or distill' if report.recover in ('none', 'lsq') else ''}"
         f"{'; for a classifier, --prune-resolution lets the input size take part of the cut' if report.input_hw is None else ''}), "
         f"or set {floor_flag} "
