@@ -8,7 +8,7 @@ import pytest
 
 from converters.prune import PruneConfig, prune_model
 from converters.prune.allocate import Curve, allocate
-from converters.prune.api import enforce_floor
+from converters.prune.api import FLOOR_BISECTION_STEPS, enforce_floor
 from edgeinfer.errors import EdgeInferError
 from prune_helpers import G, kl_to, run
 
@@ -108,7 +108,7 @@ def test_a_run_missing_the_floor_while_every_smaller_cut_met_it_says_so():
     with pytest.raises(EdgeInferError) as exc:
         enforce_floor(pruned, rep, lambda model: next(figures), 0.9, "top1_agreement", 200)
     msg = str(exc.value)
-    top = rep._drop(rep.macs) * (1 - 0.5 ** 5)
+    top = rep._drop(rep.macs) * (1 - 0.5 ** FLOOR_BISECTION_STEPS)
     assert f"every cut the floor measured met it, up to --prune-flops {top:.2f}" in msg and "--verify-data" in msg
     assert "largest cut that met it" not in msg and "\n" not in msg
     figures = iter([0.89, 0.95, 0.85, 0.95, 0.85, 0.85])
@@ -278,7 +278,7 @@ def test_affine_training_keeps_the_function_and_writes_scaled_weights_back():
     assert np.allclose(run(out, x), tg(torch.from_numpy(x))[0].detach().numpy(), atol=1e-5)
 
 
-def test_mixup_blends_pairs_and_the_teacher_labels_the_blend():
+def test_mixup_blends_seeded_pairs_and_a_mixup_run_trains():
     from converters.prune.distill import DistillConfig, mix
     x = torch.from_numpy(_smooth(8, seed=2))
     a, b = mix(torch, x, np.random.default_rng(1), 1.0), mix(torch, x, np.random.default_rng(1), 1.0)

@@ -534,7 +534,7 @@ def enforce_floor(pruned: onnx.ModelProto, report: PruneReport, agreement: Calla
     if value >= floor:
         return value
     lo, hi = 0.0, report._drop(report.macs)
-    every_cut_met = report.cut_at is not None
+    run_cut = hi
     if report.cut_at is not None:
         progress(f"{metric} {value:.4f} is below the floor {floor}: searching the largest cut that meets it")
         for _ in range(FLOOR_BISECTION_STEPS):
@@ -542,7 +542,8 @@ def enforce_floor(pruned: onnx.ModelProto, report: PruneReport, agreement: Calla
             if agreement(report.cut_at(mid)) >= floor:
                 lo = mid
             else:
-                hi, every_cut_met = mid, False
+                hi = mid
+    every_cut_met = report.cut_at is not None and hi == run_cut
     found = (f"every cut the floor measured met it, up to --prune-flops {lo:.2f}, so this one misses within the "
              "figure's noise: give more held-out photos (--verify-data)" if every_cut_met else
              f"the largest cut that met it here was --prune-flops {lo:.2f}")
