@@ -234,6 +234,50 @@ def test_distillation_stops_at_its_time_budget():
     assert d["stopped_by_budget"] and 0 < d["steps"] < 20_000 and d["seconds"] < 30
 
 
+def _clock(steps):
+    """A perf_counter whose readings advance by ``steps`` in turn (the last one repeating)."""
+    import itertools
+    readings = itertools.accumulate(itertools.chain(steps[:-1], itertools.repeat(steps[-1])), initial=1000.0)
+    return lambda: next(readings)
+
+
+def test_a_seed_repeats_the_run_on_a_busy_machine_while_the_pace_fits_the_budget(monkeypatch):
+    """The learning-rate schedule follows the step count, not the clock, while the run's pace fits
+    its budget: a slow start (a busy machine) must not change the weights; a pace that will not fit
+    hands the schedule to the clock and the report says so."""
+    import types
+    from converters.prune import distill as distill_mod
+    from converters.prune.api import budget_words
+    from converters.prune.distill import schedule_fraction
+    g = G(seed=5)
+    a = g.relu(g.bn(g.conv("input", 3, 24), 24))
+    b = g.relu(g.bn(g.conv(a, 24, 24), 24))
+    m = g.model(g.gemm(g.op("Flatten", [g.op("GlobalAveragePool", [b])], axis=1), 24, 10))
+    calib = _smooth(64)
+    runs = []
+    for steps in ([0.01], [150.0, 150.0, 150.0, 1.0]):      # a quiet machine; one whose first seconds crawl
+        monkeypatch.setattr(distill_mod, "time", types.SimpleNamespace(perf_counter=_clock(steps),
+                                                                       process_time=distill_mod.time.process_time))
+        runs.append(_distill(m, calib, epochs=10, time_budget=2000.0, views=2, threads=1))
+    (d1, r1), (d2, r2) = runs
+    assert all(np.array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
+               for a, b in zip(d1.graph.initializer, d2.graph.initializer))
+    assert not r1.distillation["followed_clock"] and not r2.distillation["followed_clock"]
+    assert not r1.distillation["held_out"]["reverted"]          # the trained weights are what was compared
+    monkeypatch.setattr(distill_mod, "time", types.SimpleNamespace(perf_counter=_clock([0.0, 0.0, 100.0]),
+                                                                   process_time=distill_mod.time.process_time))
+    _, r3 = _distill(m, calib, epochs=10, time_budget=2000.0, views=2, threads=1)
+    d = r3.distillation
+    assert d["followed_clock"] and d["stopped_by_budget"] and d["steps"] < 20
+    assert "seed alone does not repeat it" in budget_words(d) and budget_words(r1.distillation) == ""
+    # the rule itself: steps decide until the measured pace overruns the budget; a spent budget stops
+    assert schedule_fraction(5, 100, 400.0, 1000.0) == (0.05, False)       # slow start, too few steps to judge
+    assert schedule_fraction(20, 100, 100.0, 1000.0) == (0.2, False)       # pace fits: steps
+    assert schedule_fraction(20, 100, 300.0, 1000.0) == (0.3, True)        # pace overruns: the clock
+    assert schedule_fraction(20, 100, 1000.0, 1000.0) == (1.0, True)
+    assert schedule_fraction(20, 100, 1e9, None) == (0.2, False)
+
+
 def test_distillation_that_hurts_the_held_out_images_is_undone():
     """A diverging run (absurd learning rate) must not ship: the held-out KL rises, the
     least-squares weights come back, and the report says so."""

@@ -182,7 +182,7 @@ class PruneReport:
             lines.append(f"  block-wise recovery: {d['blocks']} blocks, {d['steps']} steps on {d['images']} images in "
                          f"{d['seconds']:.0f} s" + (f", held-out KL {d['held_out']['kl_before']:.4f} -> {d['held_out']['kl_after']:.4f}"
                                              if d["held_out"]["images"] else "")
-                         + (" (stopped by the time budget)" if d["stopped_by_budget"] else ""))
+                         + budget_words(d))
             f = d.get("final_distillation")
             if f:
                 lines.append(f"  end-to-end pass: {f['steps']} steps ({f['epochs']:.2f} epochs, teacher logits cached for "
@@ -193,7 +193,7 @@ class PruneReport:
             d = self.distillation
             lines.append(f"  distillation: {d['steps']} steps ({d['epochs']:.2f} epochs of {d['images']} images) at "
                          f"{d['train_size']} px in {d['seconds']:.0f} s, loss {d['loss_first']:.4f} -> {d['loss_last']:.4f}"
-                         + (" (stopped by the time budget)" if d["stopped_by_budget"] else "")
+                         + budget_words(d)
                          + (f", held-out KL {d['held_out']['kl_before']:.4f} -> {d['held_out']['kl_after']:.4f}"
                             + (" (undone: least-squares weights kept)" if d["held_out"]["reverted"] else "")
                             if d["held_out"]["images"] else ""))
@@ -517,6 +517,13 @@ def _cuts_measured(report: PruneReport) -> str:
         return "measured without recovery"
     later = "" if report.recover == "lsq" else f", without the {report.recover} step"
     return f"measured after a least-squares refit on {report.cut_refit} calibration images{later}"
+
+
+def budget_words(d: dict) -> str:
+    """What the time budget did to a training report ``d``: stopped it, paced its schedule, or nothing."""
+    if d["stopped_by_budget"]:
+        return " (stopped by the time budget; the clock paced it, so the seed alone does not repeat it)"
+    return " (paced by the time budget; the seed alone does not repeat it)" if d.get("followed_clock") else ""
 
 
 def enforce_floor(pruned: onnx.ModelProto, report: PruneReport, agreement: Callable[[onnx.ModelProto], float],

@@ -30,7 +30,8 @@ the caches of later blocks are reserved from it); a block past its share stops e
 its learning rate on elapsed time. Finally the whole student's held-out KL divergence to the
 teacher is compared with the one before recovery; if it rose, every weight is restored.
 No data augmentation (the caches hold one view per image). Deterministic for a ``seed`` on a
-given machine and thread count when the time budget does not bind.
+given machine and thread count while each block's pace fits its share of the time budget
+(``distill.schedule_fraction``; the report's ``followed_clock`` says when it did not).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ from edgeinfer.progress import Progress
 
 from ..clean import clean_model
 from .config_checks import integer_at_least
-from .distill import _cpu, _logit_inputs, _logit_loss, train_step
+from .distill import _cpu, _logit_inputs, _logit_loss, schedule_fraction, train_step
 from .flops import layer_macs
 from .graph import GraphView, infer_shapes
 from .runner import progress
@@ -310,7 +311,7 @@ def blockwise(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str
     per_block = max(1, int(round(cfg.epochs * steps_per_epoch)))
     costs = [b.macs + 1 for b in blocks]
     fwd_rate = None                                    # seconds per (MAC x image) of the caching passes
-    rows, notes, steps_total, stopped = [], [], 0, False
+    rows, notes, steps_total, stopped, followed_clock = [], [], 0, False, False
     peak_mb = 0.0
     progress(f"blockwise recovery: {len(blocks)} blocks, {n_train} images (+{n_hold} held out), "
              f"{cfg.epochs:g} epochs of {cfg.batch} per block, {cfg.cache_dtype} caches"
@@ -366,9 +367,8 @@ def blockwise(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str
             tb0, losses, step = time.perf_counter(), [], 0
             order = rng.permutation(n_train)
             while step < per_block:
-                frac = step / per_block
-                if share is not None:
-                    frac = max(frac, (time.perf_counter() - tb0) / share) if share > 0 else 1.0
+                frac, by_clock = schedule_fraction(step, per_block, time.perf_counter() - tb0, share)
+                followed_clock |= by_clock
                 if frac >= 1.0:
                     stopped = True
                     break
@@ -423,7 +423,8 @@ def blockwise(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str
     report = {"method": "blockwise", "blocks": len(blocks), "steps": steps_total, "images": int(n_train),
               "batch": cfg.batch, "epochs_per_block": cfg.epochs, "lr": cfg.lr, "relative_lr": cfg.relative_lr,
               "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "threads": int(torch.get_num_threads()),
-              "time_budget": cfg.time_budget, "stopped_by_budget": stopped, "seed": cfg.seed,
+              "time_budget": cfg.time_budget, "stopped_by_budget": stopped, "followed_clock": followed_clock,
+              "seed": cfg.seed,
               "cache": {"dtype": cfg.cache_dtype, "peak_mb": round(peak_mb, 1)},
               "held_out": {"images": n_hold, "kl_before": kl_before, "kl_after": kl_after, "reverted": reverted},
               "per_block": rows, "notes": notes}

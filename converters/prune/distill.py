@@ -26,7 +26,8 @@ teacher, the pruned one the student), and trains the student on the calibration 
 - 10 % of the images are held out (``holdout``): their KL to the teacher is measured after every
   epoch; the weights of the best epoch replace the last ones when its KL is clearly lower (by
   ``BEST_EPOCH_MARGIN``), and if the kept weights are worse than the start the run is undone;
-- deterministic for a ``seed`` on a given machine and thread count.
+- deterministic for a ``seed`` on a given machine and thread count while the run's pace fits its
+  time budget (``schedule_fraction``; the report's ``followed_clock`` says when it did not).
 
 The trained weights are written back into the cleaned pruned ONNX graph, which is returned.
 """
@@ -49,6 +50,7 @@ from .resolution import fixed_hw
 from .runner import progress
 
 
+SCHEDULE_SETTLE_STEPS = 10  # steps whose pace is measured before the clock may take over the schedule
 BEST_EPOCH_MARGIN = 0.9   # an earlier epoch's weights replace the last ones only if its held-out KL is 10 % lower
                           # (a clear overfit; smaller differences on a few held-out images are noise)
 
@@ -210,6 +212,24 @@ def _logit_loss(F, logits: dict[str, str], s_logits: dict[str, str], t_env, s_en
     return loss
 
 
+def schedule_fraction(step: int, total: int, elapsed: float, budget: float | None,
+                      settle: int = SCHEDULE_SETTLE_STEPS) -> tuple[float, bool]:
+    """(where a cosine schedule of ``total`` steps stands, whether the clock decided it).
+
+    ``step / total`` while the pace measured over the steps so far (after ``settle`` of them) fits
+    ``budget`` seconds, so a seed gives the same run however busy the machine is; once the pace says
+    the run will not fit, the elapsed share of the budget when that is further on (the run still ends
+    at a low rate); 1.0, i.e. stop, once the budget is spent."""
+    by_step = step / total
+    if budget is None:
+        return by_step, False
+    if budget <= 0 or elapsed >= budget:
+        return 1.0, True
+    if step >= settle and elapsed / step * total > budget and elapsed / budget > by_step:
+        return elapsed / budget, True
+    return by_step, False
+
+
 def train_step(opt, loss, losses: list, bar) -> None:
     """One optimizer step on ``loss``; its value appended to ``losses``, the bar advanced."""
     opt.zero_grad(set_to_none=True)
@@ -310,12 +330,13 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
     progress(f"distillation: {len(x_all)} images, {total} steps of {cfg.batch} at {size_hw[0]} px"
              + (f", time budget {cfg.time_budget:.0f} s" if cfg.time_budget else ""))
     deadline = t0 + cfg.time_budget if cfg.time_budget else None
-    last_note = t0
+    last_note = t_train = time.perf_counter()
+    followed_clock = False
     with Progress("distilling", total, progress_bar, deadline=deadline) as bar:
         while step < total:
-            frac = step / total
-            if cfg.time_budget:
-                frac = max(frac, (time.perf_counter() - t0) / cfg.time_budget)
+            frac, by_clock = schedule_fraction(step, total, time.perf_counter() - t_train,
+                                               deadline - t_train if deadline else None)
+            followed_clock |= by_clock
             if frac >= 1.0:
                 stopped = True
                 break
@@ -379,8 +400,8 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
               "batch": cfg.batch, "train_size": int(size_hw[0]), "lr": cfg.lr, "relative_lr": cfg.relative_lr,
               "train": cfg.train, "seconds": round(seconds, 1),
               "steps_per_second": round(step / max(seconds, 1e-9), 4), "cpu_seconds": round(cpu, 1), "threads": int(torch.get_num_threads()),
-              "time_budget": cfg.time_budget, "stopped_by_budget": stopped, "seed": cfg.seed,
-              "augment": {"crop_scale": list(cfg.crop_scale), "flip": cfg.flip, "mixup": cfg.mixup,
+              "time_budget": cfg.time_budget, "stopped_by_budget": stopped, "followed_clock": followed_clock,
+              "seed": cfg.seed, "augment": {"crop_scale": list(cfg.crop_scale), "flip": cfg.flip, "mixup": cfg.mixup,
                           "fixed_views": cfg.views, "teacher_cached": bool(cfg.views)},
               "feature_loss": {"weight": cfg.feature_weight, "tensors": len(feats)},
               "loss_first": float(np.mean(losses[:head])), "loss_last": float(np.mean(losses[-head:])),
