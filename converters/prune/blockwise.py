@@ -48,7 +48,7 @@ from edgeinfer.progress import Progress
 
 from ..clean import clean_model
 from .config_checks import integer_at_least
-from .distill import _cpu, _logit_inputs, _logit_loss, schedule_fraction, train_step
+from .distill import _cpu, _logit_inputs, _logit_loss, schedule_fraction, set_cosine_lr, train_step
 from .flops import layer_macs
 from .graph import GraphView, infer_shapes
 from .runner import progress
@@ -372,8 +372,7 @@ def blockwise(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str
                 if frac >= 1.0:
                     stopped = True
                     break
-                for grp in opt.param_groups:
-                    grp["lr"] = grp["scale"] * cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+                set_cosine_lr(opt, cfg.lr, frac)
                 pos = (step % steps_per_epoch) * cfg.batch
                 if pos == 0 and step:
                     order = rng.permutation(n_train)

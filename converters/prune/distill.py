@@ -230,6 +230,12 @@ def schedule_fraction(step: int, total: int, elapsed: float, budget: float | Non
     return by_step, False
 
 
+def set_cosine_lr(opt, lr: float, frac: float) -> None:
+    """Each parameter group's rate: ``lr`` x its ``scale``, on a cosine from 1 at ``frac`` 0 to 0 at 1."""
+    for grp in opt.param_groups:
+        grp["lr"] = grp["scale"] * lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
 def train_step(opt, loss, losses: list, bar) -> None:
     """One optimizer step on ``loss``; its value appended to ``losses``, the bar advanced."""
     opt.zero_grad(set_to_none=True)
@@ -340,8 +346,7 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, 
             if frac >= 1.0:
                 stopped = True
                 break
-            for grp in opt.param_groups:
-                grp["lr"] = grp["scale"] * cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+            set_cosine_lr(opt, cfg.lr, frac)
             pos = (step * cfg.batch) % len(x_all)
             if pos + cfg.batch > len(x_all) and step:
                 order = rng.permutation(len(x_all))
