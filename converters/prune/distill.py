@@ -225,7 +225,7 @@ def schedule_fraction(step: int, total: int, elapsed: float, budget: float | Non
         return by_step, False
     if budget <= 0 or elapsed >= budget:
         return 1.0, True
-    if step >= settle and elapsed / step * total > budget and elapsed / budget > by_step:
+    if step >= settle and elapsed / budget > by_step:     # the pace so far overruns the budget
         return elapsed / budget, True
     return by_step, False
 
