@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= demo-out
 
-.PHONY: demo test test-fast device-test venv clean
+.PHONY: demo test test-fast device-test avx2-test venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: $(VENV)/.installed-dev
 # the runtime on an emulated arm64 (Cortex-A72 / A76 under qemu-user) vs this host; cached in ~/.cache/edgeinfer-device
 device-test: $(VENV)/.installed-dev
 	$(BIN)/python tools/device_test.py
+
+# the int8-sensitive tests as an x86-64 CPU without VNNI runs them (QEMU's Haswell), on a VNNI host; --all: every test
+avx2-test: $(VENV)/.installed-dev
+	$(BIN)/python tools/avx2_test.py $(ARGS)
 
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q tests

@@ -84,12 +84,13 @@ def check_tools(build: bool = False) -> None:
                                    f"once, or copy a built {cache_dir() / 'userland'} here")
 
 
-def install_tools() -> str | None:
-    """apt-get install the missing tools when running as root with apt; returns why not, or None."""
-    missing = missing_tools()
+def install_tools(tools: dict[str, str] = TOOLS) -> str | None:
+    """apt-get install the missing ``tools`` (command -> Debian package) when running as root with apt;
+    returns why not, or None."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if not missing:
         return None
-    pkgs = sorted({TOOLS[t] for t in missing})
+    pkgs = sorted({tools[t] for t in missing})
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         return f"missing {', '.join(missing)} and not root with apt-get: `sudo apt-get install {' '.join(pkgs)}`"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
