@@ -79,9 +79,10 @@ def unsupported_features(stderr: str) -> list[str]:
     return sorted(set(re.findall(r"TCG doesn't support requested feature: \S+?\.([\w-]+) \[bit", stderr)))
 
 
-def make_shim(work: Path, qemu: str) -> Path:
-    """``work/bin/python``: this Python under QEMU's Haswell, reading ``work/root/proc/cpuinfo``; a venv
-    shim (pyvenv.cfg + lib) so ``sys.executable`` and ``sys.prefix`` stay the shim's."""
+def make_shim(work: Path, qemu: str) -> tuple[Path, str]:
+    """(``work/bin/python``, the ``-cpu`` it uses): this Python under QEMU's Haswell, reading
+    ``work/root/proc/cpuinfo``; a venv shim (pyvenv.cfg + lib) so ``sys.executable`` and ``sys.prefix``
+    stay the shim's."""
     (work / "root" / "proc").mkdir(parents=True)
     (work / "root" / "proc" / "cpuinfo").write_text(masked_cpuinfo(Path("/proc/cpuinfo").read_text(errors="replace")))
     (work / "bin").mkdir()
@@ -103,7 +104,7 @@ def make_shim(work: Path, qemu: str) -> Path:
         if not missing:
             break
         cpu += "".join(f",-{f}" for f in missing)
-    return shim
+    return shim, cpu
 
 
 def skip(why: str) -> int:
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if qemu is None:
             return skip(why or f"{QEMU} not found: `sudo apt-get install qemu-user-static`")
     with tempfile.TemporaryDirectory(prefix="edgeinfer-avx2-") as tmp:
-        shim = make_shim(Path(tmp), qemu)
+        shim, cpu = make_shim(Path(tmp), qemu)
         env = {**os.environ, **NUMPY_ENV}
         env.pop(int8_arith.ENV_OVERRIDE, None)
         r = subprocess.run([str(shim), "-c", CHECK], capture_output=True, text=True, env=env, cwd=ROOT)
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"avx2-test: the emulated CPU is not an AVX2-only x86 as this tool needs (kernels, "
                   f"ORT saturates, argsort right: {' '.join(got) or r.stderr.strip()[-300:]})", flush=True)
             return 1
-        print(f"avx2-test: {QEMU} -cpu {CPU}: edgeinfer detects x86-avx2, ONNX Runtime saturates 16-bit pair sums",
+        print(f"avx2-test: {QEMU} -cpu {cpu}: edgeinfer detects x86-avx2, ONNX Runtime saturates 16-bit pair sums",
               flush=True)
         tests = [] if args.all or any(not a.startswith("-") for a in pytest_args) else \
             [t for t in INT8_TESTS if (ROOT / t).exists()]
