@@ -1,6 +1,7 @@
 # Two entry points that work on a fresh machine (they bootstrap .venv themselves):
 #   make demo   convert the bundled samples (digits classifier, shapes detector) for device profiles and run them
-#   make test   install the dev extras and run the whole test suite, then `make device-test` (arm64 under QEMU)
+#   make test   install the dev extras and run the whole test suite, then the int8 tests as a CPU without VNNI
+#               runs them (`tools/avx2_test.py --ci`, QEMU's Haswell) and `make device-test` (arm64 under QEMU)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -35,6 +36,7 @@ test: $(VENV)/.installed-dev
 	bash tools/setup_tflite214_venv.sh
 	bash tools/setup_verifier_venvs.sh
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests
+	$(BIN)/python tools/avx2_test.py --ci
 	$(MAKE) --no-print-directory device-test
 
 # the runtime on an emulated arm64 (Cortex-A72 / A76 under qemu-user) vs this host; cached in ~/.cache/edgeinfer-device

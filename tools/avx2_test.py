@@ -1,6 +1,6 @@
 """`make avx2-test`: the test suite as an x86-64 CPU without VNNI runs it, on a host that has VNNI.
 
-    python tools/avx2_test.py [--all] [PYTEST ARGS...]
+    python tools/avx2_test.py [--all | --ci] [PYTEST ARGS...]
 
 ONNX Runtime's int8 kernels compute differently by instruction set (``edgeinfer.int8_arith``: x86
 without VNNI saturates 16-bit pair sums), so a suite that is green on a VNNI host can fail on an
@@ -19,7 +19,8 @@ this run checks (the int8 engines' kernels).
 
 Emulation is 5-15x slower than the host and says nothing about speed. Default test set: the files
 whose figures depend on int8 kernels (``INT8_TESTS``); ``--all`` runs the whole suite (about an hour
-on 2 cores). Exit: pytest's; 0 with one ``SKIP`` line when there is nothing to emulate (not x86-64,
+on 2 cores); ``--ci`` (what ``make test`` runs, ~5 min) the host-arithmetic tests and the four that once
+failed on AVX2-only hosts only (``CI_TESTS``). Exit: pytest's; 0 with one ``SKIP`` line when there is nothing to emulate (not x86-64,
 or this host has no VNNI itself: ``make test`` already runs as such a CPU) or no QEMU, unless
 ``EDGEINFER_AVX2_TEST=require``.
 """
@@ -48,6 +49,11 @@ INT8_TESTS = ("tests/test_int8_arith.py", "tests/test_convert_cli.py", "tests/te
               "tests/test_coreml_fp32_islands.py", "tests/test_coreml_int8_weights.py", "tests/test_tflite_int8.py",
               "tests/test_sensitivity.py", "tests/test_float_regions.py", "tests/test_int8_error.py",
               "tests/test_int8_fallback.py", "tests/test_detect_cli.py", "tests/test_real_photos.py")
+CI_TESTS = ("tests/test_int8_arith.py", "tests/test_avx2_tool.py",
+            "tests/test_convert_cli.py::test_bundle_manifest_records_the_contract",
+            "tests/test_convert_cli.py::test_predictor_runs_batches_and_names_labels",
+            "tests/test_convert_cli.py::test_pruned_int8_verifies_for_every_emitter",
+            "tests/test_coreml_fp32_islands.py::test_digits_fp32_stem_islands_reduce_logit_error")
 CHECK = """
 import numpy as np, onnxruntime as ort
 from onnx import helper, numpy_helper, TensorProto
@@ -117,7 +123,9 @@ def skip(why: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    ap.add_argument("--all", action="store_true", help="the whole suite (default: the int8-sensitive files)")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="the whole suite (default: the int8-sensitive files)")
+    which.add_argument("--ci", action="store_true", help="the few tests `make test` runs this way")
     args, pytest_args = ap.parse_known_args(argv)
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return skip(f"this host is {platform.machine()}, not x86-64")
@@ -142,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"avx2-test: {QEMU} -cpu {cpu}: edgeinfer detects x86-avx2, ONNX Runtime saturates 16-bit pair sums",
               flush=True)
-        tests = [] if args.all or any(not a.startswith("-") for a in pytest_args) else \
-            [t for t in INT8_TESTS if (ROOT / t).exists()]
+        tests = ([] if args.all or any(not a.startswith("-") for a in pytest_args) else
+                 list(CI_TESTS) if args.ci else [t for t in INT8_TESTS if (ROOT / t).exists()])
         cmd = [str(shim), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow",
                *(["tests"] if args.all else tests), *pytest_args]
         return subprocess.run(cmd, env=env, cwd=ROOT).returncode
