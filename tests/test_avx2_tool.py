@@ -31,3 +31,17 @@ def test_qemu_warnings_name_the_features_to_drop():
            "qemu-x86_64-static: warning: TCG doesn't support requested feature: CPUID.07H:EBX.invpcid [bit 10]\n")
     assert avx2_test.unsupported_features(err) == ["invpcid", "tsc-deadline"]
     assert avx2_test.unsupported_features("") == []
+
+
+def test_nothing_to_emulate_or_no_qemu_is_one_skip_line_unless_required(monkeypatch, capsys):
+    from converters import arm_userland
+    monkeypatch.setattr(avx2_test.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(int8_arith, "_detect", lambda: "x86-avx2")
+    assert avx2_test.main([]) == 0 and capsys.readouterr().out.startswith("SKIP avx2-test: this host has no VNNI")
+    monkeypatch.setattr(int8_arith, "_detect", lambda: "x86-vnni")
+    monkeypatch.setattr(avx2_test.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(arm_userland, "install_tools", lambda tools: f"missing {', '.join(tools)}")
+    assert avx2_test.main([]) == 0
+    assert capsys.readouterr().out.strip() == "SKIP avx2-test: missing qemu-x86_64-static"
+    monkeypatch.setenv("EDGEINFER_AVX2_TEST", "require")
+    assert avx2_test.main([]) == 1 and "FAILED" in capsys.readouterr().out
