@@ -68,8 +68,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGEINFER_DEVICE_CACHE", Path.home() / ".cache" / "edgeinfer-device"))
 
 
-def missing_tools() -> list[str]:
-    return [tool for tool in TOOLS if shutil.which(tool) is None]
+def missing_tools(tools: dict[str, str] = TOOLS) -> list[str]:
+    return [tool for tool in tools if shutil.which(tool) is None]
 
 
 def check_tools(build: bool = False) -> None:
@@ -87,7 +87,7 @@ def check_tools(build: bool = False) -> None:
 def install_tools(tools: dict[str, str] = TOOLS) -> str | None:
     """apt-get install the missing ``tools`` (command -> Debian package) when running as root with apt;
     returns why not, or None."""
-    missing = [tool for tool in tools if shutil.which(tool) is None]
+    missing = missing_tools(tools)
     if not missing:
         return None
     pkgs = sorted({tools[t] for t in missing})

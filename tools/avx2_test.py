@@ -30,6 +30,7 @@ import argparse
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -103,7 +104,8 @@ def make_shim(work: Path, qemu: str) -> tuple[Path, str]:
     shim = work / "bin" / "python"
     cpu = CPU
     for _ in range(4):     # drop the features this QEMU warns about, until it runs silently
-        shim.write_text(f'#!/bin/sh\nexec {qemu} -cpu {cpu} -L {work / "root"} -0 {shim} {real} "$@"\n')
+        args = " ".join(shlex.quote(str(a)) for a in (qemu, "-cpu", cpu, "-L", work / "root", "-0", shim, real))
+        shim.write_text(f'#!/bin/sh\nexec {args} "$@"\n')
         shim.chmod(0o755)
         r = subprocess.run([str(shim), "-c", "pass"], capture_output=True, text=True)
         missing = unsupported_features(r.stderr)
@@ -154,10 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"numpy argsort right: {' '.join(got) or r.stderr.strip()[-300:]})")
         print(f"avx2-test: {QEMU} -cpu {cpu}: edgeinfer detects x86-avx2, ONNX Runtime saturates 16-bit pair sums",
               flush=True)
-        tests = ([] if args.all or any(not a.startswith("-") for a in pytest_args) else
+        tests = (["tests"] if args.all else [] if any(not a.startswith("-") for a in pytest_args) else
                  list(CI_TESTS) if args.ci else [t for t in INT8_TESTS if (ROOT / t).exists()])
-        cmd = [str(shim), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow",
-               *(["tests"] if args.all else tests), *pytest_args]
+        cmd = [str(shim), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow", *tests, *pytest_args]
         return subprocess.run(cmd, env=env, cwd=ROOT).returncode
 
 
