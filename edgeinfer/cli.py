@@ -134,7 +134,8 @@ def main() -> None:
 @click.option("--nms", type=click.Choice(["hard", "soft-linear", "soft-gaussian", "weighted"]))
 @click.option("--prune", "prune_ratio", type=click.FloatRange(0.0, 0.95), help="Fraction of channels removed per prunable group.")
 @click.option("--prune-flops", type=click.FloatRange(0.0, 0.95), help="Target fraction of FLOPs (MACs) removed.")
-@click.option("--prune-criterion", type=click.Choice(["l1", "l2", "bn", "activation"]), default="activation", show_default=True)
+@click.option("--prune-criterion", type=click.Choice(["l1", "l2", "bn", "activation", "greedy"]), default="activation",
+              show_default=True, help="How channels are chosen within a group; greedy: least-squares elimination (ThiNet).")
 @click.option("--prune-min-channels", type=click.IntRange(min=1))
 @click.option("--prune-allocation", type=click.Choice(["sensitivity", "uniform"]), default="sensitivity", show_default=True,
               help="Spread the cut by measured per-group sensitivity, or cut every group alike.")

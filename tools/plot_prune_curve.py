@@ -120,7 +120,8 @@ def scored_at(root: Path, pre: dict, full: tuple[int, int], hw: tuple[int, int],
 def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, extra: int,
               save_dir: Path | None, multiple: int = 8, blockwise_cfg=None, final_cfg=None,
               resolution: bool = False, sizes: tuple[int, ...] = (),
-              model_file: str = "mobilenet_v2.onnx", fold: int = 3) -> tuple[float, list[dict]]:
+              model_file: str = "mobilenet_v2.onnx", fold: int = 3,
+              criterion: str = "activation") -> tuple[float, list[dict]]:
     from converters.prune.graph import prepare as prepare_model
     from converters.pipeline import read_again
     from converters.prune.resolution import at_size, resize_input
@@ -185,7 +186,7 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
             else:
                 pc = PruneConfig(flops_target=cut, recover=rec, distill=final_cfg if rec == "blockwise+distill"
                                  else distill_cfg, blockwise=blockwise_cfg, channel_multiple=multiple,
-                                 resolution=resolution)
+                                 resolution=resolution, criterion=criterion)
                 pm, rep = prune_model(model, pc, recovery, read_at=read_at)
                 seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
                 if rec == "lsq":
@@ -275,7 +276,8 @@ def main(argv=None) -> int:
         real = real_rows(args.real, [float(c) for c in args.cuts.split(",")], args.recover.split(","),
                          DistillConfig(time_budget=args.budget, **knobs), args.extra_recovery, args.save_dir,
                          args.channel_multiple, BlockwiseConfig(time_budget=args.blockwise_budget, **bw), final,
-                         args.resolution, tuple(int(v) for v in args.sizes.split(",") if v), args.model, args.fold)
+                         args.resolution, tuple(int(v) for v in args.sizes.split(",") if v), args.model, args.fold,
+                         args.criterion)
     if args.json:
         args.json.write_text(json.dumps({"digits": digits, "real": real and {"fp32_top1": real[0], "rows": real[1]}}, indent=1))
 

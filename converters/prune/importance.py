@@ -8,6 +8,8 @@ they are summed, so no layer dominates by scale.
 - ``l1`` / ``l2``: norm of each output filter of the Conv/Gemm/MatMul layers producing the
   channel (Li et al. 2017), depthwise filters included.
 - ``bn``: |gamma| of the BatchNormalization layers on the channel (network slimming).
+- ``greedy``: greedy least-squares elimination (``greedy.py``): channels ranked by how much the
+  least-squares refit of the layers reading them loses when they go, redundancy included.
 - ``activation``: data-driven contribution of the channel to the layers it feeds:
   RMS of the activation on the calibration set times the norm of the consumer weights reading it
   (a one-channel-at-a-time form of ThiNet's reconstruction criterion).
@@ -140,8 +142,14 @@ def activation(an: Analysis, samples: np.ndarray | None):
     return scores, counts
 
 
+def greedy(an: Analysis, samples: np.ndarray | None):
+    """Greedy least-squares elimination (``greedy.py``): what the refit loses when channels go."""
+    from .greedy import greedy as run
+    return run(an, samples)
+
+
 CRITERIA: dict[str, Callable[[Analysis, np.ndarray | None], tuple[np.ndarray, np.ndarray]]] = {
-    "l1": l1, "l2": l2, "bn": bn, "activation": activation,
+    "l1": l1, "l2": l2, "bn": bn, "activation": activation, "greedy": greedy,
 }
 
 
