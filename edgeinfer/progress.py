@@ -1,4 +1,5 @@
-"""A dependency-free progress bar on stderr (silent when disabled or not a terminal-friendly run)."""
+"""A dependency-free progress bar on stderr. Not on a terminal (a log file, CI) it writes one plain
+line per ``QUIET_EVERY`` seconds of long work instead of redrawing, and the final line."""
 from __future__ import annotations
 
 import sys
@@ -6,6 +7,7 @@ import time
 from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
+QUIET_EVERY = 30.0       # seconds between plain progress lines when stderr is not a terminal
 
 
 class Progress:
@@ -26,17 +28,22 @@ class Progress:
     def update(self, n: int = 1) -> None:
         self.done += n
         now = time.perf_counter()
-        if self.enabled and self.live and (now - self._last > 0.1 or self.done >= self.total):
+        if not self.enabled:
+            return
+        if self.live and (now - self._last > 0.1 or self.done >= self.total):
             self._last = now
             self._draw()
+        elif not self.live and self.done < self.total and now - max(self._last, self.start) >= QUIET_EVERY:
+            self._last = now
+            self._draw(line=True)
 
-    def _draw(self, final: bool = False) -> None:
+    def _draw(self, final: bool = False, line: bool = False) -> None:
         width = 24
         frac = self.done / self.total if self.total else 1.0
         bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
         now = time.perf_counter()
         elapsed = now - self.start
-        end = "\n" if final else "\r"
+        end = "\n" if final or line else "\r"
         eta = ""
         if not final and 0 < self.done < self.total:
             left = elapsed / self.done * (self.total - self.done)

@@ -114,3 +114,11 @@ def test_mobilenetv2_ratio_03_shrinks_params_macs_and_file():
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     assert run(pruned, x).shape == run(m, x).shape == (2, 1000)
     assert not rep.unprunable[0]["layers"].startswith("conv")   # only the classifier's outputs stay whole
+
+
+def test_scan_image_counts_follow_the_input_pixels():
+    from converters.prune.api import pixel_scaled
+    assert pixel_scaled(32, (224, 224), 8) == 32 and pixel_scaled(64, (32, 32), 16) == 64
+    assert pixel_scaled(32, (640, 640), 8) == 8 and pixel_scaled(64, (640, 640), 16) == 16
+    assert pixel_scaled(32, (320, 320), 8) == 16
+    assert pixel_scaled(4, (640, 640), 8) == 4          # fewer asked than the least: as asked

@@ -57,7 +57,8 @@ class PruneConfig:
     ridge: float = 0.1                   # reconstruction ridge (relative to feature energy), towards the pruned weights
     protect_channels: int = 0            # sensitivity allocation: groups narrower than this stay whole
     max_group_ratio: float = 0.75        # sensitivity allocation: no group loses more than this fraction
-    sensitivity_samples: int = 32        # calibration images the sensitivity scan runs on
+    sensitivity_samples: int = 32        # calibration images the sensitivity scan runs on (counts at 224 x 224:
+                                         # larger inputs use as many pixels, >= 8 / 16 images; ``pixel_scaled``)
     sensitivity_refit: bool = True       # with a least-squares recovery, measure each cut after that refit ...
     sensitivity_fit_samples: int = 64    # ... fit on these many other calibration images
     distill: Any = None                  # converters.prune.distill.DistillConfig (None: its defaults)
@@ -231,6 +232,18 @@ def plan(an: Analysis, scores: np.ndarray, ratio: float, cfg: PruneConfig) -> np
     return kept
 
 
+SCAN_PIXELS = 224 * 224       # the scan's image counts are for inputs of this size
+
+
+def pixel_scaled(count: int, hw: tuple, least: int) -> int:
+    """``count`` images at 224 x 224, as many input pixels at ``hw`` (never fewer than ``least``):
+    a 640 px detector scans on 8 images instead of 32, so its 150-odd refit cuts take minutes, not half an hour."""
+    pixels = int(np.prod(hw)) if len(hw) == 2 else SCAN_PIXELS
+    if pixels <= SCAN_PIXELS or count <= least:
+        return count
+    return max(least, int(round(count * SCAN_PIXELS / pixels)))
+
+
 def _search_ratio(an: Analysis, scores, cfg: PruneConfig, macs0: int, target: float) -> float:
     """Smallest uniform ratio (to 1e-3) whose MAC drop reaches ``target``."""
     def drop(r):
@@ -320,9 +333,10 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
             return plan(an, scores, _search_ratio(an, scores, config, before.macs, target), config), None
         kept_class = plan(an, scores, ratio, config)
     else:
-        n_sens = min(config.sensitivity_samples, len(calib_samples))
+        hw = tuple(np.shape(calib_samples)[2:4])
+        n_sens = min(pixel_scaled(config.sensitivity_samples, hw, 8), len(calib_samples))
         sens = np.asarray(calib_samples[:n_sens], np.float32)
-        n_fit = config.sensitivity_fit_samples
+        n_fit = pixel_scaled(config.sensitivity_fit_samples, hw, 16)
         fit_part = slice(n_sens, n_sens + n_fit) if len(calib_samples) - n_sens >= 16 else slice(0, n_sens)
         fit = np.asarray(calib_samples[fit_part], np.float32)
         curves = _measured(an, scores, config, sens, fit, progress_bar)
