@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .graph import attr
 from .groups import Analysis
-from .reconstruct import unfold
+from .reconstruct import unfold, weight_matrix
 from .runner import iter_tensors, progress
 
 RIDGE = 0.1                 # PruneConfig.ridge's default: the refit this ranking anticipates
@@ -43,17 +42,6 @@ class _Reader:
     k_hw: tuple = ()
     positions: tuple | None = None
     gram: np.ndarray | None = None
-
-
-def _weight_matrix(node, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    if node.op_type == "Conv":
-        m = w.reshape(w.shape[0], -1).T
-    elif node.op_type == "Gemm" and int(attr(node, "transB", 0)):
-        m = w.T
-    else:
-        m = w
-    bias = np.zeros(m.shape[1]) if b is None else np.broadcast_to(b, (m.shape[1],))
-    return np.concatenate([m, bias[None, :]], axis=0).astype(np.float64)
 
 
 def _readers(an: Analysis) -> list[_Reader]:
@@ -79,7 +67,7 @@ def _readers(an: Analysis) -> list[_Reader]:
                 col_class = np.repeat(cls, int(np.prod(k_hw))) if k_hw else cls
                 if len(col_class) > MAX_FEATURES:
                     continue
-                out.append(_Reader(node, t, _weight_matrix(node, w, b), col_class, k_hw))
+                out.append(_Reader(node, t, weight_matrix(node, w, b), col_class, k_hw))
     return out
 
 

@@ -227,17 +227,21 @@ def _accumulate(st, a: np.ndarray, y: np.ndarray):
     return st
 
 
-def _as_matrix(ly: _Layer, weights) -> np.ndarray:
-    """Current weight + bias as a [features + 1, outputs] matrix (rows match unfold's columns)."""
-    w = weights[ly.w_name]
-    if ly.kind == "conv":
+def weight_matrix(node, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """A Conv / Gemm / MatMul weight + bias as a [features + 1, outputs] float64 matrix (rows match unfold's columns)."""
+    if node.op_type == "Conv":
         m = w.reshape(w.shape[0], -1).T
-    elif ly.kind == "gemm" and int(attr(ly.node, "transB", 0)):
+    elif node.op_type == "Gemm" and int(attr(node, "transB", 0)):
         m = w.T
     else:
         m = w
-    b = weights[ly.b_name] if ly.b_name else np.zeros(m.shape[1], np.float32)
-    return np.concatenate([m, b[None, :]], axis=0).astype(np.float64)
+    bias = np.zeros(m.shape[1]) if b is None else np.broadcast_to(b, (m.shape[1],))
+    return np.concatenate([m, bias[None, :]], axis=0).astype(np.float64)
+
+
+def _as_matrix(ly: _Layer, weights) -> np.ndarray:
+    """Current weight + bias of a refit layer as ``weight_matrix``."""
+    return weight_matrix(ly.node, weights[ly.w_name], weights[ly.b_name] if ly.b_name else None)
 
 
 def _solve(ly: _Layer, st, weights, ridge: float) -> LayerFit:
