@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .groups import Analysis
-from .reconstruct import unfold, weight_matrix
+from .reconstruct import sample_positions, unfold, weight_matrix
 from .runner import iter_tensors, progress
 
 RIDGE = 0.1                 # PruneConfig.ridge's default: the refit this ranking anticipates
@@ -77,10 +77,7 @@ def _grams(an: Analysis, readers: list[_Reader], samples: np.ndarray, rng) -> No
         samples = samples[np.sort(rng.choice(len(samples), MAX_SAMPLES, replace=False))]
     for r in readers:
         if r.k_hw:
-            h, w = an.view.shape(r.node.output[0])[2:4]
-            p = min(h * w, max(8, ROWS_PER_LAYER // max(len(samples), 1)))
-            flat = np.sort(rng.choice(h * w, p, replace=False))
-            r.positions = (flat // w, flat % w)
+            r.positions = sample_positions(an.view, r.node, len(samples), ROWS_PER_LAYER, rng)
     names = sorted({r.tensor for r in readers})
     for batch in iter_tensors(an.view.model, names, samples, batch=8):
         for r in readers:
@@ -195,16 +192,16 @@ def greedy(an: Analysis, samples: np.ndarray | None, seed: int = 0) -> tuple[np.
     rng = np.random.default_rng(seed)
     if readers:
         _grams(an, readers, samples, rng)
-    by_tensor_class: dict[int, list[_Reader]] = {}
+    readers_of: dict[int, list[_Reader]] = {}       # class -> the readers with its columns
     for r in readers:
         for c in np.unique(r.col_class):
-            by_tensor_class.setdefault(int(c), []).append(r)
+            readers_of.setdefault(int(c), []).append(r)
     prunable = [g for g in an.groups if g.prunable]
     fallback = []
     for k, g in enumerate(prunable):
         cls = [int(c) for c in g.classes]
-        rs = {id(r): r for c in cls for r in by_tensor_class.get(c, [])}
-        if not rs or not all(c in by_tensor_class for c in cls):
+        rs = {id(r): r for c in cls for r in readers_of.get(c, [])}
+        if not rs or not all(c in readers_of for c in cls):
             fallback.append(g)
             continue
         progress(f"greedy selection: group {k + 1}/{len(prunable)} ({g.name}, {len(cls)} channels)")

@@ -180,15 +180,18 @@ def _assign_waves(model, layers) -> None:
             upstream[o] = level
 
 
+def sample_positions(view, node, n_samples: int, rows: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Output positions (oy, ox) of a conv sampled so that ``n_samples`` images give about ``rows`` rows."""
+    h, w = view.shape(node.output[0])[2:4]
+    p = min(h * w, max(8, rows // max(n_samples, 1)))
+    flat = np.sort(rng.choice(h * w, p, replace=False))
+    return flat // w, flat % w
+
+
 def _pick_positions(view, layers, n_samples, rows, rng) -> None:
     for ly in layers:
-        if ly.kind != "conv":
-            continue
-        out = view.shape(ly.node.output[0])
-        h, w = out[2], out[3]
-        p = min(h * w, max(8, rows // max(n_samples, 1)))
-        flat = np.sort(rng.choice(h * w, p, replace=False))
-        ly.positions = (flat // w, flat % w)
+        if ly.kind == "conv":
+            ly.positions = sample_positions(view, ly.node, n_samples, rows, rng)
 
 
 def _targets(original, layers, samples) -> dict[str, np.ndarray]:
