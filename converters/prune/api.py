@@ -34,7 +34,7 @@ from .config_checks import integer_at_least
 from .graph import GraphView, node_names, prepare
 from .groups import Analysis, analyze
 from .importance import CRITERIA, class_scores
-from .reconstruct import LayerFit, reconstruct
+from .reconstruct import LayerFit, OriginalStats, reconstruct
 from .runner import progress, quiet
 
 
@@ -298,9 +298,11 @@ def _measured(an: Analysis, scores: np.ndarray, cfg: PruneConfig, samples: np.nd
                    refit, cfg.ridge)).encode())
     key = h.hexdigest()
     if key not in _SENSITIVITY:
+        memo = OriginalStats(an.view.model, fit_samples)
+
         def repair(m: onnx.ModelProto, kept: dict) -> onnx.ModelProto:
             with quiet():
-                return reconstruct(an.view.model, m, kept, fit_samples, ridge=cfg.ridge)[0]
+                return reconstruct(an.view.model, m, kept, fit_samples, ridge=cfg.ridge, memo=memo)[0]
         _SENSITIVITY[key] = allocate.measure(an, scores, cfg, samples, keep_count, bar, repair if refit else None)
     return _SENSITIVITY[key]
 

@@ -100,8 +100,12 @@ def _refit_layers(view: GraphView, kept: dict[str, np.ndarray]) -> tuple[list[on
 
 def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, np.ndarray],
                 samples: np.ndarray, *, ridge: float = 0.1, max_samples: int = 128, rows_per_layer: int = 16384,
-                seed: int = 0) -> tuple[onnx.ModelProto, list[LayerFit], list[str]]:
-    """Refit the consumers of cut tensors in ``pruned``; returns (model, per-layer fits, skipped notes)."""
+                seed: int = 0, memo: "OriginalStats | None" = None) -> tuple[onnx.ModelProto, list[LayerFit], list[str]]:
+    """Refit the consumers of cut tensors in ``pruned``; returns (model, per-layer fits, skipped notes).
+
+    With ``memo`` (built on ``original`` and the same ``samples``), what the refit needs from the
+    original model comes from it: the first wave is solved from input Gram matrices without running
+    the pruned model, later waves' targets are reused; the weights are the same as without it."""
     rng = np.random.default_rng(seed)
     if len(samples) > max_samples:
         samples = samples[np.sort(rng.choice(len(samples), max_samples, replace=False))]
@@ -114,10 +118,20 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
     weights, layers = _weights_as_inputs(model, view_p, nodes, kept)
     _assign_waves(model, layers)
     _pick_positions(view_p, layers, len(samples), rows_per_layer, rng)
-    targets = _targets(original, layers, samples)
-    sess = session(with_outputs(model, sorted({ly.node.input[0] for ly in layers})))
     fits: list[LayerFit] = []
-    for wave in range(max(ly.wave for ly in layers) + 1):
+    first = 0
+    known = None if memo is None else memo.lookup(layers, kept, samples)
+    if known is None:
+        targets = _targets(original, layers, samples)
+    else:
+        grams, targets = known
+        for ly in layers:
+            if ly.wave == 0:
+                fits.append(_solve(ly, grams[ly.node.output[0]], weights, ridge))
+        first = 1
+    later = [ly for ly in layers if ly.wave >= first]
+    sess = session(with_outputs(model, sorted({ly.node.input[0] for ly in later}))) if later else None
+    for wave in range(first, max(ly.wave for ly in layers) + 1):
         todo = [ly for ly in layers if ly.wave == wave]
         progress(f"reconstruction: wave {wave + 1}, {len(todo)} layer(s)")
         stats = {id(ly): None for ly in todo}
@@ -133,6 +147,77 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
         for ly in todo:
             fits.append(_solve(ly, stats[id(ly)], weights, ridge))
     return _write_back(pruned, layers, weights), fits, skipped
+
+
+class OriginalStats:
+    """What a refit needs from the original model, kept for the last set of layers asked (a
+    sensitivity scan refits the same readers at several ratios: one original pass per group).
+
+    A first-wave layer reads the original tensor minus some channels, so its normal equations are
+    in the original input Gram ``G = [A, 1]^T [A, 1]`` (sampled positions): features ``A[:, J]``,
+    targets ``Y = [A, 1] W0`` (the unpruned layer, kept outputs), ``[A_J, 1]^T Y = G[J, :] W0``,
+    ``|Y|^2 = tr(W0^T G W0)``. Later waves read refit outputs: only their targets are kept.
+    Holds the samples it was built on and answers for those only."""
+
+    def __init__(self, original: onnx.ModelProto, samples: np.ndarray):
+        self.original = original
+        self.view = GraphView(original)
+        self.samples = samples
+        self._memo: dict[tuple, np.ndarray] = {}
+
+    @staticmethod
+    def _key(ly: _Layer) -> tuple:
+        pos = None if ly.positions is None else tuple(map(bytes, ly.positions))
+        return (ly.wave == 0, ly.node.output[0], pos, None if ly.ko is None else bytes(np.asarray(ly.ko)))
+
+    def lookup(self, layers: list[_Layer], kept: dict[str, np.ndarray], samples: np.ndarray):
+        """({output: [G, H, |Y|^2, rows]} of the first wave, {output: targets} of later waves),
+        or None when these samples or layers are not covered."""
+        if samples is not self.samples and not np.array_equal(samples, self.samples):
+            return None
+        nodes = [self.view.producer.get(ly.node.output[0]) for ly in layers]
+        if any(n is None or (ly.kind != "conv" and len(self.view.shape(n.input[0]) or ()) != 2)
+               for ly, n in zip(layers, nodes)):
+            return None
+        keys = [self._key(ly) for ly in layers]
+        self._memo = {k: v for k, v in self._memo.items() if k in keys}
+        todo = [(k, ly, n) for k, ly, n in zip(keys, layers, nodes) if k not in self._memo]
+        if todo:
+            self._run(todo, samples)
+        grams, targets = {}, {}
+        for k, ly, n in zip(keys, layers, nodes):
+            if ly.wave == 0:
+                grams[ly.node.output[0]] = self._normal_equations(self._memo[k], ly, n, kept)
+            else:
+                targets[ly.node.output[0]] = self._memo[k]
+        return grams, targets
+
+    def _run(self, todo, samples) -> None:
+        gram_of = [(k, ly, n) for k, ly, n in todo if k[0]]
+        target_of = [ly for k, ly, n in todo if not k[0]]
+        names = sorted({n.input[0] for _, _, n in gram_of})
+        grams: dict[tuple, np.ndarray] = {}
+        for batch in iter_tensors(self.original, names, samples) if names else ():
+            for k, ly, n in gram_of:
+                a = _features(ly, batch[n.input[0]])
+                a1 = np.concatenate([a.astype(np.float64), np.ones((len(a), 1))], axis=1)
+                grams[k] = grams.get(k, 0) + a1.T @ a1
+        self._memo.update(grams)
+        if target_of:
+            got = _targets(self.original, target_of, samples)
+            self._memo.update({self._key(ly): got[ly.node.output[0]] for ly in target_of})
+
+    def _normal_equations(self, g: np.ndarray, ly: _Layer, n, kept) -> list:
+        w = self.view.const(n.input[1]).astype(np.float64)
+        b = self.view.const(n.input[2]) if n.op_type != "MatMul" and len(n.input) > 2 and n.input[2] else None
+        w0 = weight_matrix(n, w, b)
+        if ly.ko is not None:
+            w0 = w0[:, ly.ko]
+        per = int(np.prod(ly.k_hw)) if ly.kind == "conv" else 1
+        ki = np.asarray(kept[n.input[0]], np.int64)
+        cols = np.concatenate([(ki[:, None] * per + np.arange(per)).ravel(), [g.shape[0] - 1]])
+        gw = g @ w0
+        return [g[np.ix_(cols, cols)], gw[cols], float(np.einsum("ij,ij->", w0, gw)), int(round(g[-1, -1]))]
 
 
 def _weights_as_inputs(model, view, nodes, kept):

@@ -20,14 +20,42 @@ def session(model: onnx.ModelProto, threads: int = 2):
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """Copy of ``model`` whose graph outputs are ``names`` (intermediate tensors exposed)."""
+    """Copy of ``model`` whose graph outputs are ``names`` (intermediate tensors exposed), without
+    the nodes those do not need (ONNX Runtime runs every node of a graph)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     types = {vi.name: vi.type.tensor_type.elem_type for vi in list(m.graph.value_info) + list(m.graph.output)}
     del m.graph.output[:]
     for n in names:
         m.graph.output.append(helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None))
+    _drop_unneeded(m.graph, set(names))
     return m
+
+
+def _drop_unneeded(g: onnx.GraphProto, needed: set[str]) -> None:
+    """Remove the nodes of ``g`` (in place) that no tensor in ``needed`` depends on (kept whole when a
+    node holds a subgraph, which may read any tensor)."""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        return
+    need = set(needed)
+    keep = []
+    for node in reversed(g.node):
+        if any(o in need for o in node.output):
+            keep.append(node)
+            need.update(i for i in node.input if i)
+    if len(keep) == len(g.node):
+        return
+    keep.reverse()
+    del g.node[:]
+    g.node.extend(keep)
+    used = {i for n in keep for i in n.input} | set(needed)
+    dropped = {i.name for i in g.initializer if i.name not in used}
+    inits = [i for i in g.initializer if i.name not in dropped]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    inputs = [i for i in g.input if i.name not in dropped]      # an old-IR initializer listed as an input
+    del g.input[:]
+    g.input.extend(inputs)
 
 
 def iter_tensors(model: onnx.ModelProto, names: list[str], samples: np.ndarray, batch: int = 16,
