@@ -8,7 +8,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from converters.prune import PruneConfig, prune_model
 from converters.prune.reconstruct import unfold
-from prune_helpers import G, run
+from prune_helpers import G, inputs, run
+from converters.prune.runner import session
 
 
 @pytest.mark.parametrize("attrs", [
@@ -81,3 +82,66 @@ def test_refit_reduces_error_on_held_out_inputs():
     assert err(fitted) < 0.7 * err(naive)
     assert all(f.error_after <= f.error_before for f in rep.reconstruction)
     assert {f.layer for f in rep.reconstruction} == {n.name for n in m.graph.node if n.op_type in ("Conv", "Gemm")} - {"conv3"}
+
+
+def _residual_net():
+    """conv a -> [conv h (reads a), conv p] -> s = a + p -> conv o (reads s): cutting a's group refits
+    h in the first wave and o in the second (o reads what the refit h feeds)."""
+    g = G(seed=7)
+    a = g.relu(g.conv("input", 3, 8))
+    p = g.conv(g.relu(g.conv(a, 8, 12)), 12, 8, k=1)
+    o = g.relu(g.conv(g.op("Add", [a, p]), 8, 6))
+    return g.model(g.gemm(g.op("Flatten", [g.op("GlobalAveragePool", [o])], axis=1), 6, 5))
+
+
+def test_refit_from_the_original_statistics_gives_the_same_weights(monkeypatch):
+    from converters.prune import allocate, reconstruct as rc
+    from converters.prune.api import keep_count
+    from converters.prune.graph import GraphView, prepare
+    from converters.prune.groups import analyze
+    from converters.prune.importance import class_scores
+    from converters.prune import surgery
+    base = prepare(_residual_net())
+    an = analyze(GraphView(base), ())
+    samples = np.random.default_rng(3).standard_normal((24, 3, 8, 8)).astype(np.float32)
+    scores, _ = class_scores(an, "activation", samples)
+    runs = []
+    real = rc.iter_tensors
+    monkeypatch.setattr(rc, "iter_tensors", lambda model, *a, **k: runs.append(model is base) or real(model, *a, **k))
+    waves = set()
+    for g in (g for g in an.groups if g.prunable):
+        memo = rc.OriginalStats(base, samples)
+        seen = False
+        for k in (6, 4):
+            cut, kept = surgery.apply(an, allocate.single_group_plan(an, scores, g.index, k))
+            runs.clear()
+            plain, fits, _ = rc.reconstruct(base, cut, kept, samples, ridge=0.05)
+            plain_runs = list(runs)
+            if not fits:
+                continue
+            runs.clear()
+            fast, fast_fits, _ = rc.reconstruct(base, cut, kept, samples, ridge=0.05, memo=memo)
+            weights = lambda m: {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+            wp, wf = weights(plain), weights(fast)
+            assert wp.keys() == wf.keys()
+            for name in wp:
+                assert_allclose(wf[name], wp[name], rtol=1e-4, atol=1e-5)
+            assert [f.layer for f in fits] == [f.layer for f in fast_fits]
+            assert_allclose([f.error_after for f in fast_fits], [f.error_after for f in fits], rtol=1e-4, atol=1e-6)
+            assert any(plain_runs) and not (seen and any(runs))   # a second cut of the group reads no original pass
+            seen = True
+            assert sum(not r for r in runs) < sum(not r for r in plain_runs)   # and fewer passes of the cut
+            waves.add(len(fits))
+    assert max(waves) >= 2                                  # the residual group's two-wave refit was covered
+
+
+def test_fetching_an_early_tensor_runs_only_the_nodes_it_needs():
+    from converters.prune.runner import with_outputs
+    m = _residual_net()
+    early = m.graph.node[0].output[0]
+    sub = with_outputs(m, [early])
+    assert [n.name for n in sub.graph.node] == [m.graph.node[0].name]
+    assert {i.name for i in sub.graph.initializer} == set(m.graph.node[0].input[1:])
+    x = inputs((2, 3, 8, 8))
+    got = session(sub, threads=1).run([early], {"input": x})[0]
+    assert got.shape == (2, 8, 8, 8)
