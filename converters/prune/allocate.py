@@ -30,7 +30,7 @@ from edgeinfer.progress import Progress
 
 from . import flops, surgery
 from .groups import Analysis
-from .runner import iter_tensors
+from .runner import SuffixRuns, iter_tensors
 
 LEVELS = (0.25, 0.5, 0.75)
 GRID = np.linspace(0.0, 1.0, 33)
@@ -116,6 +116,7 @@ def measure(an: Analysis, scores: np.ndarray, cfg, samples: np.ndarray, keep_cou
     the lost channels themselves are gone), so the allocation must see the error *after* it."""
     macs0 = flops.count(an.view.model, shapes_ready=True).macs
     ref = model_outputs(an.view.model, samples)
+    runs = SuffixRuns(an.view.model, samples)          # a cut runs from the nodes it changed on
     todo = []
     for g in an.groups:
         if not g.prunable or g.size < max(cfg.protect_channels, 2):
@@ -136,7 +137,7 @@ def measure(an: Analysis, scores: np.ndarray, cfg, samples: np.ndarray, keep_cou
                 if refit is not None:
                     m = refit(m, kept)
                 c.ratios.append(r)
-                c.errors.append(output_error(ref, model_outputs(m, samples)))
+                c.errors.append(output_error(ref, runs.outputs(m)))
                 c.gains.append(1.0 - flops.count(m, shapes_ready=True).macs / macs0)
                 bar.update()
             curves.append(c)

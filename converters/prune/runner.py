@@ -100,3 +100,101 @@ def quiet():
 def progress(msg: str) -> None:
     if _PROGRESS["enabled"]:
         print(f"[prune] {msg}", file=sys.stderr, flush=True)
+
+
+class SuffixRuns:
+    """Graph outputs of models that differ from ``original`` in some nodes or initializers, on fixed
+    ``samples``: only the changed nodes and the nodes after them run; the tensors they read from
+    unchanged nodes are the original model's, fetched once and kept while the next model reads the
+    same ones (a sensitivity scan cuts each group at several ratios). A model whose nodes do not
+    line up with the original's, or that would read a tensor without a batch axis, runs whole."""
+
+    def __init__(self, original: onnx.ModelProto, samples: np.ndarray):
+        self.original = original
+        self.samples = samples
+        g = original.graph
+        self._nodes = [n.SerializeToString() for n in g.node]
+        self._inits = {i.name: i.SerializeToString() for i in g.initializer}
+        dims = g.input[0].type.tensor_type.shape.dim
+        self._batch_dim = dims[0] if dims else None
+        self._batched = {vi.name for vi in list(g.input) + list(g.value_info) + list(g.output) if self._has_batch_axis(vi)}
+        self._kept: dict[str, np.ndarray] = {g.input[0].name: samples}
+        self.nodes_run = 0                    # of the last call, for the record
+
+    def _has_batch_axis(self, vi) -> bool:
+        dims = vi.type.tensor_type.shape.dim
+        b = self._batch_dim
+        if b is None or not dims:
+            return False
+        d = dims[0]
+        return (b.dim_value > 0 and d.dim_value == b.dim_value) or (bool(b.dim_param) and d.dim_param == b.dim_param)
+
+    def _changed(self, model: onnx.ModelProto) -> list[bool] | None:
+        """Per node of ``model``: does it, or a tensor it reads, differ from the original (None: not comparable)."""
+        g = model.graph
+        if len(g.node) != len(self._nodes) or [o.name for o in g.output] != [o.name for o in self.original.graph.output] \
+                or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+            return None
+        changed_init = {i.name for i in g.initializer if self._inits.get(i.name) != i.SerializeToString()}
+        dirty: set[str] = set()
+        out = []
+        for node, before in zip(g.node, self._nodes):
+            d = node.SerializeToString() != before or any(i in changed_init or i in dirty for i in node.input)
+            if d:
+                dirty.update(node.output)
+            out.append(d)
+        return out
+
+    def outputs(self, model: onnx.ModelProto) -> list[np.ndarray]:
+        """Every graph output of ``model`` on the samples, float64, as a whole run gives them."""
+        g = model.graph
+        names = [o.name for o in g.output]
+        changed = self._changed(model)
+        run_nodes = [n for n, c in zip(g.node, changed) if c] if changed is not None else []
+        made = {o for n in run_nodes for o in n.output}
+        consts = {i.name for i in g.initializer}
+        frontier = sorted({i for n in run_nodes for i in n.input if i and i not in made and i not in consts})
+        wanted = frontier + [o for o in names if o not in made]
+        if changed is None or not all(t in self._batched for t in wanted):
+            self.nodes_run = len(g.node)
+            return [v.astype(np.float64) for v in self._run(model, {g.input[0].name: self.samples}, names)]
+        self.nodes_run = len(run_nodes)
+        x_name = self.original.graph.input[0].name
+        self._kept = {k: v for k, v in self._kept.items() if k in wanted or k == x_name}
+        missing = [t for t in wanted if t not in self._kept]
+        if missing:
+            got = self._run(self.original, {self.original.graph.input[0].name: self.samples}, missing)
+            self._kept.update(zip(missing, got))
+        values = {o: self._kept[o] for o in names if o not in made}
+        outs = [o for o in names if o in made]
+        if outs:
+            used = {x for n in run_nodes for x in n.input}
+            sub = helper.make_graph(
+                run_nodes, "suffix",
+                [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(self._kept[t].dtype), None)
+                 for t in frontier],
+                [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs],
+                [i for i in g.initializer if i.name in used])
+            m = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
+            values.update(zip(outs, self._run(m, {t: self._kept[t] for t in frontier}, outs)))
+        return [values[o].astype(np.float64) for o in names]
+
+    def _run(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        """``names`` of ``model`` fed ``feeds`` (arrays along the samples) in batches of 8, or of the
+        original's fixed batch size (its graph may reshape to it; a short tail is padded)."""
+        sess = session(with_outputs(model, names))
+        fixed = self._batch_dim.dim_value if self._batch_dim is not None else 0
+        step = fixed if fixed > 0 else 8
+        total = len(self.samples)
+        parts: list[list[np.ndarray]] = [[] for _ in names]
+        for s in range(0, total, step):
+            f = {}
+            for k, v in feeds.items():
+                x = np.ascontiguousarray(v[s:s + step])
+                if fixed > 0 and len(x) < fixed:
+                    x = np.concatenate([x, np.repeat(x[-1:], fixed - len(x), axis=0)])
+                f[k] = x
+            n = min(step, total - s)
+            for p, o in zip(parts, sess.run(names, f)):
+                p.append(o[:n])
+        return [np.concatenate(p) for p in parts]
