@@ -6,7 +6,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 from converters.prune import PruneConfig, prune_model
-from converters.prune.greedy import RIDGE, _Reader, _Solver
+from converters.prune.greedy import _Reader, _Solver
 from converters.prune.graph import GraphView, prepare
 from converters.prune.groups import analyze
 from converters.prune.importance import CRITERIA, class_scores
@@ -51,11 +51,11 @@ def _reader(rng, c=5, k=2, outputs=3, rows=200):
     return r, a1
 
 
-def _direct_cost(r, a1, gone: list[int]) -> float:
+def _direct_cost(r, a1, gone: list[int], ridge: float) -> float:
     """Ridge refit objective (towards the unpruned weights, bias free) with ``gone`` removed, relative."""
     y = a1 @ r.weight
     d = a1.shape[1] - 1
-    lam = RIDGE * float(np.trace(r.gram[:d, :d])) / d + 1e-12
+    lam = ridge * float(np.trace(r.gram[:d, :d])) / d + 1e-12
     keep = np.flatnonzero(~np.isin(np.append(r.col_class, -1), gone))
     reg = np.where(keep == d, 0.0, lam)
     lhs = a1[:, keep].T @ a1[:, keep] + np.diag(reg)
@@ -67,18 +67,19 @@ def _direct_cost(r, a1, gone: list[int]) -> float:
 
 
 @pytest.mark.parametrize("k", [1, 2])                   # 1x1 conv / Gemm columns, and k x k patches
-def test_costs_and_downdates_equal_a_direct_refit(k):
+@pytest.mark.parametrize("ridge", [0.1, 2.0])           # the refit's ridge (PruneConfig.ridge) is the one ranked for
+def test_costs_and_downdates_equal_a_direct_refit(k, ridge):
     rng = np.random.default_rng(7)
     r, a1 = _reader(rng, k=k)
-    s = _Solver(r, set(range(5)))
-    assert_allclose(s.costs(), [_direct_cost(r, a1, [c]) for c in range(5)], rtol=1e-6)
+    s = _Solver(r, set(range(5)), ridge)
+    assert_allclose(s.costs(), [_direct_cost(r, a1, [c], ridge) for c in range(5)], rtol=1e-6)
     s.remove(3)
     s.remove(0)                                         # a quarter of the columns gone: p is compacted
     assert len(s.p) < len(a1[0])
-    base = _direct_cost(r, a1, [3, 0])
+    base = _direct_cost(r, a1, [3, 0], ridge)
     got = s.costs()
     assert np.isinf(got[[0, 3]]).all()
-    assert_allclose(got[[1, 2, 4]], [_direct_cost(r, a1, [3, 0, c]) - base for c in (1, 2, 4)], rtol=1e-5, atol=1e-12)
+    assert_allclose(got[[1, 2, 4]], [_direct_cost(r, a1, [3, 0, c], ridge) - base for c in (1, 2, 4)], rtol=1e-5, atol=1e-12)
 
 
 def test_scores_rank_every_class_of_mixed_groups_and_feed_a_sensitivity_cut():

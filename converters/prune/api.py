@@ -321,7 +321,7 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     view = GraphView(base)
     an = analyze(view, tuple(config.exclude))
     progress(f"{len(an.groups)} channel groups, {sum(g.prunable for g in an.groups)} prunable")
-    scores, notes = class_scores(an, config.criterion, calib_samples)
+    scores, notes = class_scores(an, config.criterion, calib_samples, config.ridge)
     curves: list[allocate.Curve] = []
     rcurve: resolution.ResolutionCurve | None = None
     hw: tuple[int, int] | None = None

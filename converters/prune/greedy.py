@@ -25,7 +25,6 @@ from .groups import Analysis
 from .reconstruct import sample_positions, unfold, weight_matrix
 from .runner import iter_tensors, progress
 
-RIDGE = 0.1                 # PruneConfig.ridge's default: the refit this ranking anticipates
 MAX_SAMPLES = 128           # images, as the refit
 ROWS_PER_LAYER = 16384      # sampled output positions over all images, as the refit
 MAX_FEATURES = 4608         # layers with more inputs (C * kh * kw) are left to the fallback
@@ -93,10 +92,10 @@ class _Solver:
 
     ``classes`` are the reader's removable classes; ``costs()`` / ``remove(i)`` index them."""
 
-    def __init__(self, r: _Reader, removable: set[int]):
+    def __init__(self, r: _Reader, removable: set[int], ridge: float):
         g = r.gram
         d = g.shape[0] - 1
-        lam = RIDGE * float(np.trace(g[:d, :d])) / max(d, 1) + 1e-12
+        lam = ridge * float(np.trace(g[:d, :d])) / max(d, 1) + 1e-12
         reg = np.full(d + 1, lam)
         reg[d] = 0.0
         self.p = np.linalg.inv(g + np.diag(reg))
@@ -177,8 +176,9 @@ def elimination_order(group_classes: list[int], solvers: list[_Solver]) -> list[
     return order
 
 
-def greedy(an: Analysis, samples: np.ndarray | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Scores per class: the step at which greedy least-squares elimination removes it (higher = kept).
+def greedy(an: Analysis, samples: np.ndarray | None, ridge: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Scores per class: the step at which greedy least-squares elimination, for a refit with
+    ``ridge`` (``PruneConfig.ridge``), removes it (higher = kept).
 
     Groups that no channel-mixing layer reads whole are scored by ``activation`` instead."""
     from .importance import activation
@@ -205,7 +205,7 @@ def greedy(an: Analysis, samples: np.ndarray | None, seed: int = 0) -> tuple[np.
             fallback.append(g)
             continue
         progress(f"greedy selection: group {k + 1}/{len(prunable)} ({g.name}, {len(cls)} channels)")
-        solvers = [_Solver(r, set(cls)) for r in rs.values()]     # only this group's classes go here
+        solvers = [_Solver(r, set(cls), ridge) for r in rs.values()]     # only this group's classes go here
         order = elimination_order(cls, solvers)
         scores[order] = np.arange(len(order), dtype=np.float64) + 1.0
         counts[cls] = 1

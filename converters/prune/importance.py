@@ -63,15 +63,15 @@ def _norm_scores(an: Analysis, order: int) -> tuple[np.ndarray, np.ndarray]:
     return scores, counts
 
 
-def l1(an: Analysis, samples=None):
+def l1(an: Analysis, samples=None, ridge: float = 0.1):
     return _norm_scores(an, 1)
 
 
-def l2(an: Analysis, samples=None):
+def l2(an: Analysis, samples=None, ridge: float = 0.1):
     return _norm_scores(an, 2)
 
 
-def bn(an: Analysis, samples=None):
+def bn(an: Analysis, samples=None, ridge: float = 0.1):
     n = int(an.class_of.max()) + 1 if len(an.class_of) else 0
     scores, counts = np.zeros(n), np.zeros(n, dtype=np.int64)
     found = False
@@ -109,7 +109,7 @@ def _input_column_norms(node, view) -> np.ndarray:
     return np.sqrt((cols ** 2).sum(axis=1))
 
 
-def activation(an: Analysis, samples: np.ndarray | None):
+def activation(an: Analysis, samples: np.ndarray | None, ridge: float = 0.1):
     """Contribution of each channel to the layers it feeds: RMS(x_c) * ||W_next[:, c]|| on calibration data.
 
     Tensors of a group read by no channel-mixing layer are scored by RMS(x_c) alone.
@@ -142,20 +142,24 @@ def activation(an: Analysis, samples: np.ndarray | None):
     return scores, counts
 
 
-def greedy(an: Analysis, samples: np.ndarray | None):
-    """Greedy least-squares elimination (``greedy.py``): what the refit loses when channels go."""
+def greedy(an: Analysis, samples: np.ndarray | None, ridge: float = 0.1):
+    """Greedy least-squares elimination (``greedy.py``): what the refit with ``ridge`` loses when channels go."""
     from .greedy import greedy as run
-    return run(an, samples)
+    return run(an, samples, ridge)
 
 
-CRITERIA: dict[str, Callable[[Analysis, np.ndarray | None], tuple[np.ndarray, np.ndarray]]] = {
+# criterion(analysis, calibration samples, the refit's ridge) -> (score per class, layers seen per class);
+# only criteria that anticipate the refit read the ridge
+CRITERIA: dict[str, Callable[[Analysis, np.ndarray | None, float], tuple[np.ndarray, np.ndarray]]] = {
     "l1": l1, "l2": l2, "bn": bn, "activation": activation, "greedy": greedy,
 }
 
 
-def class_scores(an: Analysis, criterion: str, samples: np.ndarray | None) -> tuple[np.ndarray, dict[str, str]]:
-    """Score per class; groups the criterion does not cover fall back to l1 (noted per group name)."""
-    scores, counts = CRITERIA[criterion](an, samples)
+def class_scores(an: Analysis, criterion: str, samples: np.ndarray | None,
+                 ridge: float = 0.1) -> tuple[np.ndarray, dict[str, str]]:
+    """Score per class; groups the criterion does not cover fall back to l1 (noted per group name).
+    ``ridge`` is the least-squares refit's (``PruneConfig.ridge``)."""
+    scores, counts = CRITERIA[criterion](an, samples, ridge)
     notes: dict[str, str] = {}
     if criterion == "l1":
         return scores, notes
