@@ -96,7 +96,6 @@ def _residual_net():
 
 def test_refit_from_the_original_statistics_gives_the_same_weights(monkeypatch):
     from converters.prune import allocate, reconstruct as rc
-    from converters.prune.api import keep_count
     from converters.prune.graph import GraphView, prepare
     from converters.prune.groups import analyze
     from converters.prune.importance import class_scores
