@@ -110,3 +110,18 @@ def test_greedy_needs_images_and_is_a_cli_choice():
         prune_model(_duplicated_net(), PruneConfig(ratio=0.3, criterion="greedy", recover="none", allocation="uniform"), None)
     out = CliRunner().invoke(main, ["convert", "--help"]).output
     assert "greedy" in out
+
+
+def test_scores_are_computed_once_per_model_images_and_ridge(monkeypatch):
+    calls = []
+    real = CRITERIA["greedy"]
+    monkeypatch.setitem(CRITERIA, "greedy", lambda an, x, ridge: calls.append(ridge) or real(an, x, ridge))
+    m = _duplicated_net()
+    calib = np.random.default_rng(1).standard_normal((32, 3, 8, 8)).astype(np.float32)
+    cfg = dict(criterion="greedy", allocation="uniform", recover="none")
+    prune_model(m, PruneConfig(ratio=1 / 3, ridge=0.2, **cfg), calib)
+    prune_model(m, PruneConfig(ratio=0.5, ridge=0.2, **cfg), calib)             # another cut: same ranking
+    assert calls == [0.2]
+    prune_model(m, PruneConfig(ratio=0.5, ridge=0.3, **cfg), calib)             # the ranking depends on the ridge
+    prune_model(m, PruneConfig(ratio=0.5, ridge=0.3, **cfg), calib[:16])        # and on the images
+    assert calls == [0.2, 0.3, 0.3]

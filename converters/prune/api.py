@@ -281,7 +281,28 @@ def _check_inputs(model: onnx.ModelProto, config: PruneConfig, calib_samples) ->
                              "or --prune-allocation uniform")
 
 
-_SENSITIVITY: dict[str, list[allocate.Curve]] = {}   # in-process memo: a curve sweep re-measures nothing
+_SENSITIVITY: dict[str, list[allocate.Curve]] = {}   # in-process memos: a curve sweep re-measures nothing
+_SCORES: dict[str, tuple[np.ndarray, dict[str, str]]] = {}
+
+
+def _digest(model: onnx.ModelProto, arrays: tuple, params: tuple) -> str:
+    """Key of an in-process memo: the model, the arrays (None allowed) and the parameters."""
+    import hashlib
+    h = hashlib.sha256(model.SerializeToString())
+    for part in arrays:
+        h.update(b"-" if part is None else np.ascontiguousarray(part).tobytes())
+    h.update(repr(params).encode())
+    return h.hexdigest()
+
+
+def _scores(an: Analysis, cfg: PruneConfig, samples: np.ndarray | None) -> tuple[np.ndarray, dict[str, str]]:
+    """``class_scores`` for this model, images and criterion, once per process (greedy takes a minute)."""
+    key = _digest(an.view.model, (samples,), (cfg.criterion, cfg.ridge, tuple(cfg.exclude)))
+    if key not in _SCORES:
+        _SCORES.clear()                              # one model's scores at a time
+        _SCORES[key] = class_scores(an, cfg.criterion, samples, cfg.ridge)
+    scores, notes = _SCORES[key]
+    return scores.copy(), dict(notes)
 
 
 def _measured(an: Analysis, scores: np.ndarray, cfg: PruneConfig, samples: np.ndarray, fit_samples: np.ndarray,
@@ -289,14 +310,10 @@ def _measured(an: Analysis, scores: np.ndarray, cfg: PruneConfig, samples: np.nd
     """Sensitivity curves on ``samples``; with a least-squares recovery each cut is first refit on
     ``fit_samples`` (other images: a refit judged on its own images looks free, e.g. a classifier
     with more inputs than images fits them exactly)."""
-    import hashlib
-    h = hashlib.sha256(an.view.model.SerializeToString())
-    for part in (samples, fit_samples, scores):
-        h.update(np.ascontiguousarray(part).tobytes())
     refit = cfg.reconstruct and cfg.sensitivity_refit
-    h.update(repr((cfg.criterion, cfg.channel_multiple, cfg.min_channels, cfg.protect_channels, cfg.exclude,
-                   refit, cfg.ridge)).encode())
-    key = h.hexdigest()
+    key = _digest(an.view.model, (samples, fit_samples, scores),
+                  (cfg.criterion, cfg.channel_multiple, cfg.min_channels, cfg.protect_channels, cfg.exclude,
+                   refit, cfg.ridge))
     if key not in _SENSITIVITY:
         memo = OriginalStats(an.view.model, fit_samples)
 
@@ -321,7 +338,7 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
     view = GraphView(base)
     an = analyze(view, tuple(config.exclude))
     progress(f"{len(an.groups)} channel groups, {sum(g.prunable for g in an.groups)} prunable")
-    scores, notes = class_scores(an, config.criterion, calib_samples, config.ridge)
+    scores, notes = _scores(an, config, calib_samples)
     curves: list[allocate.Curve] = []
     rcurve: resolution.ResolutionCurve | None = None
     hw: tuple[int, int] | None = None
