@@ -21,9 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeinfer.progress import Progress
+
 from .groups import Analysis
 from .reconstruct import sample_positions, unfold, weight_matrix
-from .runner import iter_tensors, progress
+from .runner import iter_tensors, progress, progress_enabled
 
 MAX_SAMPLES = 128           # images, as the refit
 ROWS_PER_LAYER = 16384      # sampled output positions over all images, as the refit
@@ -78,13 +80,15 @@ def _grams(an: Analysis, readers: list[_Reader], samples: np.ndarray, rng) -> No
         if r.k_hw:
             r.positions = sample_positions(an.view, r.node, len(samples), ROWS_PER_LAYER, rng)
     names = sorted({r.tensor for r in readers})
-    for batch in iter_tensors(an.view.model, names, samples, batch=8):
-        for r in readers:
-            x = batch[r.tensor].astype(np.float32)
-            a = unfold(x, r.node, r.k_hw, *r.positions) if r.k_hw else x.reshape(len(x), -1)
-            a1 = np.concatenate([a, np.ones((len(a), 1), np.float32)], axis=1)
-            g = (a1.T @ a1).astype(np.float64)
-            r.gram = g if r.gram is None else r.gram + g
+    with Progress("greedy: layer inputs", len(samples), progress_enabled()) as bar:
+        for batch in iter_tensors(an.view.model, names, samples, batch=8):
+            for r in readers:
+                x = batch[r.tensor].astype(np.float32)
+                a = unfold(x, r.node, r.k_hw, *r.positions) if r.k_hw else x.reshape(len(x), -1)
+                a1 = np.concatenate([a, np.ones((len(a), 1), np.float32)], axis=1)
+                g = (a1.T @ a1).astype(np.float64)
+                r.gram = g if r.gram is None else r.gram + g
+            bar.update(len(next(iter(batch.values()))))
 
 
 class _Solver:

@@ -58,23 +58,37 @@ def _drop_unneeded(g: onnx.GraphProto, needed: set[str]) -> None:
     g.input.extend(inputs)
 
 
-def iter_tensors(model: onnx.ModelProto, names: list[str], samples: np.ndarray, batch: int = 16,
-                 feeds: dict[str, np.ndarray] | None = None, sess=None) -> Iterator[dict[str, np.ndarray]]:
-    """Yield {name: value} for each batch of ``samples`` (fed to the model's first input)."""
-    if samples is None or len(samples) == 0:
+def iter_tensors(model: onnx.ModelProto, names: list[str], samples: np.ndarray | dict[str, np.ndarray],
+                 batch: int = 16, feeds: dict[str, np.ndarray] | None = None, sess=None,
+                 fixed_batch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Yield {name: value} for each batch of ``samples``: an array fed to the model's first input, or
+    {input name: array} all sliced along their first axis. ``feeds`` go whole into every run. A model
+    whose first input has a fixed batch size (or ``fixed_batch``) gets exactly that many per run, a
+    short tail padded with its last sample (the padding's outputs are dropped)."""
+    per_sample = samples if isinstance(samples, dict) else None
+    as_float = per_sample is None     # an image array goes in as float32; named feeds keep their dtypes
+    total = len(next(iter(per_sample.values()))) if per_sample else (0 if samples is None else len(samples))
+    if total == 0:
         raise EdgeInferError("pruning needs calibration samples here: pass --calib DIR")
     sess = sess or session(with_outputs(model, names))
-    in_name = sess.get_inputs()[0].name
-    fixed = sess.get_inputs()[0].shape[0] if sess.get_inputs()[0].shape else None
-    if isinstance(fixed, int) and fixed > 0:
-        batch = fixed   # static batch: feed exactly that many (the tail is padded below)
+    if per_sample is None:
+        per_sample = {sess.get_inputs()[0].name: samples}
+    fixed = fixed_batch
+    if fixed is None:
+        shape = sess.get_inputs()[0].shape
+        fixed = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+    if fixed:
+        batch = fixed
     extra = feeds or {}
-    for s in range(0, len(samples), batch):
-        x = np.ascontiguousarray(samples[s:s + batch], dtype=np.float32)
-        n = len(x)
-        if isinstance(fixed, int) and n < fixed:
-            x = np.concatenate([x, np.repeat(x[-1:], fixed - n, axis=0)])
-        outs = sess.run(names, {in_name: x, **extra})
+    for s in range(0, total, batch):
+        run = {}
+        for k, v in per_sample.items():
+            x = np.ascontiguousarray(v[s:s + batch], dtype=np.float32 if as_float else None)
+            if fixed and len(x) < fixed:
+                x = np.concatenate([x, np.repeat(x[-1:], fixed - len(x), axis=0)])
+            run[k] = x
+        n = min(batch, total - s)
+        outs = sess.run(names, {**run, **extra})
         yield {k: v[:n] for k, v in zip(names, outs)}
 
 
@@ -95,6 +109,11 @@ def quiet():
         yield
     finally:
         _PROGRESS["enabled"] = was
+
+
+def progress_enabled() -> bool:
+    """Whether [prune] progress (lines and bars) is shown."""
+    return _PROGRESS["enabled"]
 
 
 def progress(msg: str) -> None:
@@ -181,20 +200,7 @@ class SuffixRuns:
 
     def _run(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
         """``names`` of ``model`` fed ``feeds`` (arrays along the samples) in batches of 8, or of the
-        original's fixed batch size (its graph may reshape to it; a short tail is padded)."""
-        sess = session(with_outputs(model, names))
+        original's fixed batch size (its graph may reshape to it)."""
         fixed = self._batch_dim.dim_value if self._batch_dim is not None else 0
-        step = fixed if fixed > 0 else 8
-        total = len(self.samples)
-        parts: list[list[np.ndarray]] = [[] for _ in names]
-        for s in range(0, total, step):
-            f = {}
-            for k, v in feeds.items():
-                x = np.ascontiguousarray(v[s:s + step])
-                if fixed > 0 and len(x) < fixed:
-                    x = np.concatenate([x, np.repeat(x[-1:], fixed - len(x), axis=0)])
-                f[k] = x
-            n = min(step, total - s)
-            for p, o in zip(parts, sess.run(names, f)):
-                p.append(o[:n])
-        return [np.concatenate(p) for p in parts]
+        parts = list(iter_tensors(model, names, feeds, batch=8, fixed_batch=fixed or None))
+        return [np.concatenate([p[k] for p in parts]) for k in names]
