@@ -159,7 +159,7 @@ def main() -> None:
               "[recipe] int8_fallback, else float. TFLite and Core ML keep such nodes in float.")
 @click.option("--max-float-macs", type=click.FloatRange(min=0.0, max=1.0),
               help="Detectors on CPU-only profiles: int8 artifacts may keep the start of the graph in float, up to this "
-              "share of the model's MACs, until the outputs reach 40 dB SQNR against fp32 (default 0.5; 0: off).")
+              "share of the model's MACs, until the outputs reach 42 dB SQNR against fp32 (default 0.5; 0: off).")
 @click.option("--no-auto-keep-float", is_flag=True, help="Skip the search for int8-sensitive nodes (detectors, --min-agreement).")
 @click.option("--search-seconds", type=click.FloatRange(min=1.0), default=45.0, show_default=True,
               help="Time budget of the int8 keep-float search.")

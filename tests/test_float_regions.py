@@ -3,6 +3,7 @@ import numpy as np
 import onnx
 import pytest
 
+from converters import float_regions
 from edgeinfer.bundle import read_manifest
 from edgeinfer.profiles import load_profile
 
@@ -83,7 +84,7 @@ def test_neighbouring_fractions_that_name_the_same_prefix_are_measured_once(shap
                                  fractions=fine, metric=lambda _o: 0.0 if asked[-1] is None else 30.0 + 100.0 * asked[-1],
                                  progress=False)
     assert set(choice.measured) <= set(distinct) and choice.met
-    assert choice.fraction == min(f for f in distinct if 30.0 + 100.0 * f >= 40.0)
+    assert choice.fraction == min(f for f in distinct if 30.0 + 100.0 * f >= float_regions.MIN_OUTPUT_SQNR_DB)
 
 
 def test_emit_options_add_the_region_on_cpu_only_profiles_with_float_fallback():
@@ -107,16 +108,16 @@ def _convert(tmp_path, profile, *extra):
 def test_cpu_profile_detector_records_its_float_region(tmp_path):
     m = read_manifest(_convert(tmp_path, "raspberry-pi-4"))
     region = m["mixed_precision"]["float_region"]
-    assert region["metric"] == "output_sqnr_db" and region["target_db"] == 40.0 and region["max_float_macs"] == 0.5
+    target = float_regions.MIN_OUTPUT_SQNR_DB
+    assert region["metric"] == "output_sqnr_db" and region["target_db"] == target and region["max_float_macs"] == 0.5
     assert region["chosen_macs_share"] <= 0.5
     names = region["node_names"]
     assert region["nodes"] == len(names) and (region["chosen_fraction"] is None) == (not names)
-    assert region["met"] == (region["kept_nodes_only_db"] >= 40.0 or any(
-        v >= 40.0 for v in region["prefixes_db"].values()))
+    assert region["met"] == (region["kept_nodes_only_db"] >= target or any(
+        v >= target for v in region["prefixes_db"].values()))
 
 
 def test_the_int8_artifacts_keep_the_chosen_region_in_float(tmp_path, monkeypatch):
-    from converters import float_regions
     from converters.pipeline import ConvertOptions, convert
     monkeypatch.setattr(float_regions, "MIN_OUTPUT_SQNR_DB", 300.0)     # unreachable: the largest allowed prefix
     res = convert(ConvertOptions(model=DET / "shapes_det.onnx", profiles=["raspberry-pi-4"], out_dir=tmp_path,
