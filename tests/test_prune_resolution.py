@@ -213,3 +213,12 @@ def test_images_read_again_are_kept_for_the_last_sizes(monkeypatch, tmp_path):
     read((40, 40), 4)
     read((48, 48), 4)
     assert decoded == [((48, 48), 8), ((48, 48), 10), ((40, 40), 4), ((56, 56), 4), ((48, 48), 4)]
+
+
+def test_a_plan_that_only_shrinks_the_input_says_its_recovery_did_not_run():
+    m = _gap_net()
+    _, rep = prune_model(m, PruneConfig(flops_target=0.2, recover="distill", resolution=True), _smooth(96),
+                         progress_bar=False)
+    assert rep.input_hw[1] < (64, 64) and not rep.kept         # smooth images: the size alone takes the cut
+    assert rep.distillation is None
+    assert "distill recovery not run: the plan cut no channels, only the input size" in rep.notes

@@ -394,6 +394,10 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
         pruned, fits, skipped = reconstruct(teacher, pruned, kept, samples, ridge=config.ridge)
         report_notes += [f"not refit: {s}" for s in skipped]
     distilled = None
+    if config.recover not in ("none", "lsq") and not kept and resized:
+        skipped_recovery = f"{config.recover} recovery not run: the plan cut no channels, only the input size"
+        report_notes.append(skipped_recovery)
+        progress(skipped_recovery)
     if config.recover == "distill" and kept:
         from .distill import distill
         pruned, distilled = distill(base, pruned, kept, full_samples, config.distill, progress_bar)
