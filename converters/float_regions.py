@@ -15,8 +15,8 @@ Why SQNR and not mAP: on the 16-64 photos a convert can afford, mAP@0.5 agreemen
 and jumps by several points between samples (YOLOv8n, 15 samples of 51 photos, one prefix: 0.94 to
 1.00), so it cannot tell prefixes apart; the output SQNR moves by 0.5-2 dB between the same samples
 and grows with the prefix (YOLOv8n: 32.1, 38.5, 39.4, 41.0, 42.8 dB for 0, 1/8, 1/4, 3/8, 1/2).
-The threshold ``MIN_OUTPUT_SQNR_DB`` is read off two real detectors on 800 photos (README, Detection,
-"Float regions"): at 40 dB (until 2026-12-02) YOLOv8n's two int8 artifacts of one convert measured
+The threshold ``MIN_OUTPUT_SQNR_DB`` is read off two real detectors on 800 photos (docs/measurements/
+detection.md, "Float regions"): at 40 dB (until 2026-12-02) YOLOv8n's two int8 artifacts of one convert measured
 0.9905 / 0.9818 mAP@0.5 agreement, one of them under the 0.99 the product aims at; at 42 dB (half of
 its weighted nodes, 43 % of its MACs, float) 0.9959 / 0.9971; the fall YOLOv8s reaches 42.5 dB at 7/16
 (46 % of its MACs, inside the default cap) and 0.9919 / 0.9910. A rule of thumb, not a guarantee; the bundle's verification and ``edgeinfer eval`` on the user's photos say
