@@ -47,6 +47,16 @@ Quantize = Callable[[onnx.ModelProto, CalibrationResult, Sequence[str]], onnx.Mo
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 RANKED_CANDIDATES = 8     # quantized nodes (by SQNR lost) evaluated one by one
 RANKING_PIXELS = 8 * 224 * 224   # the instrumented ranking run sees about this many input pixels
+RANKING_ROOM = 4          # evaluations' worth of time the ranking run needs left: itself (~3 on a 640 px
+                          # YOLOv8s: 14 s against 5 s per evaluation) and one ranked candidate after it
+
+
+def room_for_ranking(elapsed: float, time_budget: float | None, eval_seconds: Sequence[float]) -> bool:
+    """Whether the SQNR ranking run and one candidate after it fit the rest of ``time_budget``,
+    judged by the mean of the evaluations timed so far (``eval_seconds``; none timed: yes)."""
+    if time_budget is None or not eval_seconds:
+        return True
+    return time_budget - elapsed >= RANKING_ROOM * float(np.mean(eval_seconds))
 
 
 def ranking_inputs(inputs: np.ndarray) -> int:
@@ -208,9 +218,11 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
     in float (elementwise and shape nodes of a kept group, e.g. a detector's decode tail, are free).
     ``tolerance`` is the allowed metric drop below fp32 (absolute, in ``metric_fn`` units).
     ``calibration`` reuses ranges already collected; ``quantize(model, calib, nodes_to_exclude)``
-    replaces the default recipe. ``time_budget`` (seconds, from the start of the search): after it no
-    ranked candidate is scanned (the head groups and mixed-range concats always are), the greedy pass
-    stops once it has kept something, and ``report.out_of_time`` says so. ``float_outputs``: the
+    replaces the default recipe. ``time_budget`` (seconds, from the start of the search; an evaluation
+    that would end past it, at the mean time of those so far, counts as past it): after it no
+    ranked candidate is scanned (the head groups and mixed-range concats always are), the ranking run
+    is skipped when the time left would not hold it and one candidate (``room_for_ranking``), the greedy
+    pass stops once it has kept something, and ``report.out_of_time`` says so. ``float_outputs``: the
     float model's outputs on ``eval_inputs`` when the caller already has them. ``variants``: name ->
     ``quantize``-like recipe, each measured on the final set and ranges (step 6; not used to choose);
     a recipe returning None computes what the main one does for that set (its figure is the final one).
@@ -227,29 +239,37 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
     report = SensitivityReport(float("nan"), float("nan"), float("nan"))
 
     t_start = time.perf_counter()
+    eval_seconds: list[float] = []   # quantize + run, per evaluation: what the ranking run's room is judged by
     ops = {n.name: n.op_type for n in model.graph.node}
 
     def weighted(names: Sequence[str]) -> int:   # the budget counts compute kept in float, not decode arithmetic
         return sum(ops.get(n) in WEIGHTED_OPS for n in names)
 
-    def out_of_time() -> bool:
-        report.out_of_time = time_budget is not None and time.perf_counter() - t_start > time_budget
-        return report.out_of_time
+    def out_of_time() -> bool:     # the next evaluation would end past the budget; the report keeps saying so
+        per_eval = float(np.mean(eval_seconds)) if eval_seconds else 0.0
+        late = time_budget is not None and time.perf_counter() - t_start + per_eval > time_budget
+        report.out_of_time = report.out_of_time or late
+        return late
 
     def measure_with(recipe: Quantize, exclude: Sequence[str], ranges: CalibrationResult) -> float | None:
+        t0 = time.perf_counter()
         qmodel = recipe(model, ranges, list(exclude))
         if qmodel is None:          # the recipe computes nothing different for this set
             return None
         report.evaluations += 1
-        return float(metric_fn(run_outputs(qmodel, eval_inputs)))
+        value = float(metric_fn(run_outputs(qmodel, eval_inputs)))
+        eval_seconds.append(time.perf_counter() - t0)
+        return value
 
     def measure(exclude: Sequence[str], other: CalibrationResult | None = None) -> float:
         return measure_with(quant, exclude, other or calib)
 
     report.reference = float_outputs if float_outputs is not None else run_outputs(model, eval_inputs)
     report.float_metric = float(metric_fn(report.reference))
+    t0 = time.perf_counter()
     naive = quant(model, calib, [])
     report.naive_metric = report.final_metric = float(metric_fn(run_outputs(naive, eval_inputs)))
+    eval_seconds.append(time.perf_counter() - t0)
     report.evaluations += 1
     log(f"sensitivity: fp32 {report.float_metric:.4f}, naive int8 {report.naive_metric:.4f} "
         f"(tolerance {tolerance})")
@@ -280,7 +300,12 @@ def sensitivity_search(model: onnx.ModelProto, calib_samples: np.ndarray, eval_i
         i = 0
         while True:
             if i == len(cands):
-                if not rank_later or out_of_time():
+                if not rank_later:
+                    break
+                if out_of_time() or not room_for_ranking(time.perf_counter() - t_start, time_budget, eval_seconds):
+                    report.out_of_time = True     # the ranked candidates would not get scanned: skip their run
+                    log(f"  time budget {time_budget:.0f} s: no room left for the SQNR ranking run "
+                        f"(~{RANKING_ROOM} evaluations of {np.mean(eval_seconds):.1f} s)")
                     break
                 rank_later = False
                 cands += ranked_candidates()

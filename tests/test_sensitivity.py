@@ -222,3 +222,38 @@ def test_alternative_ranges_are_kept_only_when_they_score_higher():
     rep = SensitivityReport(1.0, 0.5, 0.90, calibration=base)
     _try_alternative(rep, base, lambda c: c, [], lambda *a: 1 / 0, lambda m: None)   # nothing to try: not measured
     assert rep.alternative is None and rep.calibration is base
+
+
+def test_the_ranking_run_is_skipped_when_the_budget_left_cannot_hold_it():
+    """The ranking run costs a few evaluations; started with less time left it only delays the convert
+    (the fall YOLOv8s: 14 s spent, then no ranked candidate scanned)."""
+    from converters.sensitivity import RANKING_ROOM, room_for_ranking
+    assert room_for_ranking(10.0, None, [5.0])            # no budget: always
+    assert room_for_ranking(10.0, 45.0, [])               # nothing timed yet: no grounds to skip
+    assert room_for_ranking(45.0 - RANKING_ROOM * 5.0, 45.0, [4.0, 6.0])
+    assert not room_for_ranking(45.0 - RANKING_ROOM * 5.0 + 0.1, 45.0, [4.0, 6.0])
+
+
+def test_a_search_with_no_room_for_the_ranking_scans_the_head_groups_only(setup, monkeypatch):
+    """On a clock where every run over the evaluation inputs takes 10 s, a budget that leaves less than
+    RANKING_ROOM evaluations after the always-scanned candidates: no ranking run, out_of_time said; with
+    room, the run happens and ranked candidates are scanned."""
+    import converters.int8_error as int8_error
+    import converters.sensitivity as sens
+    model, calib, evals, ref, cal = setup
+    always = 1 + len(head_groups(model))
+    now, runs = [0.0], []
+    orig_rank, orig_run = int8_error.node_error_ranking, sens.run_outputs
+    monkeypatch.setattr(int8_error, "node_error_ranking", lambda *a, **k: runs.append(1) or orig_rank(*a, **k))
+    monkeypatch.setattr(sens, "run_outputs", lambda *a, **k: now.__setitem__(0, now[0] + 10.0) or orig_run(*a, **k))
+    monkeypatch.setattr(sens, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: now[0])}))
+
+    def search(budget):
+        now[0] = 0.0
+        return sensitivity_search(model, calib, evals, _score_agreement(ref), tolerance=0.0, calibration=cal,
+                                  progress=False, time_budget=budget)
+    # fp32 reference, naive int8, the always-scanned candidates: 10 s each before the room check
+    tight = search(10.0 * (2 + always) + 10.0 * sens.RANKING_ROOM - 1.0)
+    assert runs == [] and tight.ranking == [] and len(tight.scan) == always and tight.out_of_time
+    roomy = search(1e6)
+    assert runs == [1] and roomy.ranking and len(roomy.scan) > always and not roomy.out_of_time
