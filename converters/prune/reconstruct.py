@@ -193,19 +193,21 @@ class OriginalStats:
         return grams, targets
 
     def _run(self, todo, samples) -> None:
+        """One pass of the original model: first-wave input Grams and later waves' targets together."""
         gram_of = [(k, ly, n) for k, ly, n in todo if k[0]]
-        target_of = [ly for k, ly, n in todo if not k[0]]
-        names = sorted({n.input[0] for _, _, n in gram_of})
+        target_of = [(k, ly) for k, ly, n in todo if not k[0]]
+        names = sorted({n.input[0] for _, _, n in gram_of} | {ly.node.output[0] for _, ly in target_of})
         grams: dict[tuple, np.ndarray] = {}
-        for batch in iter_tensors(self.original, names, samples) if names else ():
+        parts: dict[tuple, list[np.ndarray]] = {k: [] for k, _ in target_of}
+        for batch in iter_tensors(self.original, names, samples):
             for k, ly, n in gram_of:
                 a = _features(ly, batch[n.input[0]])
                 a1 = np.concatenate([a.astype(np.float64), np.ones((len(a), 1))], axis=1)
                 grams[k] = grams.get(k, 0) + a1.T @ a1
+            for k, ly in target_of:
+                parts[k].append(_target_rows(ly, batch[ly.node.output[0]]))
         self._memo.update(grams)
-        if target_of:
-            got = _targets(self.original, target_of, samples)
-            self._memo.update({self._key(ly): got[ly.node.output[0]] for ly in target_of})
+        self._memo.update({k: np.concatenate(v) for k, v in parts.items()})
 
     def _normal_equations(self, g: np.ndarray, ly: _Layer, n, kept) -> list:
         w = self.view.const(n.input[1]).astype(np.float64)
@@ -285,14 +287,18 @@ def _targets(original, layers, samples) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for batch in iter_tensors(original, names, samples):
         for ly in layers:
-            y = batch[ly.node.output[0]]
-            if ly.ko is not None:
-                y = y[:, ly.ko]
-            if ly.kind == "conv":
-                oy, ox = ly.positions
-                y = y[:, :, oy, ox].transpose(0, 2, 1)        # [b, P, O']
-            parts[ly.node.output[0]].append(np.ascontiguousarray(y, dtype=np.float32))
+            parts[ly.node.output[0]].append(_target_rows(ly, batch[ly.node.output[0]]))
     return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+def _target_rows(ly: _Layer, y: np.ndarray) -> np.ndarray:
+    """A batch of the original layer output ``y`` as refit targets: kept output channels, sampled positions."""
+    if ly.ko is not None:
+        y = y[:, ly.ko]
+    if ly.kind == "conv":
+        oy, ox = ly.positions
+        y = y[:, :, oy, ox].transpose(0, 2, 1)        # [b, P, O']
+    return np.ascontiguousarray(y, dtype=np.float32)
 
 
 def _features(ly: _Layer, x: np.ndarray) -> np.ndarray:
