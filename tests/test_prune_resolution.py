@@ -222,3 +222,12 @@ def test_a_plan_that_only_shrinks_the_input_says_its_recovery_did_not_run():
     assert rep.input_hw[1] < (64, 64) and not rep.kept         # smooth images: the size alone takes the cut
     assert rep.distillation is None
     assert "distill recovery not run: the plan cut no channels, only the input size" in rep.notes
+
+
+def test_plans_are_measured_on_the_scan_images_and_ones_no_refit_saw():
+    from converters.prune.api import _plan_parts
+    assert _plan_parts(32, slice(32, 96), 200, 128) == [slice(0, 32), slice(96, 192)]
+    assert _plan_parts(32, slice(32, 96), 100, 128) == [slice(0, 32), slice(96, 100)]   # as many as there are
+    assert _plan_parts(32, slice(32, 96), 96, 128) == [slice(0, 32)]
+    assert _plan_parts(32, slice(0, 32), 40, 128) == [slice(0, 32)]    # few images: the refit used the scan's
+    assert _plan_parts(32, slice(32, 96), 200, 32) == [slice(0, 32)]

@@ -61,6 +61,8 @@ class PruneConfig:
                                          # larger inputs use as many pixels, >= 8 / 16 images; ``pixel_scaled``)
     sensitivity_refit: bool = True       # with a least-squares recovery, measure each cut after that refit ...
     sensitivity_fit_samples: int = 64    # ... fit on these many other calibration images
+    plan_samples: int = 128              # --prune-resolution: the shortlisted size + channel plans are measured on
+                                         # these many images (the scan's, then ones no refit saw; counts at 224 x 224)
     distill: Any = None                  # converters.prune.distill.DistillConfig (None: its defaults)
     blockwise: Any = None                # converters.prune.blockwise.BlockwiseConfig (None: its defaults)
     resolution: bool = False             # the input size may shrink too (classifiers with global pooling)
@@ -88,7 +90,7 @@ class PruneConfig:
             raise EdgeInferError(f"prune allocation {self.allocation!r} is not one of {', '.join(ALLOCATION)}")
         if not (isinstance(self.max_group_ratio, (int, float)) and 0.0 < self.max_group_ratio < 1.0):
             raise EdgeInferError(f"prune max_group_ratio must be in (0, 1), got {self.max_group_ratio!r}")
-        for name in ("protect_channels", "sensitivity_samples", "sensitivity_fit_samples"):
+        for name in ("protect_channels", "sensitivity_samples", "sensitivity_fit_samples", "plan_samples"):
             integer_at_least("prune", name, getattr(self, name), 0)
         if isinstance(self.exclude, str) or not all(isinstance(n, str) for n in self.exclude):
             raise EdgeInferError("prune exclude must be a list of node names")
@@ -375,8 +377,9 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calib_samples: np.n
                 return _joint_plan(an, scores, curves, rcurve, target, config, before.macs, measure)
             ratios, _ = allocate.search(an, scores, curves, target, config, keep_count, before.macs)
             return allocate.kept_for(an, scores, ratios, config, keep_count), None
-        measure = _plan_error(an, base, calib_samples, n_sens, fit_part, ref, config, read_at) \
-            if rcurve is not None else None
+        measure = _plan_error(an, base, calib_samples, _plan_parts(n_sens, fit_part, len(calib_samples),
+                                                                   pixel_scaled(config.plan_samples, hw, 8)),
+                              fit_part, ref, config, read_at) if rcurve is not None else None
         kept_class, hw = cut_plan(target, measure) if target > 0 else (surgery.plain_kept(an), None)
         if config.ratio is None:
             ratio = 1.0 - float(kept_class.mean())
@@ -453,19 +456,31 @@ def _at_size(pruned: onnx.ModelProto, base: onnx.ModelProto,
     return resolution.resize_input(pruned, hw), resolution.resize_input(base, hw)
 
 
-def _plan_error(an: Analysis, base: onnx.ModelProto, calib: np.ndarray, n_sens: int, fit_part: slice,
+def _plan_parts(n_sens: int, fit_part: slice, n_calib: int, n_plan: int) -> list[slice]:
+    """The calibration images the joint search measures its plans on: the scan's first ``n_sens``, then
+    up to ``n_plan`` in all from those after ``fit_part`` (no refit sees them)."""
+    parts = [slice(0, n_sens)]
+    more = min(n_plan - n_sens, n_calib - fit_part.stop) if fit_part.stop > n_sens else 0
+    if more > 0:
+        parts.append(slice(fit_part.stop, fit_part.stop + more))
+    return parts
+
+
+def _plan_error(an: Analysis, base: onnx.ModelProto, calib: np.ndarray, parts: list[slice], fit_part: slice,
                 ref: list[np.ndarray], cfg: PruneConfig, read_at: resolution.ReadAt | None):
     """``measure(kept, size)`` for ``_joint_plan``: the plan built at that size, refit (when the
     recovery will refit) on ``calib[fit_part]`` against the unpruned model at that size, its output
-    error on the first ``n_sens`` images against ``ref`` (the unpruned model's outputs at full size);
-    images at that size as ``resolution.at_size`` gives them."""
+    error on the images ``calib[parts]`` against the unpruned model's outputs at full size (``ref``
+    holds them for ``parts[0]``); images at that size as ``resolution.at_size`` gives them."""
 
     refit = fit_part if cfg.reconstruct and cfg.sensitivity_refit else None
+    refs = [ref] + [allocate.model_outputs(base, np.asarray(calib[p], np.float32)) for p in parts[1:]]
+    ref_all = [np.concatenate(outs) for outs in zip(*refs)]
 
     def measure(kept_class: np.ndarray, hw: tuple[int, int]) -> float:
         m = _cut_model(an, kept_class, hw, base, calib, refit, cfg.ridge, read_at)
-        return allocate.output_error(ref, allocate.model_outputs(m, resolution.at_size(calib, slice(0, n_sens), hw,
-                                                                                       read_at)))
+        got = [allocate.model_outputs(m, resolution.at_size(calib, p, hw, read_at)) for p in parts]
+        return allocate.output_error(ref_all, [np.concatenate(outs) for outs in zip(*got)])
     return measure
 
 
