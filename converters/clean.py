@@ -23,8 +23,9 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         raise EdgeInferError(f"ONNX shape inference failed: {str(exc).splitlines()[0]}") from None
 
 
-def optimize_basic(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Constant folding + BN folding via ONNX Runtime's basic-level optimizer, as plain ONNX."""
+def optimize_basic(model: onnx.ModelProto, disabled: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """Constant folding + BN folding via ONNX Runtime's basic-level optimizer, as plain ONNX
+    (``disabled``: names of ONNX Runtime graph transformers not to run, e.g. ``ConvBNFusion``)."""
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(model, str(src))
@@ -33,7 +34,8 @@ def optimize_basic(model: onnx.ModelProto) -> onnx.ModelProto:
         opts.optimized_model_filepath = str(dst)
         opts.log_severity_level = 3
         try:
-            ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"],
+                                 **({"disabled_optimizers": list(disabled)} if disabled else {}))
         except Exception as exc:  # ORT raises several private exception types
             detail = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : |Load model from \S+ failed:", "", str(exc).splitlines()[0])
             raise EdgeInferError(f"ONNX Runtime cannot load the model ({detail.strip()}); "
@@ -58,6 +60,15 @@ def clean_model(model: onnx.ModelProto) -> onnx.ModelProto:
     _drop_unused_initializers(cleaned)
     name_nodes(cleaned)
     return cleaned
+
+
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``clean_model`` with BatchNormalization kept (pruning's ``bn`` criterion reads it): shape computations
+    folded (an exporter's computed ``Pad`` amounts become the convolutions' pads), shapes inferred, nodes named."""
+    folded = infer_shapes(optimize_basic(infer_shapes(model), disabled=("ConvBNFusion",)))
+    _drop_unused_initializers(folded)
+    name_nodes(folded)
+    return folded
 
 
 def name_nodes(model: onnx.ModelProto) -> None:

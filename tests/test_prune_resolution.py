@@ -231,3 +231,25 @@ def test_plans_are_measured_on_the_scan_images_and_ones_no_refit_saw():
     assert _plan_parts(32, slice(32, 96), 96, 128) == [slice(0, 32)]
     assert _plan_parts(32, slice(0, 32), 40, 128) == [slice(0, 32)]    # few images: the refit used the scan's
     assert _plan_parts(32, slice(32, 96), 200, 32) == [slice(0, 32)]
+
+
+def test_pruning_sees_exported_pad_chains_folded_and_batchnorm_kept():
+    """An exporter's computed Pad (ConstantOfShape/Concat/Slice -> Pad) folds into the conv before pruning;
+    BatchNormalization stays for the ``bn`` criterion (``clean.fold_constants``)."""
+    from onnx import TensorProto, helper
+
+    from converters.clean import fold_constants
+    from converters.prune import flops
+    from tests.prune_helpers import G
+    g = G()
+    pads = g.op("Concat", [g.const(np.array([0, 0, 1, 1, 0, 0], np.int64)),     # H, W: 1 before, 1 after
+                           g.op("ConstantOfShape", [g.const(np.array([2], np.int64))],
+                                value=helper.make_tensor("v", TensorProto.INT64, [1], [1]))], axis=0)
+    x = g.op("Pad", ["input", pads])
+    y = g.relu(g.bn(g.conv(x, 3, 8), 8))
+    model = g.model(g.op("GlobalAveragePool", [y]), in_shape=(1, 3, 8, 8))
+    assert flops.count(model).unknown                      # the raw graph: the Pad's output size is unknown
+    folded = fold_constants(model)
+    ops = [n.op_type for n in folded.graph.node]
+    assert "Pad" not in ops and "BatchNormalization" in ops
+    assert flops.count(folded).macs == 8 * 10 * 10 * 3 * 9 and not flops.count(folded).unknown
