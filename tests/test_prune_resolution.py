@@ -253,3 +253,37 @@ def test_pruning_sees_exported_pad_chains_folded_and_batchnorm_kept():
     ops = [n.op_type for n in folded.graph.node]
     assert "Pad" not in ops and "BatchNormalization" in ops
     assert flops.count(folded).macs == 8 * 10 * 10 * 3 * 9 and not flops.count(folded).unknown
+
+
+def test_cli_prunes_an_export_whose_pads_are_computed(tmp_path):
+    """A torch-style export (Pad amounts from ConstantOfShape/Concat) is pruned and refit end to end
+    (it died with an internal error when pruning ran on the unfolded graph)."""
+    import onnx
+    from onnx import TensorProto, helper
+    from PIL import Image
+    from conftest import edgeinfer_cli
+    g = G(3)
+    a = g.relu(g.conv("input", 3, 16))
+    pads = g.op("Concat", [g.const(np.array([0, 0, 1, 1, 0, 0], np.int64)),
+                           g.op("ConstantOfShape", [g.const(np.array([2], np.int64))],
+                                value=helper.make_tensor("v", TensorProto.INT64, [1], [1]))], axis=0)
+    w = g.const((g.rng.standard_normal((24, 16, 3, 3)) * 0.4).astype(np.float32), "w")
+    b = g.relu(g.op("Conv", [g.op("Pad", [a, pads]), w], kernel_shape=[3, 3], strides=[2, 2]))
+    c = g.relu(g.conv(b, 24, 32))
+    f = g.op("Flatten", [g.op("GlobalAveragePool", [c])], axis=1)
+    m = g.model(g.gemm(f, 32, 10), in_shape=(1, 3, 32, 32))
+    onnx.helper.set_model_props(m, {"edgeinfer.preprocess": json.dumps(
+        {"color": "rgb", "resize_mode": "stretch", "resize": 32, "scale": 1 / 255, "mean": [0.5] * 3, "std": [0.25] * 3}),
+        "edgeinfer.task": "classify"})
+    onnx.save(m, tmp_path / "padded.onnx")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, img in enumerate(_smooth(40, size=32, seed=5)):
+        Image.fromarray(np.clip(128 + 60 * img.transpose(1, 2, 0), 0, 255).astype(np.uint8)).save(calib / f"i{i:02d}.png")
+    proc = edgeinfer_cli("convert", tmp_path / "padded.onnx", "--profile", "generic-x86-64", "--formats", "onnx",
+                         "--quant", "fp32", "--calib", calib, "--prune-flops", "0.25", "--min-agreement", "0.3",
+                         "-o", tmp_path / "out", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    man = json.loads(next((tmp_path / "out").glob("*/manifest.json")).read_text())
+    assert man["pruning"]["macs"]["drop"] >= 0.25
+    assert any(gr["kept"] < gr["channels"] for gr in man["pruning"]["groups"])
