@@ -53,22 +53,16 @@ def optimize_basic(model: onnx.ModelProto, disabled: tuple[str, ...] = ()) -> on
     return out
 
 
-def clean_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape-inferred, constant-folded model with BatchNormalization folded into convolutions,
-    every node named (unique names are how recipes, keep-float lists and reports refer to nodes)."""
-    cleaned = infer_shapes(optimize_basic(infer_shapes(model)))
+def clean_model(model: onnx.ModelProto, keep_batchnorm: bool = False) -> onnx.ModelProto:
+    """Shape-inferred, constant-folded model (an exporter's computed ``Pad`` amounts become the
+    convolutions' pads) with BatchNormalization folded into convolutions unless ``keep_batchnorm``
+    (pruning's ``bn`` criterion reads it), every node named (unique names are how recipes,
+    keep-float lists and reports refer to nodes)."""
+    disabled = ("ConvBNFusion",) if keep_batchnorm else ()
+    cleaned = infer_shapes(optimize_basic(infer_shapes(model), disabled=disabled))
     _drop_unused_initializers(cleaned)
     name_nodes(cleaned)
     return cleaned
-
-
-def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``clean_model`` with BatchNormalization kept (pruning's ``bn`` criterion reads it): shape computations
-    folded (an exporter's computed ``Pad`` amounts become the convolutions' pads), shapes inferred, nodes named."""
-    folded = infer_shapes(optimize_basic(infer_shapes(model), disabled=("ConvBNFusion",)))
-    _drop_unused_initializers(folded)
-    name_nodes(folded)
-    return folded
 
 
 def name_nodes(model: onnx.ModelProto) -> None:

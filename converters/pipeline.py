@@ -27,7 +27,7 @@ from edgeinfer.profiles import Profile, load_profile
 from . import images as image_io
 from .bundle_writer import atomic_dir, check_target, scrub_local_paths
 from .calibrate import calibrate
-from .clean import clean_model, fold_constants, infer_shapes
+from .clean import clean_model, infer_shapes
 from .emitters import FILE_SUFFIX, get_emitter
 from .emitters.api import CalibrationResult, EmitRequest, EmittedArtifact
 from .intake import Source, open_source
@@ -564,7 +564,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         from .prune.runner import set_progress
         set_progress(opts.progress)
         _say(opts, "pruning channels")
-        model, prune_report = prune_model(fold_constants(model), opts.prune, calib_samples, progress_bar=opts.progress,
+        model, prune_report = prune_model(clean_model(model, keep_batchnorm=True), opts.prune, calib_samples, progress_bar=opts.progress,
                                           read_at=read_again(files["calib"], cfg, size_hw))
         _prune_floor(model, prune_report, reference, verify_samples, task, post, labels, size_hw, opts,
                      read_again(files["held_out"], cfg, size_hw))

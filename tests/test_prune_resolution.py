@@ -233,23 +233,27 @@ def test_plans_are_measured_on_the_scan_images_and_ones_no_refit_saw():
     assert _plan_parts(32, slice(32, 96), 200, 32) == [slice(0, 32)]
 
 
-def test_pruning_sees_exported_pad_chains_folded_and_batchnorm_kept():
-    """An exporter's computed Pad (ConstantOfShape/Concat/Slice -> Pad) folds into the conv before pruning;
-    BatchNormalization stays for the ``bn`` criterion (``clean.fold_constants``)."""
+def _computed_pad(g, x):
+    """``x`` padded by 1 px on each side of H and W, the amounts computed at run time (ConstantOfShape ->
+    Concat -> Pad) as torch exports them."""
     from onnx import TensorProto, helper
+    ones = g.op("ConstantOfShape", [g.const(np.array([2], np.int64))],
+                value=helper.make_tensor("v", TensorProto.INT64, [1], [1]))
+    return g.op("Pad", [x, g.op("Concat", [g.const(np.array([0, 0, 1, 1, 0, 0], np.int64)), ones], axis=0)])
 
-    from converters.clean import fold_constants
+
+def test_pruning_sees_exported_pad_chains_folded_and_batchnorm_kept():
+    """An exporter's computed Pad (ConstantOfShape/Concat -> Pad) folds into the conv before pruning;
+    BatchNormalization stays for the ``bn`` criterion (``clean_model(keep_batchnorm=True)``)."""
+    from converters.clean import clean_model
     from converters.prune import flops
     from tests.prune_helpers import G
     g = G()
-    pads = g.op("Concat", [g.const(np.array([0, 0, 1, 1, 0, 0], np.int64)),     # H, W: 1 before, 1 after
-                           g.op("ConstantOfShape", [g.const(np.array([2], np.int64))],
-                                value=helper.make_tensor("v", TensorProto.INT64, [1], [1]))], axis=0)
-    x = g.op("Pad", ["input", pads])
+    x = _computed_pad(g, "input")
     y = g.relu(g.bn(g.conv(x, 3, 8), 8))
     model = g.model(g.op("GlobalAveragePool", [y]), in_shape=(1, 3, 8, 8))
     assert flops.count(model).unknown                      # the raw graph: the Pad's output size is unknown
-    folded = fold_constants(model)
+    folded = clean_model(model, keep_batchnorm=True)
     ops = [n.op_type for n in folded.graph.node]
     assert "Pad" not in ops and "BatchNormalization" in ops
     assert flops.count(folded).macs == 8 * 10 * 10 * 3 * 9 and not flops.count(folded).unknown
@@ -259,16 +263,12 @@ def test_cli_prunes_an_export_whose_pads_are_computed(tmp_path):
     """A torch-style export (Pad amounts from ConstantOfShape/Concat) is pruned and refit end to end
     (it died with an internal error when pruning ran on the unfolded graph)."""
     import onnx
-    from onnx import TensorProto, helper
     from PIL import Image
     from conftest import edgeinfer_cli
     g = G(3)
     a = g.relu(g.conv("input", 3, 16))
-    pads = g.op("Concat", [g.const(np.array([0, 0, 1, 1, 0, 0], np.int64)),
-                           g.op("ConstantOfShape", [g.const(np.array([2], np.int64))],
-                                value=helper.make_tensor("v", TensorProto.INT64, [1], [1]))], axis=0)
     w = g.const((g.rng.standard_normal((24, 16, 3, 3)) * 0.4).astype(np.float32), "w")
-    b = g.relu(g.op("Conv", [g.op("Pad", [a, pads]), w], kernel_shape=[3, 3], strides=[2, 2]))
+    b = g.relu(g.op("Conv", [_computed_pad(g, a), w], kernel_shape=[3, 3], strides=[2, 2]))
     c = g.relu(g.conv(b, 24, 32))
     f = g.op("Flatten", [g.op("GlobalAveragePool", [c])], axis=1)
     m = g.model(g.gemm(f, 32, 10), in_shape=(1, 3, 32, 32))

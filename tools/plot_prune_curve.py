@@ -126,7 +126,7 @@ def real_rows(root: Path, cuts: list[float], recovers: list[str], distill_cfg, e
     from converters.pipeline import read_again
     from converters.prune.resolution import at_size, resize_input
     from converters.clean import clean_model
-    model = clean_model(onnx.load(root / model_file))   # as convert sees it (e.g. exported Pad chains folded)
+    model = clean_model(onnx.load(root / model_file), keep_batchnorm=True)   # as convert's pruning sees it
     meta = {p.key: p.value for p in model.metadata_props}
     pre = json.loads(meta["edgeinfer.preprocess"])
     cfg = PreprocessConfig.from_dict(pre)
